@@ -1,0 +1,5 @@
+"""`python -m animevae`, which torchrun needs."""
+
+from animevae.cli import main
+
+main()

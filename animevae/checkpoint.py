@@ -1,0 +1,120 @@
+"""Checkpoints as safetensors: weights, optimiser state, progress and RNG state. Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from animevae import FORMAT_VERSION
+from animevae.config import RunConfig
+from animevae.errors import ModelError
+from animevae.fileio import atomic_path
+
+CHECKPOINT_KIND = "animevae-checkpoint"
+
+
+@dataclass
+class Progress:
+    """Where training stands: the next batch to run is `batch` of `epoch`."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_val_psnr: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: Path,
+    config: RunConfig,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    progress: Progress,
+    rng_state: torch.Tensor,
+) -> None:
+    """Write everything needed to resume, atomically (a kill during the save keeps the old file)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+    groups: dict[str, Any] = {}
+    for name, optimizer in optimizers.items():
+        state = optimizer.state_dict()
+        groups[name] = state["param_groups"]
+        for index, slots in state["state"].items():
+            for slot, value in slots.items():
+                tensors[f"optim.{name}.{index}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.torch"] = rng_state.cpu()
+    metadata = {
+        "kind": CHECKPOINT_KIND,
+        "format_version": str(FORMAT_VERSION),
+        "config": config.to_json(),
+        "progress": json.dumps(asdict(progress)),
+        "param_groups": json.dumps(groups),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, fsync=True) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint, still as plain tensors."""
+
+    config: RunConfig
+    progress: Progress
+    tensors: dict[str, torch.Tensor]
+    param_groups: dict[str, Any]
+
+    def module_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The state dict saved for module `name`."""
+        prefix = f"{name}."
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    def optimizer_state(self, name: str) -> dict[str, Any]:
+        """The optimiser state dict saved under `name`, ready for `load_state_dict`."""
+        prefix = f"optim.{name}."
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in self.tensors.items():
+            if key.startswith(prefix):
+                index, slot = key[len(prefix) :].split(".", 1)
+                state.setdefault(int(index), {})[slot] = value
+        return {"state": state, "param_groups": self.param_groups[name]}
+
+
+def read_config(path: Path) -> RunConfig:
+    """Read only the run config from a checkpoint's header."""
+    return _read(path, with_tensors=False).config
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint written by `save_checkpoint`; refuse anything else with a clear error."""
+    return _read(path, with_tensors=True)
+
+
+def _read(path: Path, with_tensors: bool) -> Checkpoint:
+    if not path.is_file():
+        raise ModelError(f"no checkpoint at {path}", "train a run first: `animevae train FOLDER`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("kind") != CHECKPOINT_KIND:
+            raise ModelError(f"{path} is not an animevae checkpoint", "point at runs/NAME/last.safetensors")
+        if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
+            raise ModelError(f"{path} was written by a newer animevae", "upgrade animevae")
+        config = RunConfig.from_dict(json.loads(metadata["config"]))
+        progress = Progress(**json.loads(metadata["progress"]))
+        groups = json.loads(metadata["param_groups"])
+        tensors = load_file(str(path)) if with_tensors else {}
+    except ModelError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"cannot read checkpoint {path}: {error}", "it may be truncated; train again") from None
+    return Checkpoint(config=config, progress=progress, tensors=tensors, param_groups=groups)

@@ -1,0 +1,290 @@
+"""The Typer app: one thin command per verb. Parse, call the core, print the report."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+# Set before torch or onnxruntime load: libgomp's default busy-waiting makes 2 threads beside another
+# CPU-bound job (PNG workers) run ~5x slower on small machines.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from animevae import __version__
+from animevae.errors import AnimeVAEError
+from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDir, Seed
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk.")
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_RUNS = Path("runs")
+
+
+class RichReporter:
+    """Progress bars on stderr; silent (but still driven) with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress: Progress | None = None
+        self.task: Any = None
+
+    def start(self, description: str, total: int | None) -> None:
+        """Show a bar for a new task."""
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=err_console, disable=self.quiet, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total, info="")
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        """Move the bar; numbers in `fields` are shown beside it."""
+        if self.progress is not None:
+            info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+            self.progress.update(self.task, advance=steps, **({"info": info} if fields else {}))
+
+    def stop(self) -> None:
+        """Close the bar."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def log(self, message: str) -> None:
+        """Print a status line (even with --quiet: these are rare and say what happened)."""
+        err_console.print(message)
+
+
+def reports_errors(command: F) -> F:
+    """Print AnimeVAEErrors as `error:` / `hint:` lines with exit 1; tracebacks only with ANIMEVAE_DEBUG=1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AnimeVAEError as error:
+            if os.environ.get("ANIMEVAE_DEBUG") == "1":
+                raise
+            err_console.print(f"error: {error.message}", markup=False)
+            if error.hint:
+                err_console.print(f"hint: {error.hint}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def version_callback(value: bool) -> None:
+    """--version: print and exit before anything else runs."""
+    if value:
+        console.print(f"animevae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk."""
+
+
+def _skipped_table(title: str, skipped: list[Any], limit: int = 20) -> None:
+    table = Table(title=title, show_lines=False)
+    table.add_column("file")
+    table.add_column("reason")
+    for item in skipped[:limit]:
+        table.add_row(item.path, item.reason)
+    if len(skipped) > limit:
+        table.add_row(f"... and {len(skipped) - limit} more", "")
+    err_console.print(table)
+
+
+@app.command()
+@reports_errors
+def prepare(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Packed set to write (default: FOLDER.safetensors beside the folder).")] = None,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, max=1024, help="Side of the square images.")] = 64,
+    quiet: Quiet = False,
+) -> None:
+    """Decode, square, resize and deduplicate a folder of images into a packed training set."""
+    from animevae.data import count_images, manifest_path, prepare_images, save_prepared
+
+    started = time.perf_counter()
+    out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
+    reporter = RichReporter(quiet)
+    reporter.start(f"preparing {folder}", count_images(folder))
+    try:
+        prepared = prepare_images(folder, image_size, on_file=reporter.advance)
+    finally:
+        reporter.stop()
+    if prepared.skipped:
+        _skipped_table(f"skipped {len(prepared.skipped)} files", prepared.skipped)
+    save_prepared(prepared, out, folder)
+    console.print(f"kept {len(prepared.sources)}, duplicates {len(prepared.duplicates)}, "
+                  f"skipped {len(prepared.skipped)} in {time.perf_counter() - started:.1f}s")
+    console.print(f"wrote {out} and {manifest_path(out)}")
+    console.print(f"next: animevae train {out}")
+
+
+@app.command()
+@reports_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder of images, or a set written by `animevae prepare`.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: run, run-2, ...).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default 10 unless --max-minutes).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.01, help="Wall-clock budget for the VAE and denoiser together.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (cosine decay).")] = 2e-3,
+    latent_dim: Annotated[int, typer.Option("--latent-dim", min=1, help="Size of the latent vector.")] = 128,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Side of the square training images.")] = 64,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast.")] = "fp32",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    quiet: Quiet = False,
+) -> None:
+    """Train a convolutional VAE and a blind denoiser on the same faces."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.errors import DataError
+    from animevae.train import train as train_run
+
+    if not data.exists():
+        raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
+    if precision not in ("fp32", "bf16"):
+        raise DataError(f"unknown precision {precision!r}", "use fp32 or bf16")
+    channels = ModelConfig().channels
+    while len(channels) > 1 and image_size % 2 ** len(channels):
+        channels = channels[:-1]
+    model_config = ModelConfig(image_size=image_size, latent_dim=latent_dim, channels=channels)
+    try:
+        model_config.check()
+    except ValueError as error:
+        raise DataError(str(error), "use an image size that is a multiple of 16, such as 64") from None
+    train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                               denoiser_lr=lr, seed=seed, precision=precision)
+    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, RichReporter(quiet))
+    progress, metrics = result.progress, result.metrics
+    state = "interrupted; checkpoint saved" if result.interrupted else "finished"
+    console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
+                  f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
+                  f"{result.images_per_s:.0f} images/s")
+    if metrics:
+        console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
+                      f"{metrics['denoise_psnr_25']:.2f} dB (noisy input {metrics['noisy_psnr_25']:.2f} dB)")
+    console.print(f"wrote {result.run_dir}/ (config.json, last.safetensors, metrics.jsonl, samples/)")
+    if result.interrupted:
+        console.print(f"next: animevae train {data} --resume --name {result.run_dir.name}")
+    else:
+        console.print(f"next: animevae export --onnx --run {result.run_dir.name}")
+
+
+@app.command()
+@reports_errors
+def export(
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    run: RunName = None,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+) -> None:
+    """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
+    from animevae.errors import ModelError
+    from animevae.export import MAX_ABS_DIFF, export_run
+    from animevae.runs import resolve_run
+
+    if not onnx:
+        raise ModelError("choose a format", "pass --onnx")
+    started = time.perf_counter()
+    run_dir = resolve_run(runs_dir, run)
+    report = export_run(run_dir)
+    for role, diff in report.max_abs_diff.items():
+        console.print(f"{role}.onnx: max abs difference from PyTorch {diff:.2e} (limit {MAX_ABS_DIFF:.0e})")
+    console.print(f"wrote {report.folder}/ in {time.perf_counter() - started:.1f}s")
+    console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
+
+
+def _open(role: str, runs_dir: Path, run: str | None, model: str | None, device: str) -> Any:
+    from animevae.models import choose_model
+    from animevae.runtime import open_model
+
+    choice = choose_model(runs_dir, run, model)
+    opened = open_model(choice.path(role), role, device)
+    err_console.print(f"model: {choice.origin}")
+    if opened.fallback_note:
+        err_console.print(f"note: {opened.fallback_note}")
+    return opened
+
+
+@app.command()
+@reports_errors
+def generate(
+    count: Annotated[int, typer.Option("--count", help="How many images.")] = 1000,
+    out: Annotated[Path, typer.Option("--out", help="Folder for 000000.png, 000001.png, ...")] = Path("synth"),
+    seed: Seed = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Latents per decoder call.")] = 256,
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a contact sheet of the first 64.")] = None,
+    overwrite: Overwrite = False,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    quiet: Quiet = False,
+) -> None:
+    """Generate faces in bulk through onnxruntime; a rerun resumes and changes no finished file."""
+    from animevae.generate import generate as generate_images
+
+    decoder = _open("decoder", runs_dir, run, model, device)
+    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet))
+    console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
+                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+    if result.grid:
+        console.print(f"contact sheet: {result.grid}")
+    console.print(f"next: animevae denoise {out}")
+
+
+@app.command()
+@reports_errors
+def denoise(
+    folder: Annotated[Path, typer.Argument(help="Folder of noisy images, searched recursively.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: FOLDER-denoised beside it).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per denoiser call.")] = 64,
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    quiet: Quiet = False,
+) -> None:
+    """Denoise every image under a folder into a mirrored folder of PNGs; exit 1 if any file failed."""
+    from animevae.denoise import SKIPPED_NAME, default_out_dir, denoise_folder
+
+    out = out or default_out_dir(folder)
+    denoiser = _open("denoiser", runs_dir, run, model, device)
+    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet))
+    console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
+                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+    if result.skipped:
+        _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
+        err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="animevae")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Model and training settings. Stored in every checkpoint (config.json) and ONNX file, so loading needs no flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the VAE and the denoiser."""
+
+    image_size: int = 64
+    latent_dim: int = 128
+    # Encoder widths, one stride-2 level each; the decoder mirrors them. 64 px / 2**4 = a 4x4 base grid.
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    # Denoiser: a two-level residual U-Net on the pixel-unshuffled (2x2 -> channels) image.
+    denoiser_width: int = 48
+    denoiser_blocks: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+
+    @property
+    def base_size(self) -> int:
+        """Side of the smallest feature map, where the latent is mapped in and out."""
+        return self.image_size // 2 ** len(self.channels)
+
+    def check(self) -> None:
+        """Raise ValueError when the sizes do not fit together."""
+        if self.image_size % 2 ** len(self.channels) or self.base_size < 1:
+            raise ValueError(
+                f"image size {self.image_size} is not divisible by 2**{len(self.channels)} "
+                f"(one halving per encoder level)"
+            )
+        if self.latent_dim < 1:
+            raise ValueError("latent_dim must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a run trains. Epochs or a wall-clock budget (or both: whichever ends first)."""
+
+    epochs: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 64
+    lr: float = 2e-3
+    denoiser_lr: float = 2e-3
+    seed: int = 0
+    # Images held out for validation: this many, or 10% of the set when smaller.
+    val_size: int = 500
+    # Noise levels the blind denoiser trains on, on the 0-255 scale.
+    noise_sigma_max: float = 55.0
+    # Checkpoint at least this often, so a killed run loses little.
+    checkpoint_minutes: float = 2.0
+    precision: str = "fp32"
+    data_source: str = ""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything config.json holds."""
+
+    name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    created: float = 0.0
+    version: str = ""
+    format_version: int = 1
+
+    def to_json(self) -> str:
+        """Serialise to pretty JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        """Build from parsed JSON, ignoring keys this version does not know."""
+        model = _known_fields(ModelConfig, raw.get("model", {}))
+        train = _known_fields(TrainConfig, raw.get("train", {}))
+        top = _known_fields(cls, raw)
+        top.update(model=ModelConfig(**model), train=TrainConfig(**train))
+        return cls(**top)
+
+
+def _known_fields(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}

@@ -1,0 +1,270 @@
+"""Finding, decoding, checking and resizing images; the packed data set (safetensors, no pickle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from animevae import FORMAT_VERSION
+from animevae.errors import DataError
+from animevae.fileio import atomic_path, write_json_atomic
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# Larger than any real face picture, small enough that a "decompression bomb" header is refused before decoding.
+MAX_PIXELS = 40_000_000
+DATASET_KIND = "animevae-dataset"
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class Skipped:
+    """A file that was not used, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class ImageListing:
+    """Image files under a folder, plus the entries that could not even be listed."""
+
+    root: Path
+    files: list[Path]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the root, as text safe to print and store (bad bytes escaped)."""
+        return os.fsdecode(path.relative_to(self.root)).encode("utf-8", "backslashreplace").decode()
+
+
+def find_images(root: Path) -> ImageListing:
+    """List image files under `root` recursively, sorted, without following directory links (no loops)."""
+    if not root.exists():
+        raise DataError(f"{root} does not exist", "pass a folder of images")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder", "pass the folder that holds the images")
+    listing = ImageListing(root=root, files=[])
+
+    def on_error(error: OSError) -> None:
+        listing.skipped.append(Skipped(_printable(error.filename or root), f"cannot list: {error.strerror}"))
+
+    for folder, dirs, names in os.walk(root, onerror=on_error):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                listing.files.append(path)
+    return listing
+
+
+def _printable(path: object) -> str:
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode()
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """Decode one image file to (H, W, 3) uint8 RGB: first frame, alpha over white, 16-bit scaled down.
+
+    Raises DataError with a short reason for anything that is not a readable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise DataError(f"image claims {width}x{height} pixels (over {MAX_PIXELS:,}); not decoded")
+                image.seek(0)
+                image.load()
+                return _to_rgb_array(ImageOps.exif_transpose(image))
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"refused as a decompression bomb: {error}") from None
+    except PermissionError:
+        raise DataError("no read permission") from None
+    except Image.UnidentifiedImageError:
+        raise DataError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DataError(f"broken image: {str(error) or type(error).__name__}") from None
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Pillow's own convert() clips 16-bit values at 255; scale by the real range instead.
+        values = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))
+
+
+def square_resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop (H, W, 3) to a square and resize to (size, size, 3) with a Lanczos filter."""
+    height, width, _ = pixels.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(square)).resize((size, size), Image.Resampling.LANCZOS))
+
+
+def pixel_hash(pixels: np.ndarray) -> str:
+    """Content hash of decoded pixels (shape included), so the same picture in two formats matches."""
+    digest = hashlib.sha256(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class PreparedSet:
+    """A packed training set: (N, H, W, 3) uint8 images and where each came from."""
+
+    images: np.ndarray
+    sources: list[str]
+    hashes: list[str]
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images."""
+        return int(self.images.shape[1])
+
+
+def prepare_images(
+    root: Path, image_size: int, on_file: Callable[[], None] | None = None
+) -> PreparedSet:
+    """Decode, square, resize and deduplicate every image under `root`; bad files are skipped with a reason."""
+    listing = find_images(root)
+    images: list[np.ndarray] = []
+    prepared = PreparedSet(images=np.empty((0, image_size, image_size, 3), np.uint8), sources=[], hashes=[])
+    prepared.skipped.extend(listing.skipped)
+    first_seen: dict[str, str] = {}
+    for path in listing.files:
+        relative = listing.relative(path)
+        try:
+            pixels = decode_rgb(path)
+        except DataError as error:
+            prepared.skipped.append(Skipped(relative, error.message))
+        else:
+            digest = pixel_hash(pixels)
+            if digest in first_seen:
+                prepared.duplicates.append({"path": relative, "duplicate_of": first_seen[digest]})
+            else:
+                first_seen[digest] = relative
+                images.append(square_resize(pixels, image_size))
+                prepared.sources.append(relative)
+                prepared.hashes.append(digest)
+        if on_file is not None:
+            on_file()
+    if images:
+        prepared.images = np.stack(images)
+    return prepared
+
+
+def count_images(root: Path) -> int:
+    """How many image files `prepare_images` would look at."""
+    return len(find_images(root).files)
+
+
+def manifest_path(dataset: Path) -> Path:
+    """The JSON manifest that sits beside a packed set."""
+    return dataset.with_name(dataset.name.removesuffix(".safetensors") + ".manifest.json")
+
+
+def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
+    """Write the packed set and its manifest, each atomically."""
+    from safetensors.numpy import save_file
+
+    if not len(prepared.sources):
+        raise DataError(f"no usable images under {source_root}", "check the folder holds PNG/JPEG/WebP/BMP/GIF faces")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "kind": DATASET_KIND,
+        "format_version": str(FORMAT_VERSION),
+        "image_size": str(prepared.image_size),
+        "source": str(source_root),
+        "created": str(time.time()),
+    }
+    with atomic_path(out, fsync=True) as tmp:
+        save_file({"images": prepared.images}, str(tmp), metadata=metadata)
+    write_json_atomic(manifest_path(out), _manifest(prepared, source_root))
+
+
+def _manifest(prepared: PreparedSet, source_root: Path) -> dict[str, object]:
+    return {
+        "source": str(source_root),
+        "image_size": prepared.image_size,
+        "kept": [{"path": p, "sha256": h} for p, h in zip(prepared.sources, prepared.hashes)],
+        "duplicates": prepared.duplicates,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in prepared.skipped],
+    }
+
+
+def load_prepared(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Load a packed set: (N, H, W, 3) uint8 images and their content hashes (empty if the manifest is gone)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("kind") != DATASET_KIND:
+                raise DataError(f"{path} is not a data set written by `animevae prepare`", "run `animevae prepare FOLDER`")
+            images = handle.get_tensor("images")
+    except (SafetensorError, OSError, KeyError) as error:
+        raise DataError(f"cannot read data set {path}: {error}", "prepare it again with `animevae prepare`") from None
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise DataError(f"{path} holds {images.dtype} images of shape {images.shape}, not (N, H, W, 3) uint8")
+    return images, _manifest_hashes(manifest_path(path), len(images))
+
+
+def _manifest_hashes(path: Path, count: int) -> list[str]:
+    try:
+        kept = json.loads(path.read_text())["kept"]
+        hashes = [entry["sha256"] for entry in kept]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return hashes if len(hashes) == count else []
+
+
+def folder_fingerprint(root: Path, image_size: int) -> str:
+    """A key that changes when any image under `root` is added, removed or modified (by size and mtime)."""
+    digest = hashlib.sha256(f"{root.resolve()}|{image_size}|{FORMAT_VERSION}".encode())
+    for path in find_images(root).files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        digest.update(f"{os.fsencode(path)!r}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, validation) by content hash, so the split is stable across re-preparing.
+
+    The validation part is `val_size` images, capped at 10% of the set (at least one image when N >= 2).
+    """
+    ordered = list(hashes)
+    if len(ordered) != count:
+        ordered = [f"{index:012d}" for index in range(count)]
+    held = min(val_size, count // 10) if count >= 20 else (1 if count >= 2 else 0)
+    # Rank by a hash of the hash, so the held-out images are spread across styles rather than sorted by file name.
+    ranks = sorted(range(count), key=lambda i: hashlib.sha256(ordered[i].encode()).hexdigest())
+    validation = np.array(sorted(ranks[:held]), dtype=np.int64)
+    train = np.array(sorted(ranks[held:]), dtype=np.int64)
+    return train, validation

@@ -1,0 +1,132 @@
+"""Folder denoising: every image under a folder, through the denoiser in onnxruntime, into a mirrored tree."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from animevae.data import Skipped, decode_rgb, find_images
+from animevae.errors import DataError, OutputError
+from animevae.fileio import remove_stale_temps, to_uint8, write_json_atomic
+from animevae.generate import file_digest, prepare_output
+from animevae.progress import Reporter, SilentReporter
+from animevae.runtime import OnnxModel
+from animevae.writer import PngWriter, WriteFailure, usable_cores
+
+SKIPPED_NAME = "skipped.json"
+MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
+
+
+@dataclass
+class DenoiseResult:
+    """What a denoise call did."""
+
+    out_dir: Path
+    written: int
+    existing: int
+    seconds: float
+    provider: str
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        """Images written per second of wall time."""
+        return self.written / max(self.seconds, 1e-9)
+
+
+def default_out_dir(in_dir: Path) -> Path:
+    """A new folder beside the input: faces -> faces-denoised (never in place)."""
+    resolved = in_dir.resolve()
+    return resolved.with_name(f"{resolved.name}-denoised")
+
+
+def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8, padding H and W by edge replication to a multiple of 4."""
+    _, height, width, _ = images.shape
+    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    batch = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (B, 3, H, W)
+    if pad_h or pad_w:
+        batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
+    return to_uint8(denoiser.run(batch)[0][:, :, :height, :width])
+
+
+def plan_outputs(in_dir: Path, out_dir: Path) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
+    """Pair each input image with its output path (same relative stem, .png); report name clashes."""
+    listing = find_images(in_dir)
+    pairs, skipped, claimed = [], list(listing.skipped), {}
+    for path in listing.files:
+        relative = path.relative_to(in_dir)
+        target = out_dir / relative.with_suffix(".png")
+        if target in claimed:
+            skipped.append(Skipped(listing.relative(path), f"same output name as {claimed[target]}"))
+            continue
+        claimed[target] = listing.relative(path)
+        pairs.append((path, target))
+    return pairs, skipped
+
+
+def denoise_folder(
+    denoiser: OnnxModel,
+    in_dir: Path,
+    out_dir: Path,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> DenoiseResult:
+    """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish."""
+    reporter = reporter or SilentReporter()
+    if batch_size < 1:
+        raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 64, for example")
+    in_abs, out_abs = in_dir.resolve(), out_dir.resolve()
+    if not in_dir.is_dir():
+        raise DataError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist",
+                        "pass the folder that holds the noisy images")
+    if out_abs == in_abs or in_abs in out_abs.parents:
+        raise OutputError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
+    prepare_output(out_dir, {"model_sha256": file_digest(denoiser.path), "task": "denoise"}, overwrite)
+    remove_stale_temps(out_dir)
+    pairs, skipped = plan_outputs(in_dir, out_dir)
+    todo = [(src, dst) for src, dst in pairs if overwrite or not dst.exists()]
+    start = time.perf_counter()
+    reporter.start(f"denoising into {out_dir}", len(todo))
+    written = 0
+
+    def on_done(count: int, failed: list[WriteFailure]) -> None:
+        nonlocal written
+        written += count - len(failed)
+        skipped.extend(Skipped(str(p.relative_to(out_dir)), reason) for p, reason in failed)
+        reporter.advance(count)
+
+    pool_size = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+    try:
+        with PngWriter(pool_size, on_done) as writer:
+            for begin in range(0, len(todo), batch_size):
+                _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter)
+    finally:
+        reporter.stop()
+    if skipped:
+        write_json_atomic(out_dir / SKIPPED_NAME, [{"path": s.path, "reason": s.reason} for s in skipped])
+    return DenoiseResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start,
+                         denoiser.provider, skipped)
+
+
+def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,
+                   skipped: list[Skipped], reporter: Reporter) -> None:
+    by_shape: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
+    for src, dst in chunk:
+        try:
+            pixels = decode_rgb(src)
+        except DataError as error:
+            skipped.append(Skipped(str(src.relative_to(in_dir)), error.message))
+            reporter.advance(1)
+            continue
+        by_shape.setdefault(pixels.shape, []).append((dst, pixels))
+    for group in by_shape.values():
+        outputs = denoise_array(denoiser, np.stack([pixels for _, pixels in group]))
+        for dst, _ in group:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        writer.submit([dst for dst, _ in group], list(outputs))

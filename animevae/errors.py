@@ -1,0 +1,26 @@
+"""Typed errors that carry a hint; the CLI formats them once."""
+
+
+class AnimeVAEError(Exception):
+    """An error the user can fix: `message` says what is wrong, `hint` how to fix it."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class DataError(AnimeVAEError):
+    """Input images or a prepared data set cannot be used."""
+
+
+class ModelError(AnimeVAEError):
+    """A run, checkpoint or ONNX model is missing or not ours."""
+
+
+class DeviceError(AnimeVAEError):
+    """The requested device or execution provider is not available."""
+
+
+class OutputError(AnimeVAEError):
+    """An output path cannot be written, or holds something we must not overwrite."""

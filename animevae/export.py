@@ -1,0 +1,125 @@
+"""ONNX export of a run's encoder, decoder and denoiser, each checked against PyTorch through onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from animevae import FORMAT_VERSION, __version__
+from animevae.checkpoint import Checkpoint, load_checkpoint
+from animevae.config import RunConfig
+from animevae.errors import ModelError
+from animevae.fileio import atomic_path, write_json_atomic
+from animevae.model import VAE, Denoiser
+from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
+
+MAX_ABS_DIFF = 1e-4
+OPSET = 18
+
+
+class EncoderGraph(nn.Module):
+    """image (B, 3, S, S) in [0, 1] -> mu, logvar (B, latent)."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        self.encoder = vae.encoder
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(image)
+
+
+@dataclass
+class ExportReport:
+    """Files written and how far onnxruntime's outputs are from PyTorch's."""
+
+    folder: Path
+    max_abs_diff: dict[str, float]
+
+
+def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE, Denoiser]:
+    """Rebuild a run's VAE and denoiser from last.safetensors, in eval mode on the CPU."""
+    checkpoint: Checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    vae, denoiser = VAE(checkpoint.config.model), Denoiser(checkpoint.config.model)
+    vae.load_state_dict(checkpoint.module_state("vae"))
+    denoiser.load_state_dict(checkpoint.module_state("denoiser"))
+    return checkpoint.config, vae.eval(), denoiser.eval()
+
+
+def export_run(run_dir: Path, device: str = "cpu") -> ExportReport:
+    """Write run_dir/export/{encoder,decoder,denoiser}.onnx with metadata, checking each against PyTorch."""
+    config, vae, denoiser = load_run_models(run_dir)
+    folder = run_dir / EXPORT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    size, latent = config.model.image_size, config.model.latent_dim
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 3, size, size, generator=generator)
+    batch = torch.export.Dim("batch", min=1)
+    quarter_h, quarter_w = torch.export.Dim("h4", min=1), torch.export.Dim("w4", min=1)
+    graphs = {
+        "encoder": (EncoderGraph(vae).eval(), image, {0: batch}),
+        "decoder": (vae.decoder, torch.randn(3, latent, generator=generator), {0: batch}),
+        # Any H and W that are multiples of 4 (the runtime pads other sizes).
+        "denoiser": (denoiser, torch.rand(2, 3, size, size + 8, generator=generator),
+                     {0: batch, 2: 4 * quarter_h, 3: 4 * quarter_w}),
+    }
+    diffs = {}
+    for role, (module, example, dims) in graphs.items():
+        path = folder / f"{role}.onnx"
+        _export_one(module, example, dims, role, path, _metadata(config, role))
+        diffs[role] = _compare(module, example, path, role, device)
+    write_json_atomic(folder / "model.json", {"config": json.loads(config.to_json()), "max_abs_diff": diffs})
+    return ExportReport(folder, diffs)
+
+
+def _metadata(config: RunConfig, role: str) -> dict[str, str]:
+    return {
+        "animevae.role": role,
+        "animevae.version": __version__,
+        "animevae.format_version": str(FORMAT_VERSION),
+        "animevae.image_size": str(config.model.image_size),
+        "animevae.latent_dim": str(config.model.latent_dim),
+        "animevae.run": config.name,
+        "animevae.training_data": config.train.data_source,
+        "animevae.config": config.to_json(),
+    }
+
+
+def _export_one(module: nn.Module, example: torch.Tensor, dims: dict[int, object], role: str, path: Path,
+                metadata: dict[str, str]) -> None:
+    inputs, outputs = {"encoder": (["image"], ["mu", "logvar"]), "decoder": (["z"], ["image"]),
+                       "denoiser": (["image"], ["denoised"])}[role]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), None, input_names=inputs, output_names=outputs,
+                                    dynamic_shapes=(dims,), opset_version=OPSET, dynamo=True, verbose=False)
+    proto = program.model_proto
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    with atomic_path(path, fsync=True) as tmp:
+        onnx.save_model(proto, str(tmp))
+
+
+def _compare(module: nn.Module, example: torch.Tensor, path: Path, role: str, device: str) -> float:
+    from animevae.runtime import open_model
+
+    with torch.no_grad():
+        expected = module(example)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    actual = open_model(path, role, device=device).run(example.numpy())
+    diff = max(float(np.abs(a - e.numpy()).max()) for a, e in zip(actual, expected))
+    if diff > MAX_ABS_DIFF:
+        path.unlink(missing_ok=True)
+        raise ModelError(f"{role}.onnx differs from PyTorch by {diff:.2e} (limit {MAX_ABS_DIFF:.0e}); file removed",
+                         "report this as a bug with your torch and onnxruntime versions")
+    return diff

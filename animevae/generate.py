@@ -1,0 +1,158 @@
+"""Bulk generation: latents seeded per image index, decoded through onnxruntime, written as PNGs atomically."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from animevae.errors import OutputError
+from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic, write_json_atomic
+from animevae.progress import Reporter, SilentReporter
+from animevae.runtime import OnnxModel
+from animevae.writer import PngWriter, WriteFailure, usable_cores
+
+MANIFEST_NAME = ".animevae-generate.json"
+GRID_LIMIT = 64
+
+
+@dataclass
+class GenerateResult:
+    """What a generate call did."""
+
+    out_dir: Path
+    written: int
+    existing: int
+    seconds: float
+    provider: str
+    grid: Path | None
+
+    @property
+    def images_per_s(self) -> float:
+        """Images written per second of wall time."""
+        return self.written / max(self.seconds, 1e-9)
+
+
+def image_name(index: int, count: int) -> str:
+    """000000.png, ...: six digits, more only when the count needs them."""
+    return f"{index:0{max(6, len(str(count - 1)))}d}.png"
+
+
+def latent_for(seed: int, index: int, latent_dim: int) -> np.ndarray:
+    """The latent of image `index`: (latent_dim,) float32 from a generator seeded by (seed, index) alone,
+    so an image does not depend on the batch size, the shard or what was generated before it."""
+    return np.random.default_rng([seed, index]).standard_normal(latent_dim, dtype=np.float32)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, to tell one model from another."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool) -> None:
+    """Create `out_dir`, refusing one that holds images of another model or seed unless `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder path (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {out_dir}: {error.strerror}", "pick a folder you can write to") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir} is not writable", "pick a folder you can write to, or fix its permissions")
+    manifest = out_dir / MANIFEST_NAME
+    if not overwrite:
+        if manifest.is_file():
+            try:
+                stored = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                stored = {}
+            if stored != identity:
+                raise OutputError(f"{out_dir} holds images of another model or seed ({_describe(stored)})",
+                                  "use a new --out folder, or pass --overwrite to replace them")
+        elif any(p.suffix == ".png" for p in out_dir.iterdir()):
+            raise OutputError(f"{out_dir} already holds PNG files that animevae did not generate",
+                              "use a new --out folder, or pass --overwrite to replace them")
+    write_json_atomic(manifest, identity)
+
+
+def _describe(stored: dict[str, object]) -> str:
+    return f"seed {stored.get('seed', '?')}, model {str(stored.get('model_sha256', '?'))[:12]}"
+
+
+def generate(
+    decoder: OnnxModel,
+    count: int,
+    out_dir: Path,
+    seed: int = 0,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    grid: Path | None = None,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+) -> GenerateResult:
+    """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes)."""
+    reporter = reporter or SilentReporter()
+    if count < 1:
+        raise OutputError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
+    if batch_size < 1:
+        raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
+    latent_dim = int(decoder.metadata["animevae.latent_dim"])
+    identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
+                "image_size": int(decoder.metadata["animevae.image_size"])}
+    prepare_output(out_dir, identity, overwrite)
+    remove_stale_temps(out_dir)
+    todo = [i for i in range(count) if overwrite or not (out_dir / image_name(i, count)).exists()]
+    start = time.perf_counter()
+    reporter.start(f"generating into {out_dir}", len(todo))
+    failures: list[WriteFailure] = []
+
+    def on_done(written: int, failed: list[WriteFailure]) -> None:
+        failures.extend(failed)
+        reporter.advance(written)
+
+    pool_size = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+    try:
+        with PngWriter(pool_size, on_done) as writer:
+            for begin in range(0, len(todo), batch_size):
+                indices = todo[begin : begin + batch_size]
+                z = np.stack([latent_for(seed, i, latent_dim) for i in indices])  # (B, latent)
+                pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
+                writer.submit([out_dir / image_name(i, count) for i in indices], list(pixels))
+                if failures:
+                    break
+    finally:
+        reporter.stop()
+    if failures:
+        _raise_write_failure(failures)
+    seconds = time.perf_counter() - start
+    grid_path = _write_grid(out_dir, count, grid, overwrite) if grid else None
+    return GenerateResult(out_dir, len(todo), count - len(todo), seconds, decoder.provider, grid_path)
+
+
+def _raise_write_failure(failures: list[WriteFailure]) -> None:
+    path, reason = failures[0]
+    full = "No space left" in reason or "Disk quota" in reason or str(errno.ENOSPC) in reason
+    raise OutputError(f"stopped: {path}: {reason} ({len(failures)} files not written)",
+                      ("free some disk space and run the same command again: finished files are kept"
+                       if full else "fix the folder, then run the same command again: finished files are kept"))
+
+
+def _write_grid(out_dir: Path, count: int, grid: Path, overwrite: bool) -> Path:
+    shown = [np.asarray(Image.open(out_dir / image_name(i, count)).convert("RGB")) for i in range(min(count, GRID_LIMIT))]
+    data = encode_png(contact_sheet(np.stack(shown)))
+    if grid.exists() and not overwrite and grid.read_bytes() != data:
+        raise OutputError(f"--grid {grid} already exists", "pick another --grid path, or pass --overwrite")
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(grid, data)
+    return grid

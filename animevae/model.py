@@ -1,0 +1,178 @@
+"""The VAE (encoder, Gaussian posterior, decoder), the blind denoiser and their losses. Pure torch, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from animevae.config import ModelConfig
+
+
+def _down(c_in: int, c_out: int) -> nn.Sequential:
+    """Halve H and W: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
+
+
+def _up(c_in: int, c_out: int) -> nn.Sequential:
+    """Double H and W with a transposed conv: (B, c_in, H, W) -> (B, c_out, 2H, 2W)."""
+    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.SiLU())
+
+
+class Encoder(nn.Module):
+    """(B, 3, S, S) image in [0, 1] -> (mu, logvar), each (B, latent)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = config.channels
+        self.conv_in = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1), nn.SiLU())
+        self.down_blocks = nn.Sequential(*(_down(a, b) for a, b in zip((widths[0], *widths[:-1]), widths)))
+        self.to_moments = nn.Linear(widths[-1] * config.base_size**2, 2 * config.latent_dim)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.down_blocks(self.conv_in(image * 2.0 - 1.0))  # (B, C_last, base, base)
+        mu, logvar = self.to_moments(features.flatten(1)).chunk(2, dim=1)  # (B, latent) each
+        return mu, logvar.clamp(-30.0, 20.0)
+
+
+class Decoder(nn.Module):
+    """(B, latent) -> (B, 3, S, S) image in [0, 1]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        widths = config.channels
+        self.base_shape = (widths[-1], config.base_size, config.base_size)
+        self.from_latent = nn.Sequential(nn.Linear(config.latent_dim, math.prod(self.base_shape)), nn.SiLU())
+        reverse = widths[::-1]
+        self.up_blocks = nn.Sequential(*(_up(a, b) for a, b in zip(reverse, (*reverse[1:], reverse[-1]))))
+        self.conv_out = nn.Conv2d(widths[0], 3, 3, 1, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        features = self.from_latent(z).unflatten(1, self.base_shape)  # (B, C_last, base, base)
+        return torch.sigmoid(self.conv_out(self.up_blocks(features)))  # (B, 3, S, S)
+
+
+class DiagonalGaussian:
+    """The posterior q(z|x) = N(mu, exp(logvar))."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        self.mu, self.logvar = mu, logvar
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterised draw: mu + sigma * eps, (B, latent)."""
+        eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + torch.exp(0.5 * self.logvar) * eps
+
+    def mode(self) -> torch.Tensor:
+        """The mean, (B, latent)."""
+        return self.mu
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) per image, (B,), in nats."""
+        return 0.5 * (self.mu.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=1)
+
+
+class VAE(nn.Module):
+    """Encoder + decoder. forward returns (reconstruction, posterior)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.check()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def encode(self, image: torch.Tensor) -> DiagonalGaussian:
+        """(B, 3, S, S) in [0, 1] -> posterior over (B, latent)."""
+        return DiagonalGaussian(*self.encoder(image))
+
+    def forward(
+        self, image: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        posterior = self.encode(image)
+        return self.decoder(posterior.sample(generator)), posterior
+
+
+class VAELoss(nn.Module):
+    """Negative ELBO with a calibrated Gaussian decoder (sigma-VAE, Rybkin et al. 2021).
+
+    The decoder variance is set to its batch-optimal value (the batch MSE), so no KL weight has to be
+    hand-picked. Returns (loss per image in nats / pixel-channels, mse, kl per image).
+    """
+
+    min_log_sigma = -6.0
+
+    def forward(
+        self, image: torch.Tensor, recon: torch.Tensor, posterior: DiagonalGaussian
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dims = image[0].numel()
+        mse = F.mse_loss(recon.float(), image.float())
+        log_sigma = (0.5 * torch.log(mse)).clamp(min=self.min_log_sigma)
+        # Gaussian NLL per image at sigma: D * (mse / (2 sigma^2) + log sigma + log(2 pi) / 2).
+        nll = dims * (mse / (2.0 * torch.exp(2.0 * log_sigma)) + log_sigma + 0.5 * math.log(2.0 * math.pi))
+        kl = posterior.kl().float().mean()
+        return (nll + kl) / dims, mse, kl
+
+
+class ResBlock(nn.Module):
+    """x + conv(relu(conv(x))), the second conv zero-initialised so a fresh block is the identity."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, 1, 1)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class Denoiser(nn.Module):
+    """Blind Gaussian denoiser: (B, 3, H, W) noisy in [0, 1] -> (B, 3, H, W) clean estimate in [0, 1].
+
+    A two-level residual U-Net on the pixel-unshuffled image (4x less work per layer, as in FFDNet) that
+    predicts the noise; the input is added back. H and W must be multiples of 4 (runtime pads to that).
+    """
+
+    multiple = 4
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        width, blocks = config.denoiser_width, config.denoiser_blocks
+        self.conv_in = nn.Conv2d(12, width, 3, 1, 1)
+        self.enc = nn.Sequential(*(ResBlock(width) for _ in range(blocks)))
+        self.down = nn.Conv2d(width, 2 * width, 2, 2)
+        self.mid = nn.Sequential(*(ResBlock(2 * width) for _ in range(2 * blocks)))
+        self.up = nn.ConvTranspose2d(2 * width, width, 2, 2)
+        self.dec = nn.Sequential(*(ResBlock(width) for _ in range(blocks)))
+        self.conv_out = nn.Conv2d(width, 12, 3, 1, 1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_unshuffle(image * 2.0 - 1.0, 2)  # (B, 12, H/2, W/2)
+        skip = self.enc(self.conv_in(x))  # (B, w, H/2, W/2)
+        deep = self.mid(self.down(skip))  # (B, 2w, H/4, W/4)
+        features = self.dec(self.up(deep) + skip)  # (B, w, H/2, W/2)
+        residual = F.pixel_shuffle(self.conv_out(features), 2)  # (B, 3, H, W), on the [-1, 1] scale
+        return (image + 0.5 * residual).clamp(0.0, 1.0)
+
+
+def add_noise(
+    image: torch.Tensor, sigma_255: torch.Tensor | float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Add Gaussian noise of std `sigma_255` (0-255 scale; scalar or (B,)) and clip to [0, 1], as a saved PNG would."""
+    sigma = torch.as_tensor(sigma_255, dtype=image.dtype, device=image.device) / 255.0
+    if sigma.ndim == 1:
+        sigma = sigma.view(-1, 1, 1, 1)
+    noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    return (image + sigma * noise).clamp(0.0, 1.0)
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], (B,)."""
+    mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-10))

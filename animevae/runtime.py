@@ -1,0 +1,146 @@
+"""The only module that imports onnxruntime: provider choice, sessions, batched runs (IO binding on CUDA)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from animevae.errors import DeviceError, ModelError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# ONNX input and output names per role: the file contract of `animevae export`. (ONNX forbids one name for
+# both an input and an output, so the denoiser's output is `denoised`.)
+CONTRACT = {
+    "encoder": (("image",), ("mu", "logvar")),
+    "decoder": (("z",), ("image",)),
+    "denoiser": (("image",), ("denoised",)),
+}
+_CUDA_HINT = (
+    "install only onnxruntime-gpu (`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`), "
+    "check `nvidia-smi`, or use --device cpu"
+)
+
+# onnxruntime prints a red error for every CUDA library it cannot load; we report the outcome in one line instead.
+ort.set_default_logger_severity(4)
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers (not proof that they can run here)."""
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str, available: list[str]) -> list[str]:
+    """The providers to ask for, in order: auto prefers CUDA, cpu never uses it, cuda insists on it."""
+    if device == "cpu":
+        return [CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise DeviceError(f"--device cuda, but this onnxruntime has no CUDA provider (has: {', '.join(available)})",
+                              _CUDA_HINT)
+        return [CUDA, CPU]
+    raise DeviceError(f"unknown device {device!r}", "use one of: auto, cpu, cuda")
+
+
+def check_ran_as_asked(device: str, asked: list[str], actual: str) -> str | None:
+    """Raise if `--device cuda` ended on the CPU; return a fallback note when auto did."""
+    if asked[0] == CUDA and actual != CUDA:
+        if device == "cuda":
+            raise DeviceError("--device cuda, but onnxruntime could not start CUDA and would run on the CPU",
+                              _CUDA_HINT)
+        return "CUDA provider is installed but could not start (no GPU or CUDA libraries); running on the CPU"
+    return None
+
+
+def default_threads() -> int:
+    """onnxruntime intra-op threads: OMP_NUM_THREADS when set, else one per usable core."""
+    raw = os.environ.get("OMP_NUM_THREADS", "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu can load the CUDA/cuDNN libraries that torch's nvidia wheels bring; without them a
+    # machine with a GPU but no system CUDA would silently fall back to the CPU.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # noqa: BLE001 - best effort; the session reports what really ran
+            pass
+
+
+@dataclass
+class OnnxModel:
+    """One ONNX file of ours, opened in an onnxruntime session."""
+
+    path: Path
+    role: str
+    metadata: dict[str, str]
+    session: ort.InferenceSession
+    device: str
+    fallback_note: str | None = None
+    input_name: str = field(init=False)
+    output_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    @property
+    def provider(self) -> str:
+        """The provider that really runs this session."""
+        return self.session.get_providers()[0]
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one float32 batch; on CUDA through IO binding (one copy in, outputs copied back once)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.provider != CUDA:
+            return self.session.run(self.output_names, {self.input_name: batch})
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+def open_model(path: Path, role: str, device: str = "auto", threads: int | None = None) -> OnnxModel:
+    """Open `path` as an animevae `role` model; refuse files that are not ours with a clear error."""
+    asked = choose_providers(device, available_providers())
+    if CUDA in asked:
+        _preload_cuda_libraries()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.intra_op_num_threads = threads or default_threads()
+    # Busy-waiting threads steal the cores that PNG encoding and other jobs need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not path.is_file():
+        raise ModelError(f"no ONNX file at {path}", "export a run with `animevae export --onnx`")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=asked)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types for bad files
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ModelError(f"{path} is not a loadable ONNX model ({first})",
+                         "it may be truncated or not ONNX at all; export again with `animevae export --onnx`") from None
+    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    _check_contract(path, role, session, metadata)
+    note = check_ran_as_asked(device, asked, session.get_providers()[0])
+    return OnnxModel(path, role, metadata, session, device, note)
+
+
+def _check_contract(path: Path, role: str, session: ort.InferenceSession, metadata: dict[str, str]) -> None:
+    inputs = tuple(i.name for i in session.get_inputs())
+    outputs = tuple(o.name for o in session.get_outputs())
+    if metadata.get("animevae.role") != role or (inputs, outputs) != CONTRACT[role]:
+        raise ModelError(
+            f"{path} is not an animevae {role} (inputs {list(inputs)}, outputs {list(outputs)})",
+            f"use a {role}.onnx written by `animevae export --onnx`, or --model builtin",
+        )

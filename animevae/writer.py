@@ -1,0 +1,76 @@
+"""PNG encoding and atomic writing, in worker processes overlapped with the model, in bounded memory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from animevae.fileio import save_png_atomic
+
+WriteFailure = tuple[Path, str]
+
+
+def write_pngs(paths: Sequence[Path], images: Sequence[np.ndarray]) -> list[WriteFailure]:
+    """Encode and atomically write each (H, W, 3) uint8 image; return the (path, reason) of each failure."""
+    failures = []
+    for path, pixels in zip(paths, images):
+        try:
+            save_png_atomic(path, pixels)
+        except OSError as error:
+            failures.append((path, f"cannot write: {error.strerror or error}"))
+    return failures
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class PngWriter:
+    """Writes PNGs in `workers` processes (0: in this process), keeping at most 2 jobs per worker in flight.
+
+    `on_done(written, failures)` is called in this process as jobs finish, in submission order.
+    """
+
+    def __init__(self, workers: int, on_done: Callable[[int, list[WriteFailure]], None]) -> None:
+        self.workers, self.on_done = workers, on_done
+        self.pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 0:
+            # spawn, not fork: the parent holds onnxruntime threads, which do not survive a fork safely.
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, paths: Sequence[Path], images: Sequence[np.ndarray]) -> None:
+        """Queue images for writing; blocks while the queue is full, so memory stays bounded."""
+        if self.pool is None:
+            self.on_done(len(paths), write_pngs(paths, images))
+            return
+        per_job = max(1, -(-len(paths) // self.workers))
+        for begin in range(0, len(paths), per_job):
+            job = self.pool.submit(write_pngs, list(paths[begin : begin + per_job]), list(images[begin : begin + per_job]))
+            self.pending.append((len(paths[begin : begin + per_job]), job))
+        while len(self.pending) > 2 * self.workers:
+            self._finish_one()
+
+    def _finish_one(self) -> None:
+        count, job = self.pending.popleft()
+        self.on_done(count, job.result())
+
+    def __enter__(self) -> "PngWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        try:
+            if kind is None:
+                while self.pending:
+                    self._finish_one()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=kind is not None)
