@@ -152,7 +152,7 @@ def train(
     image_size: Annotated[int, typer.Option("--image-size", min=8, help="Side of the square training images.")] = 64,
     seed: Seed = 0,
     device: Device = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, or bf16 autocast.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
     quiet: Quiet = False,
@@ -164,8 +164,6 @@ def train(
 
     if not data.exists():
         raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
-    if precision not in ("fp32", "bf16"):
-        raise DataError(f"unknown precision {precision!r}", "use fp32 or bf16")
     channels = ModelConfig().channels
     while len(channels) > 1 and image_size % 2 ** len(channels):
         channels = channels[:-1]

@@ -55,7 +55,8 @@ class TrainConfig:
     noise_sigma_max: float = 55.0
     # Checkpoint at least this often, so a killed run loses little.
     checkpoint_minutes: float = 2.0
-    precision: str = "fp32"
+    # fp32, bf16 (autocast), or auto: measured at the start of the run (see devices.choose_precision).
+    precision: str = "auto"
     data_source: str = ""
 
 

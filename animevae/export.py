@@ -20,6 +20,7 @@ from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.model import VAE, Denoiser
+from animevae.prior import MEAN_KEY, SCALE_KEY, pack_array
 from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
 
 MAX_ABS_DIFF = 1e-4
@@ -74,14 +75,17 @@ def export_run(run_dir: Path, device: str = "cpu") -> ExportReport:
     diffs = {}
     for role, (module, example, dims) in graphs.items():
         path = folder / f"{role}.onnx"
-        _export_one(module, example, dims, role, path, _metadata(config, role))
+        _export_one(module, example, dims, role, path, _metadata(config, role, vae))
         diffs[role] = _compare(module, example, path, role, device)
     write_json_atomic(folder / "model.json", {"config": json.loads(config.to_json()), "max_abs_diff": diffs})
     return ExportReport(folder, diffs)
 
 
-def _metadata(config: RunConfig, role: str) -> dict[str, str]:
+def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
+    prior = {} if role != "decoder" else {
+        MEAN_KEY: pack_array(vae.prior_mean.numpy()), SCALE_KEY: pack_array(vae.prior_scale_tril.numpy())}
     return {
+        **prior,
         "animevae.role": role,
         "animevae.version": __version__,
         "animevae.format_version": str(FORMAT_VERSION),

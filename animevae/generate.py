@@ -15,6 +15,7 @@ from PIL import Image
 
 from animevae.errors import OutputError
 from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic, write_json_atomic
+from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.writer import PngWriter, WriteFailure, usable_cores
@@ -43,12 +44,6 @@ class GenerateResult:
 def image_name(index: int, count: int) -> str:
     """000000.png, ...: six digits, more only when the count needs them."""
     return f"{index:0{max(6, len(str(count - 1)))}d}.png"
-
-
-def latent_for(seed: int, index: int, latent_dim: int) -> np.ndarray:
-    """The latent of image `index`: (latent_dim,) float32 from a generator seeded by (seed, index) alone,
-    so an image does not depend on the batch size, the shard or what was generated before it."""
-    return np.random.default_rng([seed, index]).standard_normal(latent_dim, dtype=np.float32)
 
 
 def file_digest(path: Path) -> str:
@@ -108,6 +103,7 @@ def generate(
     if batch_size < 1:
         raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
     latent_dim = int(decoder.metadata["animevae.latent_dim"])
+    prior = LatentPrior.from_metadata(decoder.metadata, latent_dim)
     identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
                 "image_size": int(decoder.metadata["animevae.image_size"])}
     prepare_output(out_dir, identity, overwrite)
@@ -126,7 +122,7 @@ def generate(
         with PngWriter(pool_size, on_done) as writer:
             for begin in range(0, len(todo), batch_size):
                 indices = todo[begin : begin + batch_size]
-                z = np.stack([latent_for(seed, i, latent_dim) for i in indices])  # (B, latent)
+                z = np.stack([prior.latent(seed, i) for i in indices])  # (B, latent)
                 pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
                 writer.submit([out_dir / image_name(i, count) for i in indices], list(pixels))
                 if failures:

@@ -83,10 +83,26 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # Gaussian fitted to the training latents after training (see prior.py); N(0, I) until then.
+        self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
+        self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
 
     def encode(self, image: torch.Tensor) -> DiagonalGaussian:
         """(B, 3, S, S) in [0, 1] -> posterior over (B, latent)."""
         return DiagonalGaussian(*self.encoder(image))
+
+    @torch.no_grad()
+    def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Moment-match the aggregate posterior of (N, latent) posteriors: mean of mu, Cov(mu) + mean variance."""
+        mu, variance = mu.double(), logvar.double().exp()
+        covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
+        covariance = covariance + torch.diag(variance.mean(0) + 1e-6)
+        self.prior_mean.copy_(mu.mean(0))
+        self.prior_scale_tril.copy_(torch.linalg.cholesky(covariance))
+
+    def sample_latent(self, eps: torch.Tensor) -> torch.Tensor:
+        """(B, latent) standard-normal draws -> latents from the fitted prior."""
+        return self.prior_mean + eps @ self.prior_scale_tril.T
 
     def forward(
         self, image: torch.Tensor, generator: torch.Generator | None = None

@@ -19,7 +19,7 @@ from animevae import FORMAT_VERSION, __version__
 from animevae.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.data import folder_fingerprint, load_prepared, prepare_images, save_prepared, split_holdout
-from animevae.devices import resolve_torch_device
+from animevae.devices import choose_precision, resolve_torch_device
 from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic, write_json_atomic
 from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
@@ -29,6 +29,7 @@ from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, check_name, next_free_na
 EVAL_SIGMA = 25.0
 EVAL_NOISE_SEED = 1234
 SAMPLE_COUNT = 16
+DENOISER_CROP = 32
 
 
 @dataclass
@@ -145,17 +146,26 @@ class Trainer:
         self.opt_vae.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_vae.step()
-        sigma = torch.rand(len(batch), generator=self.generator) * self.config.train.noise_sigma_max
-        noise = torch.randn(batch.shape, generator=self.generator).to(self.device) * (sigma.view(-1, 1, 1, 1) / 255.0).to(self.device)
-        noisy = (batch + noise).clamp_(0.0, 1.0)
+        clean = self._crop(batch, DENOISER_CROP)  # (B, 3, c, c): 4x cheaper steps, same conv weights
+        sigma = torch.rand(len(clean), generator=self.generator) * self.config.train.noise_sigma_max
+        noise = torch.randn(clean.shape, generator=self.generator) * (sigma.view(-1, 1, 1, 1) / 255.0)
+        noisy = (clean + noise.to(self.device)).clamp_(0.0, 1.0)
         with self._autocast():
-            den_loss = F.mse_loss(self.denoiser(noisy).float(), batch)
+            den_loss = F.mse_loss(self.denoiser(noisy).float(), clean)
         self.opt_den.zero_grad(set_to_none=True)
         den_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
         self.opt_den.step()
         self.progress.step += 1
         return {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "den_mse": den_loss.item()}
+
+    def _crop(self, batch: torch.Tensor, size: int) -> torch.Tensor:
+        """A random size x size crop per batch (the same window for all images), or the batch if smaller."""
+        side = batch.shape[-1]
+        if side <= size:
+            return batch
+        top, left = torch.randint(0, side - size + 1, (2,), generator=self.generator).tolist()
+        return batch[:, :, top : top + size, left : left + size].contiguous(memory_format=torch.channels_last)
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast_dtype is None:
@@ -182,12 +192,21 @@ class Trainer:
         return {key: round(value / count, 3) for key, value in sums.items()}
 
     @torch.no_grad()
+    def fit_prior(self) -> None:
+        """Fit the sampling prior to the posteriors of the whole training split (eval mode, no augmentation)."""
+        self.vae.eval()
+        moments = [self.vae.encoder(self.train_pixels[b : b + 512].float().div_(255.0))
+                   for b in range(0, len(self.train_pixels), 512)]
+        self.vae.fit_prior(torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float())
+        self.vae.train()
+
+    @torch.no_grad()
     def sample_sheet(self) -> np.ndarray:
         """Row 1: validation images; row 2: their reconstructions; rows 3-4: samples from fixed latents."""
         self.vae.eval()
         clean = self.val_pixels[:8].float().div_(255.0)
         rows = [clean, self.vae.decoder(self.vae.encode(clean).mode())] if len(clean) else []
-        rows.append(self.vae.decoder(self.sample_z.to(self.device)))
+        rows.append(self.vae.decoder(self.vae.sample_latent(self.sample_z.to(self.device))))
         self.vae.train()
         return contact_sheet(to_uint8(torch.cat(rows).float().cpu().numpy()))
 
@@ -238,6 +257,7 @@ def train(
         if train_config.epochs is None and train_config.max_minutes is None:
             train_config = replace(train_config, epochs=10)
         model_config.check()
+        train_config = replace(train_config, precision=choose_precision(train_config.precision, torch_device))
         run_dir = _create_run_dir(runs_dir, name)
         config = RunConfig(name=run_dir.name, model=model_config,
                            train=replace(train_config, data_source=str(data)),
@@ -309,6 +329,7 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
 
 def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: bool) -> dict[str, float]:
     progress = trainer.progress
+    trainer.fit_prior()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
     record = {"epoch": progress.epoch + 1, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny blob images, a tiny model config, and one trained + exported run per session."""
+
+from __future__ import annotations
+
+import os
+
+# As the CLI does, before torch/onnxruntime load: idle threads sleep instead of spinning (2-core machines).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import TINY_MODEL, write_blobs
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run trained for one epoch and exported once per session. Tests must not modify it."""
+
+    data_dir: Path
+    runs_dir: Path
+    run_dir: Path
+    export_dir: Path
+    steps: int
+    max_abs_diff: dict[str, float]
+
+
+@pytest.fixture(autouse=True)
+def _no_debug_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ANIMEVAE_DEBUG=1 in the caller's shell would turn every error report into a traceback."""
+    monkeypatch.delenv("ANIMEVAE_DEBUG", raising=False)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A Typer CliRunner (stdout and stderr both in result.output)."""
+    return CliRunner()
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    """tmp_path/faces holding 40 distinct 16x16 PNGs of coloured blobs."""
+    folder = tmp_path / "faces"
+    write_blobs(folder, count=40)
+    return folder
+
+
+@pytest.fixture
+def tiny_model_config():
+    """image_size=16, latent_dim=8, channels=(8, 16), denoiser_width=8, denoiser_blocks=1."""
+    from animevae.config import ModelConfig
+
+    return ModelConfig(**TINY_MODEL)
+
+
+@pytest.fixture
+def tiny_train_config():
+    """One epoch, batches of 16, fp32 (no bf16 measurement), on a fixed seed."""
+    from animevae.config import TrainConfig
+
+    return TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """Train the tiny model for 1 epoch on 40 blob images and export it, once for the whole session."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.export import export_run
+    from animevae.train import train
+
+    base = tmp_path_factory.mktemp("session_run")
+    data_dir = base / "faces"
+    write_blobs(data_dir, count=40)
+    runs_dir = base / "runs"
+    result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"),
+                   runs_dir, device="cpu")
+    report = export_run(result.run_dir)
+    return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+
+
+@pytest.fixture
+def runs_copy(trained_run: TrainedRun, tmp_path: Path) -> Path:
+    """A private copy of the session's runs folder (for tests that resume, re-export or delete)."""
+    target = tmp_path / "runs"
+    shutil.copytree(trained_run.runs_dir, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def onnx_models(trained_run: TrainedRun) -> dict[str, object]:
+    """The session run's encoder, decoder and denoiser opened on the CPU."""
+    from animevae.runtime import open_model
+
+    return {role: open_model(trained_run.export_dir / f"{role}.onnx", role, device="cpu")
+            for role in ("encoder", "decoder", "denoiser")}

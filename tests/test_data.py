@@ -1,0 +1,356 @@
+"""animevae.data: finding, decoding, squaring and deduplicating images; the packed set and its manifest."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from animevae.data import (
+    DATASET_KIND,
+    count_images,
+    decode_rgb,
+    find_images,
+    folder_fingerprint,
+    load_prepared,
+    manifest_path,
+    pixel_hash,
+    prepare_images,
+    save_prepared,
+    split_holdout,
+    square_resize,
+)
+from animevae.errors import DataError
+from helpers import blob_image, temp_leftovers, write_blobs
+
+
+def _solid(color: tuple[int, ...], size: tuple[int, int] = (6, 4), mode: str = "RGB") -> Image.Image:
+    return Image.new(mode, size, color)
+
+
+def _png_with_header_size(width: int, height: int) -> bytes:
+    """A syntactically valid PNG header claiming width x height (the pixel data is a stub)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+# --- listing -----------------------------------------------------------------------------------
+
+
+def test_find_images_walks_recursively_sorted_and_filters_by_suffix(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "b" / "deep").mkdir(parents=True)
+    (root / "a").mkdir()
+    for rel in ["z.png", "a/x.JPG", "b/deep/y.webp", "b/w.bmp", "b/v.gif", "a/notes.txt", "b/deep/data.json"]:
+        (root / rel).write_bytes(b"")
+    listing = find_images(root)
+    assert [str(p.relative_to(root)) for p in listing.files] == ["z.png", "a/x.JPG", "b/v.gif", "b/w.bmp", "b/deep/y.webp"]
+    assert listing.skipped == []
+    assert count_images(root) == 5
+
+
+def test_find_images_refuses_missing_and_file_roots(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        find_images(tmp_path / "nope")
+    afile = tmp_path / "file.png"
+    afile.write_bytes(b"")
+    with pytest.raises(DataError, match="is not a folder") as caught:
+        find_images(afile)
+    assert caught.value.hint
+
+
+# --- decoding ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix, options", [
+    (".png", {}), (".bmp", {}), (".gif", {}), (".webp", {"lossless": True}), (".jpg", {"quality": 95}),
+])
+def test_decode_rgb_reads_each_format(tmp_path: Path, suffix: str, options: dict) -> None:
+    pixels = np.zeros((8, 12, 3), np.uint8)
+    pixels[:, :6] = (200, 30, 40)
+    pixels[:, 6:] = (20, 180, 60)
+    path = tmp_path / f"img{suffix}"
+    Image.fromarray(pixels).save(path, **options)
+    decoded = decode_rgb(path)
+    assert decoded.shape == (8, 12, 3) and decoded.dtype == np.uint8
+    if suffix == ".jpg":
+        # Lossy, and chroma is subsampled at the colour edge: compare the interiors only.
+        assert np.abs(decoded[:, :4].astype(int) - pixels[:, :4]).max() <= 12
+        assert np.abs(decoded[:, 8:].astype(int) - pixels[:, 8:]).max() <= 12
+    else:
+        np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_decode_rgb_composites_rgba_on_white(tmp_path: Path) -> None:
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 0)      # fully transparent red -> white
+    rgba[0, 1] = (0, 0, 255, 255)    # opaque blue stays blue
+    rgba[1, 0] = (0, 0, 0, 128)      # half-transparent black -> mid grey
+    rgba[1, 1] = (10, 20, 30, 255)
+    path = tmp_path / "alpha.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    decoded = decode_rgb(path)
+    assert decoded.shape == (2, 2, 3)
+    assert tuple(decoded[0, 0]) == (255, 255, 255)
+    assert tuple(decoded[0, 1]) == (0, 0, 255)
+    assert all(abs(int(v) - 127) <= 1 for v in decoded[1, 0])
+    assert tuple(decoded[1, 1]) == (10, 20, 30)
+
+
+def test_decode_rgb_composites_la_and_transparent_palette_on_white(tmp_path: Path) -> None:
+    la = Image.new("LA", (2, 1), (0, 0))
+    la.putpixel((1, 0), (50, 255))
+    la.save(tmp_path / "la.png")
+    assert decode_rgb(tmp_path / "la.png").tolist() == [[[255, 255, 255], [50, 50, 50]]]
+
+    palette = Image.new("P", (2, 1), 0)
+    palette.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    palette.putpixel((1, 0), 1)
+    palette.save(tmp_path / "pal.gif", transparency=0)
+    assert decode_rgb(tmp_path / "pal.gif").tolist() == [[[255, 255, 255], [200, 10, 10]]]
+
+
+def test_decode_rgb_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> None:
+    values = np.array([[0, 32768], [65535, 255]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    decoded = decode_rgb(tmp_path / "deep.png")
+    assert decoded[:, :, 0].tolist() == [[0, 128], [255, 1]]
+    assert (decoded[:, :, 0] == decoded[:, :, 1]).all() and (decoded[:, :, 1] == decoded[:, :, 2]).all()
+
+
+def test_decode_rgb_takes_first_frame_of_animated_gif(tmp_path: Path) -> None:
+    frames = [_solid((255, 0, 0)), _solid((0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    decoded = decode_rgb(tmp_path / "anim.gif")
+    assert tuple(decoded[0, 0]) == (255, 0, 0)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"this is not an image", "not an image Pillow can read"),
+    (b"", "not an image Pillow can read"),
+])
+def test_decode_rgb_refuses_non_images(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "fake.png"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as caught:
+        decode_rgb(path)
+    assert caught.value.message == reason
+
+
+def test_decode_rgb_refuses_truncated_image(tmp_path: Path) -> None:
+    full = tmp_path / "full.png"
+    blob_image(np.random.default_rng(1), 64, 64).save(full)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="broken image"):
+        decode_rgb(cut)
+
+
+def test_decode_rgb_refuses_huge_header_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_with_header_size(20_000, 20_000))  # 400 Mpx claimed, a few bytes on disk
+    with pytest.raises(DataError, match="pixels|decompression bomb"):
+        decode_rgb(path)
+
+
+# --- squaring ----------------------------------------------------------------------------------
+
+
+def test_square_resize_centre_crops_wide_and_tall_images() -> None:
+    wide = np.zeros((16, 24, 3), np.uint8)
+    wide[:, :4] = (255, 0, 0)
+    wide[:, 4:20] = (0, 255, 0)
+    wide[:, 20:] = (0, 0, 255)
+    out = square_resize(wide, 16)
+    assert out.shape == (16, 16, 3)
+    assert (out == (0, 255, 0)).all()  # exactly the centre: no red or blue border survives
+
+    tall = np.transpose(wide, (1, 0, 2)).copy()  # (24, 16, 3)
+    assert (square_resize(tall, 16) == (0, 255, 0)).all()
+
+
+def test_square_resize_resizes_to_the_requested_side() -> None:
+    pixels = np.asarray(blob_image(np.random.default_rng(2), 40, 30))
+    out = square_resize(pixels, 8)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    flat = np.full((30, 40, 3), 77, np.uint8)
+    assert (square_resize(flat, 8) == 77).all()
+
+
+# --- prepare_images ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path) -> Path:
+    """A tree of formats, duplicates and a bad file."""
+    root = tmp_path / "mixed"
+    rng = np.random.default_rng(5)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    base = blob_image(rng, 24, 16)
+    base.save(root / "a.png")
+    base.save(root / "sub" / "a_copy.bmp")          # same pixels, other format: a duplicate
+    base.save(root / "sub" / "deeper" / "a_again.png")  # and another
+    blob_image(rng, 20, 20).save(root / "sub" / "b.jpg", quality=90)
+    blob_image(rng, 16, 16).save(root / "sub" / "deeper" / "c.webp")
+    blob_image(rng, 16, 16).convert("P").save(root / "d.gif")
+    rgba = blob_image(rng, 16, 16).convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(root / "e_transparent.png")
+    (root / "sub" / "broken.png").write_bytes(b"garbage, not a PNG")
+    (root / "readme.txt").write_text("ignored")
+    return root
+
+
+def test_prepare_images_decodes_dedupes_and_skips(mixed_folder: Path) -> None:
+    ticks = []
+    prepared = prepare_images(mixed_folder, 8, on_file=lambda: ticks.append(1))
+    assert len(ticks) == count_images(mixed_folder) == 8
+    assert prepared.sources == ["a.png", "d.gif", "e_transparent.png", "sub/b.jpg", "sub/deeper/c.webp"]
+    assert prepared.images.shape == (5, 8, 8, 3) and prepared.images.dtype == np.uint8
+    assert prepared.image_size == 8
+    # os.walk order: the root's files, then sub/, then sub/deeper/ (folders sorted).
+    assert prepared.duplicates == [
+        {"path": "sub/a_copy.bmp", "duplicate_of": "a.png"},
+        {"path": "sub/deeper/a_again.png", "duplicate_of": "a.png"},
+    ]
+    assert [(s.path, s.reason) for s in prepared.skipped] == [("sub/broken.png", "not an image Pillow can read")]
+    # A fully transparent image becomes white.
+    assert (prepared.images[2] == 255).all()
+    # Hashes are of the decoded pixels, before resizing.
+    assert prepared.hashes[0] == pixel_hash(decode_rgb(mixed_folder / "a.png"))
+    assert len(set(prepared.hashes)) == 5
+
+
+def test_pixel_hash_depends_on_shape_as_well_as_bytes() -> None:
+    a = np.zeros((2, 6, 3), np.uint8)
+    assert pixel_hash(a) != pixel_hash(a.reshape(6, 2, 3))
+    assert pixel_hash(a) == pixel_hash(a.copy())
+
+
+def test_save_prepared_writes_set_and_manifest_atomically(mixed_folder: Path, tmp_path: Path) -> None:
+    prepared = prepare_images(mixed_folder, 8)
+    out = tmp_path / "out" / "set.safetensors"
+    save_prepared(prepared, out, mixed_folder)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["set.manifest.json", "set.safetensors"]
+    assert temp_leftovers(out.parent) == []
+    assert manifest_path(out) == out.parent / "set.manifest.json"
+
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["source"] == str(mixed_folder)
+    assert manifest["image_size"] == 8
+    assert manifest["kept"] == [{"path": p, "sha256": h} for p, h in zip(prepared.sources, prepared.hashes)]
+    assert manifest["duplicates"] == prepared.duplicates
+    assert manifest["skipped"] == [{"path": "sub/broken.png", "reason": "not an image Pillow can read"}]
+
+    images, hashes = load_prepared(out)
+    np.testing.assert_array_equal(images, prepared.images)
+    assert hashes == prepared.hashes
+
+
+def test_save_prepared_failure_keeps_old_file_and_leaves_no_temp(image_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.numpy
+
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 8), out, image_dir)
+    before = out.read_bytes()
+
+    def half_write(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    assert out.read_bytes() == before
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_save_prepared_refuses_an_empty_set(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"nope")
+    prepared = prepare_images(empty, 8)
+    assert prepared.images.shape == (0, 8, 8, 3)
+    with pytest.raises(DataError, match="no usable images") as caught:
+        save_prepared(prepared, tmp_path / "x.safetensors", empty)
+    assert caught.value.hint
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_load_prepared_without_manifest_returns_no_hashes(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 8), out, image_dir)
+    manifest_path(out).unlink()
+    images, hashes = load_prepared(out)
+    assert images.shape == (40, 8, 8, 3)
+    assert hashes == []
+
+
+def test_load_prepared_refuses_other_files(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 3)
+    with pytest.raises(DataError, match="cannot read data set"):
+        load_prepared(garbage)
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"images": np.zeros((1, 4, 4, 3), np.uint8)}, str(foreign), metadata={"kind": "something-else"})
+    with pytest.raises(DataError, match="not a data set written by"):
+        load_prepared(foreign)
+
+    wrong_shape = tmp_path / "wrong.safetensors"
+    save_file({"images": np.zeros((1, 4, 4), np.uint8)}, str(wrong_shape), metadata={"kind": DATASET_KIND})
+    with pytest.raises(DataError, match="not \\(N, H, W, 3\\) uint8"):
+        load_prepared(wrong_shape)
+
+    with pytest.raises(DataError):
+        load_prepared(tmp_path / "missing.safetensors")
+
+
+# --- split and fingerprint ---------------------------------------------------------------------
+
+
+def test_split_holdout_is_disjoint_complete_and_sized() -> None:
+    hashes = [f"h{i}" for i in range(200)]
+    train, val = split_holdout(hashes, 200, val_size=500)
+    assert len(val) == 20  # 10% cap
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(200))
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    _, small_val = split_holdout(hashes, 200, val_size=5)
+    assert len(small_val) == 5
+    assert len(split_holdout([], 10, 500)[1]) == 1  # under 20 images: one held out
+    assert len(split_holdout([], 1, 500)[1]) == 0
+
+
+def test_split_holdout_follows_content_not_order() -> None:
+    hashes = [f"h{i}" for i in range(50)]
+    _, val = split_holdout(hashes, 50, 500)
+    held = {hashes[i] for i in val}
+    reversed_hashes = hashes[::-1]
+    _, val_reversed = split_holdout(reversed_hashes, 50, 500)
+    assert {reversed_hashes[i] for i in val_reversed} == held
+
+
+def test_folder_fingerprint_changes_with_content(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    paths = write_blobs(folder, count=3)
+    first = folder_fingerprint(folder, 16)
+    assert folder_fingerprint(folder, 16) == first
+    assert folder_fingerprint(folder, 32) != first
+    write_blobs(folder, count=1, seed=9, prefix="extra")
+    added = folder_fingerprint(folder, 16)
+    assert added != first
+    paths[0].write_bytes(paths[0].read_bytes() + b"\x00")
+    assert folder_fingerprint(folder, 16) != added

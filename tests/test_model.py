@@ -1,0 +1,188 @@
+"""animevae.model (VAE, denoiser, losses), animevae.config and animevae.models (which ONNX files to use)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from animevae.config import ModelConfig, RunConfig, TrainConfig
+from animevae.errors import ModelError
+from animevae.model import VAE, Denoiser, DiagonalGaussian, VAELoss, add_noise, psnr
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_model_config_base_size_and_check(tiny_model_config: ModelConfig) -> None:
+    assert tiny_model_config.base_size == 4
+    tiny_model_config.check()
+    assert ModelConfig().base_size == 4  # 64 px over four halvings
+    with pytest.raises(ValueError, match="not divisible"):
+        ModelConfig(image_size=20, channels=(8, 16, 32)).check()
+    with pytest.raises(ValueError, match="not divisible"):
+        ModelConfig(image_size=4, channels=(8, 16, 32)).check()
+    with pytest.raises(ValueError, match="latent_dim"):
+        ModelConfig(latent_dim=0).check()
+
+
+def test_model_config_channels_become_an_int_tuple() -> None:
+    config = ModelConfig(channels=[8.0, 16])  # type: ignore[arg-type]
+    assert config.channels == (8, 16)
+    assert all(type(c) is int for c in config.channels)
+
+
+def test_run_config_json_round_trip_ignores_unknown_keys(tiny_model_config: ModelConfig) -> None:
+    config = RunConfig(name="x", model=tiny_model_config, train=TrainConfig(epochs=3, precision="fp32"),
+                       created=12.5, version="0.1.0")
+    raw = json.loads(config.to_json())
+    assert raw["model"]["channels"] == [8, 16]
+    raw["from_the_future"] = 1
+    raw["model"]["new_knob"] = 2
+    raw["train"]["other"] = 3
+    assert RunConfig.from_dict(raw) == config
+
+
+# --- VAE ---------------------------------------------------------------------------------------
+
+
+def test_vae_shapes_and_ranges(tiny_model_config: ModelConfig) -> None:
+    torch.manual_seed(0)
+    vae = VAE(tiny_model_config)
+    images = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        recon, posterior = vae(images, torch.Generator().manual_seed(0))
+    assert recon.shape == (5, 3, 16, 16)
+    assert posterior.mu.shape == posterior.logvar.shape == (5, 8)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    with torch.no_grad():
+        assert vae.decoder(torch.randn(2, 8)).shape == (2, 3, 16, 16)
+
+
+def test_vae_refuses_sizes_that_do_not_fit() -> None:
+    with pytest.raises(ValueError):
+        VAE(ModelConfig(image_size=18, channels=(8, 16)))
+
+
+def test_vae_sampling_is_reproducible_with_a_generator(tiny_model_config: ModelConfig) -> None:
+    torch.manual_seed(0)
+    vae = VAE(tiny_model_config).eval()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        first, _ = vae(images, torch.Generator().manual_seed(3))
+        second, _ = vae(images, torch.Generator().manual_seed(3))
+        other, _ = vae(images, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(first, second)
+    assert not torch.allclose(first, other)
+
+
+def test_diagonal_gaussian_kl_and_mode() -> None:
+    zero = DiagonalGaussian(torch.zeros(3, 4), torch.zeros(3, 4))
+    torch.testing.assert_close(zero.kl(), torch.zeros(3))
+    shifted = DiagonalGaussian(torch.full((1, 4), 2.0), torch.zeros(1, 4))
+    torch.testing.assert_close(shifted.kl(), torch.tensor([8.0]))  # 0.5 * sum(mu^2)
+    assert shifted.mode() is shifted.mu
+    tight = DiagonalGaussian(torch.ones(1, 4), torch.full((1, 4), -60.0))
+    torch.testing.assert_close(tight.sample(torch.Generator().manual_seed(0)), torch.ones(1, 4))
+
+
+def test_vae_loss_is_finite_and_prefers_better_reconstructions() -> None:
+    image = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    posterior = DiagonalGaussian(torch.zeros(4, 2), torch.zeros(4, 2))
+    loss_fn = VAELoss()
+    close_loss, close_mse, kl = loss_fn(image, (image + 0.01).clamp(0, 1), posterior)
+    far_loss, far_mse, _ = loss_fn(image, torch.zeros_like(image), posterior)
+    assert torch.isfinite(close_loss) and torch.isfinite(far_loss)
+    assert close_mse < far_mse and close_loss < far_loss
+    assert float(kl) == pytest.approx(0.0)
+    # A perfect reconstruction still gives a finite loss (log sigma is clamped).
+    assert torch.isfinite(loss_fn(image, image, posterior)[0])
+
+
+# --- denoiser ----------------------------------------------------------------------------------
+
+
+def test_fresh_denoiser_is_the_identity(tiny_model_config: ModelConfig) -> None:
+    denoiser = Denoiser(tiny_model_config).eval()
+    image = torch.rand(2, 3, 12, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(image), image)
+
+
+def test_denoiser_keeps_any_multiple_of_four_shape(tiny_model_config: ModelConfig) -> None:
+    torch.manual_seed(0)
+    denoiser = Denoiser(tiny_model_config).eval()
+    torch.nn.init.normal_(denoiser.conv_out.weight, std=0.1)  # no longer the identity
+    for height, width in ((4, 4), (16, 24), (20, 20)):
+        with torch.no_grad():
+            out = denoiser(torch.rand(1, 3, height, width))
+        assert out.shape == (1, 3, height, width)
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_add_noise_and_psnr() -> None:
+    image = torch.full((2, 3, 8, 8), 0.5)
+    assert torch.equal(add_noise(image, 0.0), image)
+    noisy = add_noise(image, torch.tensor([0.0, 25.0]), torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[0], image[0])
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    assert 15.0 < float(psnr(noisy[1:], image[1:])) < 25.0  # sigma 25/255 is about 20 dB
+    assert float(psnr(image, image)[0]) == pytest.approx(100.0)  # MSE floored at 1e-10
+    torch.testing.assert_close(psnr(torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)), torch.tensor([0.0]))
+
+
+# --- models.choose_model -------------------------------------------------------------------------
+
+
+def _fake_run(runs_dir: Path, name: str, created: float, exported: bool) -> Path:
+    run = runs_dir / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"created": created}))
+    if exported:
+        (run / "export").mkdir()
+        (run / "export" / "decoder.onnx").write_bytes(b"x")
+    return run
+
+
+def test_choose_model_prefers_newest_exported_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from animevae import models
+
+    monkeypatch.setattr(models, "builtin_available", lambda: False)
+    runs = tmp_path / "runs"
+    _fake_run(runs, "old", 1.0, exported=True)
+    _fake_run(runs, "mid", 2.0, exported=True)
+    _fake_run(runs, "new", 3.0, exported=False)
+    choice = models.choose_model(runs)
+    assert choice.folder == runs / "mid" / "export"
+    assert choice.path("decoder") == runs / "mid" / "export" / "decoder.onnx"
+    assert "mid" in choice.origin
+    assert models.choose_model(runs, run="old").folder == runs / "old" / "export"
+    with pytest.raises(ModelError, match="never exported") as caught:
+        models.choose_model(runs, run="new")
+    assert "animevae export --onnx --run new" in caught.value.hint
+
+
+def test_choose_model_explicit_paths_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from animevae import models
+
+    monkeypatch.setattr(models, "builtin_available", lambda: False)
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    onnx_file = folder / "decoder.onnx"
+    onnx_file.write_bytes(b"x")
+    assert models.choose_model(tmp_path, model=str(folder)).path("denoiser") == folder / "denoiser.onnx"
+    assert models.choose_model(tmp_path, model=str(onnx_file)).path("denoiser") == onnx_file
+    with pytest.raises(ModelError, match="no such file"):
+        models.choose_model(tmp_path, model=str(tmp_path / "missing.onnx"))
+    with pytest.raises(ModelError, match="both given"):
+        models.choose_model(tmp_path, run="a", model="b")
+    with pytest.raises(ModelError, match="no built-in model"):
+        models.choose_model(tmp_path, model="builtin")
+    with pytest.raises(ModelError, match="no exported run") as caught:
+        models.choose_model(tmp_path / "empty-runs")
+    assert "animevae train" in caught.value.hint
+    _fake_run(tmp_path / "runs", "only", 1.0, exported=False)
+    with pytest.raises(ModelError, match="'only' was never exported"):
+        models.choose_model(tmp_path / "runs")
