@@ -21,7 +21,7 @@ from rich.table import Table
 
 from animevae import __version__
 from animevae.errors import AnimeVAEError
-from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDir, Seed
+from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDir, Seed, ShardSpec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk.")
@@ -236,15 +236,19 @@ def generate(
     model: ModelRef = None,
     device: Device = "auto",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a contact sheet of the first 64.")] = None,
+    shard: ShardSpec = None,
     overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
     quiet: Quiet = False,
 ) -> None:
     """Generate faces in bulk through onnxruntime; a rerun resumes and changes no finished file."""
     from animevae.generate import generate as generate_images
+    from animevae.shard import Shard
 
+    part = Shard.parse(shard)
     decoder = _open("decoder", runs_dir, run, model, device)
-    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet))
+    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet),
+                             shard=part)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
     if result.grid:
@@ -261,22 +265,50 @@ def denoise(
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
+    shard: ShardSpec = None,
     overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
     quiet: Quiet = False,
 ) -> None:
     """Denoise every image under a folder into a mirrored folder of PNGs; exit 1 if any file failed."""
     from animevae.denoise import SKIPPED_NAME, default_out_dir, denoise_folder
+    from animevae.shard import Shard
 
+    part = Shard.parse(shard)
     out = out or default_out_dir(folder)
     denoiser = _open("denoiser", runs_dir, run, model, device)
-    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet))
+    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet), shard=part)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
     if result.skipped:
         _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
         err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
         raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def info(
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    runs_dir: RunsDir = DEFAULT_RUNS,
+) -> None:
+    """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
+    from animevae.models import choose_model
+    from animevae.runtime import available_providers, open_model
+
+    choice = choose_model(runs_dir, run, model)
+    decoder = open_model(choice.path("decoder"), "decoder", device)
+    meta = decoder.metadata
+    console.print(f"model: {choice.origin}")
+    console.print(f"  files: {choice.folder}")
+    for key in ("run", "version", "format_version", "image_size", "latent_dim", "training_data"):
+        console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
+    console.print(f"onnxruntime providers available: {', '.join(available_providers())}")
+    console.print(f"--device {device} runs on: {decoder.provider}")
+    if decoder.fallback_note:
+        console.print(f"note: {decoder.fallback_note}")
 
 
 def main() -> None:

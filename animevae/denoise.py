@@ -14,6 +14,7 @@ from animevae.fileio import remove_stale_temps, to_uint8, write_json_atomic
 from animevae.generate import file_digest, prepare_output
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
+from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores
 
 SKIPPED_NAME = "skipped.json"
@@ -53,12 +54,14 @@ def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
     return to_uint8(denoiser.run(batch)[0][:, :, :height, :width])
 
 
-def plan_outputs(in_dir: Path, out_dir: Path) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
-    """Pair each input image with its output path (same relative stem, .png); report name clashes."""
+def plan_outputs(in_dir: Path, out_dir: Path, shard: Shard = Shard()) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
+    """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes."""
     listing = find_images(in_dir)
     pairs, skipped, claimed = [], list(listing.skipped), {}
     for path in listing.files:
         relative = path.relative_to(in_dir)
+        if not shard.owns_path(listing.relative(path)):
+            continue
         target = out_dir / relative.with_suffix(".png")
         if target in claimed:
             skipped.append(Skipped(listing.relative(path), f"same output name as {claimed[target]}"))
@@ -76,6 +79,7 @@ def denoise_folder(
     overwrite: bool = False,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    shard: Shard = Shard(),
 ) -> DenoiseResult:
     """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish."""
     reporter = reporter or SilentReporter()
@@ -89,7 +93,7 @@ def denoise_folder(
         raise OutputError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
     prepare_output(out_dir, {"model_sha256": file_digest(denoiser.path), "task": "denoise"}, overwrite)
     remove_stale_temps(out_dir)
-    pairs, skipped = plan_outputs(in_dir, out_dir)
+    pairs, skipped = plan_outputs(in_dir, out_dir, shard)
     todo = [(src, dst) for src, dst in pairs if overwrite or not dst.exists()]
     start = time.perf_counter()
     reporter.start(f"denoising into {out_dir}", len(todo))

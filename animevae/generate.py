@@ -18,6 +18,7 @@ from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_ui
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
+from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores
 
 MANIFEST_NAME = ".animevae-generate.json"
@@ -95,8 +96,11 @@ def generate(
     grid: Path | None = None,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    shard: Shard = Shard(),
 ) -> GenerateResult:
-    """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes)."""
+    """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes).
+
+    With a shard, only the indices it owns: K shards together write exactly the files of one run."""
     reporter = reporter or SilentReporter()
     if count < 1:
         raise OutputError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
@@ -108,7 +112,8 @@ def generate(
                 "image_size": int(decoder.metadata["animevae.image_size"])}
     prepare_output(out_dir, identity, overwrite)
     remove_stale_temps(out_dir)
-    todo = [i for i in range(count) if overwrite or not (out_dir / image_name(i, count)).exists()]
+    mine = [i for i in range(count) if shard.owns_index(i)]
+    todo = [i for i in mine if overwrite or not (out_dir / image_name(i, count)).exists()]
     start = time.perf_counter()
     reporter.start(f"generating into {out_dir}", len(todo))
     failures: list[WriteFailure] = []
@@ -132,8 +137,8 @@ def generate(
     if failures:
         _raise_write_failure(failures)
     seconds = time.perf_counter() - start
-    grid_path = _write_grid(out_dir, count, grid, overwrite) if grid else None
-    return GenerateResult(out_dir, len(todo), count - len(todo), seconds, decoder.provider, grid_path)
+    grid_path = _write_grid([out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]], grid, overwrite) if grid else None
+    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid_path)
 
 
 def _raise_write_failure(failures: list[WriteFailure]) -> None:
@@ -144,8 +149,8 @@ def _raise_write_failure(failures: list[WriteFailure]) -> None:
                        if full else "fix the folder, then run the same command again: finished files are kept"))
 
 
-def _write_grid(out_dir: Path, count: int, grid: Path, overwrite: bool) -> Path:
-    shown = [np.asarray(Image.open(out_dir / image_name(i, count)).convert("RGB")) for i in range(min(count, GRID_LIMIT))]
+def _write_grid(paths: list[Path], grid: Path, overwrite: bool) -> Path:
+    shown = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     data = encode_png(contact_sheet(np.stack(shown)))
     if grid.exists() and not overwrite and grid.read_bytes() != data:
         raise OutputError(f"--grid {grid} already exists", "pick another --grid path, or pass --overwrite")

@@ -16,3 +16,5 @@ ModelRef = Annotated[Optional[str], typer.Option(
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs of another model or seed.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+ShardSpec = Annotated[Optional[str], typer.Option(
+    "--shard", help="i/K: do only part i of K (0-based); K runs together write exactly one run's files.")]

@@ -1,0 +1,40 @@
+"""Splitting bulk jobs across processes or machines: `--shard i/K` takes every K-th item, starting at i."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from animevae.errors import OutputError
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` (0-based)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Shard":
+        """'i/K' -> Shard(i, K); None -> the whole job."""
+        if text is None:
+            return cls()
+        head, sep, tail = text.partition("/")
+        if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+            raise OutputError(f"--shard {text!r} is not of the form i/K", "pass for example --shard 0/4 (i from 0 to K-1)")
+        index, count = int(head), int(tail)
+        if count < 1 or index >= count:
+            raise OutputError(f"--shard {text}: i must be in 0..K-1 and K at least 1", "pass for example --shard 0/4")
+        return cls(index, count)
+
+    def owns_index(self, index: int) -> bool:
+        """Whether generated image `index` belongs to this shard."""
+        return index % self.count == self.index
+
+    def owns_path(self, relative: str) -> bool:
+        """Whether an input file belongs to this shard, by a stable hash of its relative path."""
+        if self.count == 1:
+            return True
+        digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index

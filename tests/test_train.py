@@ -1,0 +1,317 @@
+"""animevae.train (runs, metrics, samples, cache, resume), animevae.runs and animevae.devices."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from animevae.checkpoint import load_checkpoint
+from animevae.config import ModelConfig, TrainConfig
+from animevae.data import prepare_images, save_prepared
+from animevae.errors import DataError, DeviceError, ModelError
+from animevae.runs import check_name, list_runs, next_free_name, resolve_run
+from animevae.train import train
+from helpers import read_jsonl, read_rgb, temp_leftovers
+
+METRIC_FIELDS = {"loss", "mse", "kl", "val_psnr", "denoise_psnr_25", "noisy_psnr_25"}
+
+
+class RecordingReporter:
+    """A Reporter that keeps the log lines and counts training steps; optionally acts on step N."""
+
+    def __init__(self, on_step: int | None = None, action: Any = None) -> None:
+        self.logs: list[str] = []
+        self.steps = 0
+        self.on_step, self.action = on_step, action
+
+    def start(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        if "epoch" in fields:  # a training step (not the initial catch-up advance)
+            self.steps += steps
+            if self.steps == self.on_step:
+                self.action()
+
+    def stop(self) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+# --- a finished run's files (the session run, read only) ---------------------------------------
+
+
+def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> None:
+    run = trained_run.run_dir
+    assert run.name == "run"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "export", "last.safetensors", "metrics.jsonl", "samples"]
+    assert temp_leftovers(run) == []
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["name"] == "run"
+    assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
+                               "denoiser_blocks": 1}
+    assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 16
+    assert config["train"]["precision"] == "fp32"
+    assert config["train"]["data_source"] == str(trained_run.data_dir)
+    assert config["format_version"] == 1 and config["version"] and config["created"] > 0
+
+
+def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> None:
+    records = read_jsonl(trained_run.run_dir / "metrics.jsonl")
+    assert len(records) == 1
+    record = records[0]
+    assert METRIC_FIELDS <= record.keys()
+    assert record["epoch"] == 1 and record["step"] == trained_run.steps and record["partial"] is False
+    assert all(math.isfinite(record[key]) for key in METRIC_FIELDS)
+    # sigma 25 noise on [0, 1] images is about 20 dB (a bit more, as clipping removes some noise).
+    assert 19.0 < record["noisy_psnr_25"] < 23.0
+    assert record["val_psnr"] > 0 and record["denoise_psnr_25"] > 0
+
+
+def test_sample_sheet_shows_validation_reconstructions_and_samples(trained_run) -> None:
+    sheet = read_rgb(trained_run.run_dir / "samples" / "epoch_0001.png")
+    # 40 images -> 4 held out: 4 originals + 4 reconstructions + 16 samples = 24 tiles, 8 per row, 16 px + 2 px pad.
+    assert sheet.shape == (3 * 18 + 2, 8 * 18 + 2, 3)
+    assert (sheet[0] == 255).all()  # white padding
+
+
+def test_steps_per_epoch(trained_run) -> None:
+    # 40 images, 4 held out, batches of 16: 16 + 16 + 4.
+    assert trained_run.steps == 3
+
+
+# --- new runs: naming, cache, determinism ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_runs_are_named_run_then_run_2_and_the_folder_is_prepared_once(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, tiny_train_config: TrainConfig) -> None:
+    runs = tmp_path / "runs"
+    first_reporter, second_reporter = RecordingReporter(), RecordingReporter()
+    first = train(image_dir, tiny_model_config, tiny_train_config, runs, device="cpu", reporter=first_reporter)
+    second = train(image_dir, tiny_model_config, tiny_train_config, runs, device="cpu", reporter=second_reporter)
+    assert (first.run_dir.name, second.run_dir.name) == ("run", "run-2")
+    assert [p.name for p in list_runs(runs)] == ["run", "run-2"]
+    assert resolve_run(runs, None).name == "run-2"
+
+    cached = sorted((runs / ".cache").glob("*.safetensors"))
+    assert len(cached) == 1 and cached[0].name.startswith("faces-")
+    assert any("prepared 40 images" in line for line in first_reporter.logs)
+    assert any("using the prepared copy" in line for line in second_reporter.logs)
+    assert not any("using the prepared copy" in line for line in first_reporter.logs)
+
+    # Same data, config and seed: the same weights and metrics.
+    a = load_checkpoint(first.run_dir / "last.safetensors").tensors
+    b = load_checkpoint(second.run_dir / "last.safetensors").tensors
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first.metrics == second.metrics
+
+    # A changed folder is prepared again, under a new key.
+    (image_dir / "face000.png").unlink()
+    third_reporter = RecordingReporter()
+    train(image_dir, tiny_model_config, tiny_train_config, runs, name="third", device="cpu", reporter=third_reporter)
+    assert len(list((runs / ".cache").glob("*.safetensors"))) == 2
+    assert any("prepared 39 images" in line for line in third_reporter.logs)
+
+
+def test_existing_name_without_resume_is_refused(tmp_path: Path, image_dir: Path, tiny_model_config: ModelConfig,
+                                                 tiny_train_config: TrainConfig) -> None:
+    runs = tmp_path / "runs"
+    (runs / "mine").mkdir(parents=True)
+    (runs / "mine" / "config.json").write_text('{"created": 1}')
+    with pytest.raises(ModelError, match="already exists") as caught:
+        train(image_dir, tiny_model_config, tiny_train_config, runs, name="mine", device="cpu")
+    assert "--resume --name mine" in caught.value.hint
+    assert (runs / "mine" / "config.json").read_text() == '{"created": 1}'
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 65, "sp ace"])
+def test_unsafe_run_names_are_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="invalid run name"):
+        check_name(name)
+
+
+def test_run_name_helpers(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert check_name("my-run_1.0") == "my-run_1.0"
+    assert next_free_name(runs) == "run"
+    (runs / "run").mkdir(parents=True)
+    assert next_free_name(runs) == "run-2"
+    (runs / "run-2").mkdir()
+    (runs / "run-4").mkdir()
+    assert next_free_name(runs) == "run-3"
+    with pytest.raises(ModelError, match="no runs in") as caught:
+        resolve_run(runs, None)  # folders without config.json are not runs
+    assert "animevae train" in caught.value.hint
+    (runs / "run" / "config.json").write_text(json.dumps({"created": 5.0}))
+    (runs / "run-2" / "config.json").write_text(json.dumps({"created": 3.0}))
+    assert [p.name for p in list_runs(runs)] == ["run-2", "run"]
+    assert resolve_run(runs, None).name == "run"
+    with pytest.raises(ModelError, match="no run named 'nope'") as caught:
+        resolve_run(runs, "nope")
+    assert "run-2, run" in caught.value.hint
+
+
+# --- data sources ------------------------------------------------------------------------------
+
+
+def test_train_from_a_prepared_set_and_size_mismatch(image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig,
+                                                     tiny_train_config: TrainConfig) -> None:
+    packed = tmp_path / "faces.safetensors"
+    save_prepared(prepare_images(image_dir, 16), packed, image_dir)
+    result = train(packed, tiny_model_config, tiny_train_config, tmp_path / "runs", device="cpu")
+    assert json.loads((result.run_dir / "config.json").read_text())["train"]["data_source"] == str(packed)
+    assert not (tmp_path / "runs" / ".cache").exists()  # a prepared set is used as is
+
+    small = tmp_path / "small.safetensors"
+    save_prepared(prepare_images(image_dir, 8), small, image_dir)
+    with pytest.raises(DataError, match="holds 8x8 images, not 16x16") as caught:
+        train(small, tiny_model_config, tiny_train_config, tmp_path / "runs", device="cpu")
+    assert "--image-size 8" in caught.value.hint
+
+
+def test_a_folder_without_usable_images_is_refused(tmp_path: Path, tiny_model_config: ModelConfig,
+                                                   tiny_train_config: TrainConfig) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="no usable images"):
+        train(empty, tiny_model_config, tiny_train_config, tmp_path / "runs", device="cpu")
+
+
+@pytest.mark.xfail(reason="BUG: a failed `train` leaves an empty runs/run/ folder (created before the data is "
+                          "loaded), so the next run is named run-2", strict=True, raises=AssertionError)
+def test_failed_train_leaves_no_run_folder(tmp_path: Path, tiny_model_config: ModelConfig,
+                                           tiny_train_config: TrainConfig) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a data set")
+    runs = tmp_path / "runs"
+    with pytest.raises(DataError):
+        train(bad, tiny_model_config, tiny_train_config, runs, device="cpu")
+    assert next_free_name(runs) == "run"
+
+
+@pytest.mark.xfail(reason="BUG: the last batch of an epoch can hold a single image; when the encoder's base grid "
+                          "is 1x1 (the CLI's 16 px or 8 px models) BatchNorm raises ValueError", strict=True,
+                   raises=ValueError)
+def test_a_final_batch_of_one_image_trains(image_dir: Path, tmp_path: Path) -> None:
+    # 40 images -> 36 for training; batches of 35 leave one image for the last batch.
+    config = ModelConfig(image_size=16, latent_dim=8, channels=(8, 8, 8, 8), denoiser_width=8, denoiser_blocks=1)
+    assert config.base_size == 1  # what `animevae train --image-size 16` builds (default widths, 4 levels)
+    result = train(image_dir, config, TrainConfig(epochs=1, batch_size=35, precision="fp32"), tmp_path / "runs",
+                   device="cpu")
+    assert result.progress.step == 2
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint(trained_run, runs_copy: Path, tiny_model_config: ModelConfig) -> None:
+    run_dir = runs_copy / "run"
+    created = json.loads((run_dir / "config.json").read_text())["created"]
+    before = load_checkpoint(run_dir / "last.safetensors")
+    reporter = RecordingReporter()
+    # The model config passed in is ignored on resume: the stored one wins.
+    other_model = replace(tiny_model_config, latent_dim=99)
+    result = train(trained_run.data_dir, other_model, TrainConfig(epochs=2, precision="fp32"), runs_copy,
+                   name="run", device="cpu", resume=True, reporter=reporter)
+    assert any("resuming run at epoch 2, step 3" in line for line in reporter.logs)
+    assert result.run_dir == run_dir
+    assert result.progress.epoch == 2 and result.progress.step == 2 * trained_run.steps
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0] == read_jsonl(trained_run.run_dir / "metrics.jsonl")[0]
+    assert (run_dir / "samples" / "epoch_0002.png").is_file()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["created"] == created and config["model"]["latent_dim"] == 8
+    after = load_checkpoint(run_dir / "last.safetensors")
+    assert not torch.equal(after.tensors["vae.decoder.conv_out.weight"], before.tensors["vae.decoder.conv_out.weight"])
+
+    # Resuming a finished run (newest run, no --name) does nothing and duplicates nothing.
+    again = train(trained_run.data_dir, tiny_model_config, TrainConfig(precision="fp32"), runs_copy, device="cpu",
+                  resume=True)
+    assert again.progress.step == 2 * trained_run.steps
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_resume_of_a_missing_run_is_refused(tmp_path: Path, image_dir: Path, tiny_model_config: ModelConfig) -> None:
+    with pytest.raises(ModelError, match="no runs in"):
+        train(image_dir, tiny_model_config, TrainConfig(epochs=1), tmp_path / "runs", device="cpu", resume=True)
+    with pytest.raises(ModelError, match="no run named 'ghost'"):
+        train(image_dir, tiny_model_config, TrainConfig(epochs=1), tmp_path / "runs", name="ghost", device="cpu",
+              resume=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_after_the_current_step_and_resume_finishes(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, tiny_train_config: TrainConfig) -> None:
+    runs = tmp_path / "runs"
+    reporter = RecordingReporter(on_step=1, action=lambda: os.kill(os.getpid(), signal.SIGINT))
+    result = train(image_dir, tiny_model_config, tiny_train_config, runs, device="cpu", reporter=reporter)
+    assert result.interrupted
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    checkpoint = load_checkpoint(result.run_dir / "last.safetensors")
+    assert (checkpoint.progress.epoch, checkpoint.progress.batch, checkpoint.progress.step) == (0, 1, 1)
+    assert not (result.run_dir / "metrics.jsonl").exists()
+
+    resumed = train(image_dir, tiny_model_config, TrainConfig(precision="fp32"), runs, device="cpu", resume=True)
+    assert not resumed.interrupted
+    assert (resumed.progress.epoch, resumed.progress.step) == (1, 3)
+    assert [r["epoch"] for r in read_jsonl(result.run_dir / "metrics.jsonl")] == [1]
+
+
+def test_time_budget_stops_with_a_partial_epoch_record(image_dir: Path, tmp_path: Path,
+                                                       tiny_model_config: ModelConfig) -> None:
+    config = TrainConfig(max_minutes=1e-6, batch_size=16, precision="fp32")
+    result = train(image_dir, tiny_model_config, config, tmp_path / "runs", device="cpu")
+    assert not result.interrupted
+    assert (result.progress.epoch, result.progress.batch, result.progress.step) == (0, 1, 1)
+    records = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert len(records) == 1 and records[0]["partial"] is True and records[0]["epoch"] == 1
+    assert METRIC_FIELDS <= records[0].keys()
+    assert load_checkpoint(result.run_dir / "last.safetensors").progress.step == 1
+
+
+# --- devices -----------------------------------------------------------------------------------
+
+
+def test_torch_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from animevae.devices import resolve_torch_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_torch_device("cpu").type == "cpu"
+    assert resolve_torch_device("auto").type == "cpu"
+    with pytest.raises(DeviceError, match="torch sees no CUDA GPU") as caught:
+        resolve_torch_device("cuda")
+    assert "--device cpu" in caught.value.hint
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_torch_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_torch_device("auto").type == "cuda"
+    assert resolve_torch_device("cpu").type == "cpu"
+
+
+def test_train_on_cuda_without_a_gpu_fails_before_creating_anything(
+        monkeypatch: pytest.MonkeyPatch, image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig,
+        tiny_train_config: TrainConfig) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError):
+        train(image_dir, tiny_model_config, tiny_train_config, tmp_path / "runs", device="cuda")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_training_writes_nothing_into_the_data_folder(trained_run) -> None:
+    # The data folder is read, never written (the prepared copy goes to runs/.cache, not beside the folder).
+    assert sorted(p.name for p in trained_run.data_dir.iterdir()) == [f"face{i:03d}.png" for i in range(40)]
