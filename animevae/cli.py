@@ -175,6 +175,8 @@ def train(
     train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                denoiser_lr=lr, seed=seed, precision=precision)
     result = train_run(data, model_config, train_config, runs_dir, name, device, resume, RichReporter(quiet))
+    if not result.is_main:
+        return  # under torchrun, rank 0 reports
     progress, metrics = result.progress, result.metrics
     state = "interrupted; checkpoint saved" if result.interrupted else "finished"
     console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "

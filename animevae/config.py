@@ -45,7 +45,10 @@ class TrainConfig:
 
     epochs: int | None = None
     max_minutes: float | None = None
+    # The global batch: under torchrun each of `world_size` processes takes batch_size / world_size of it,
+    # so the learning rate below needs no rescaling.
     batch_size: int = 64
+    world_size: int = 1
     lr: float = 2e-3
     denoiser_lr: float = 2e-3
     seed: int = 0

@@ -19,7 +19,8 @@ from animevae import FORMAT_VERSION, __version__
 from animevae.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.data import folder_fingerprint, load_prepared, prepare_images, save_prepared, split_holdout
-from animevae.devices import choose_precision, resolve_torch_device
+from animevae.devices import choose_precision
+from animevae.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic, write_json_atomic
 from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
@@ -43,6 +44,7 @@ class TrainResult:
     precision: str
     interrupted: bool
     images_per_s: float
+    is_main: bool = True
 
 
 class Stop(Exception):
@@ -75,11 +77,20 @@ def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter:
 class Trainer:
     """Holds the models, optimisers and data of one run and steps them."""
 
-    def __init__(self, config: RunConfig, images: np.ndarray, hashes: list[str], device: torch.device) -> None:
-        self.config, self.device = config, device
+    def __init__(self, config: RunConfig, images: np.ndarray, hashes: list[str], ctx: DistContext) -> None:
+        self.config, self.ctx, self.device = config, ctx, ctx.device
+        device = ctx.device
         torch.manual_seed(config.train.seed)
         self.vae = VAE(config.model).to(device, memory_format=torch.channels_last)
         self.denoiser = Denoiser(config.model).to(device, memory_format=torch.channels_last)
+        # Under torchrun the steps go through DDP wrappers (gradients averaged across ranks); evaluation,
+        # sampling and checkpoints use the plain modules.
+        self.vae_step, self.den_step = self.vae, self.denoiser
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.vae_step = DistributedDataParallel(self.vae)
+            self.den_step = DistributedDataParallel(self.denoiser)
         self.loss_fn = VAELoss()
         self.opt_vae = torch.optim.Adam(self.vae.parameters(), lr=config.train.lr)
         self.opt_den = torch.optim.Adam(self.denoiser.parameters(), lr=config.train.denoiser_lr)
@@ -134,14 +145,17 @@ class Trainer:
                 group["lr"] = base * scale
 
     def step(self, indices: torch.Tensor) -> dict[str, float]:
-        """One optimiser step of the VAE and one of the denoiser on the same batch."""
-        self.generator.manual_seed(self.config.train.seed * 7_919 + self.progress.step)
+        """One optimiser step of the VAE and one of the denoiser on the same (global) batch of indices;
+        each rank takes its share of it."""
+        ctx = self.ctx
+        self.generator.manual_seed((self.config.train.seed * 7_919 + self.progress.step) * ctx.world_size + ctx.rank)
+        indices = indices[ctx.rank :: ctx.world_size]
         batch = self.train_pixels[indices.to(self.train_pixels.device)].float().div_(255.0)  # (B, 3, S, S)
         flip = torch.rand(len(batch), generator=self.generator) < 0.5
         batch = torch.where(flip.view(-1, 1, 1, 1).to(self.device), batch.flip(3), batch)
         batch = batch.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            recon, posterior = self.vae(batch, self.generator)
+            recon, posterior = self.vae_step(batch, self.generator)
             loss, mse, kl = self.loss_fn(batch, recon, posterior)
         self.opt_vae.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,13 +165,14 @@ class Trainer:
         noise = torch.randn(clean.shape, generator=self.generator) * (sigma.view(-1, 1, 1, 1) / 255.0)
         noisy = (clean + noise.to(self.device)).clamp_(0.0, 1.0)
         with self._autocast():
-            den_loss = F.mse_loss(self.denoiser(noisy).float(), clean)
+            den_loss = F.mse_loss(self.den_step(noisy).float(), clean)
         self.opt_den.zero_grad(set_to_none=True)
         den_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
         self.opt_den.step()
         self.progress.step += 1
-        return {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "den_mse": den_loss.item()}
+        losses = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "den_mse": den_loss.item()}
+        return ctx.mean(losses)
 
     def _crop(self, batch: torch.Tensor, size: int) -> torch.Tensor:
         """A random size x size crop per batch (the same window for all images), or the batch if smaller."""
@@ -247,9 +262,35 @@ def train(
     resume: bool = False,
     reporter: Reporter | None = None,
 ) -> TrainResult:
-    """Train a VAE and a denoiser on `data` (a folder or a prepared set) into runs_dir/<name>."""
-    reporter = reporter or SilentReporter()
-    torch_device = resolve_torch_device(device)
+    """Train a VAE and a denoiser on `data` (a folder or a prepared set) into runs_dir/<name>.
+
+    Under torchrun (WORLD_SIZE > 1) every rank trains its share of each batch with DDP; rank 0 alone
+    creates the run, writes files and reports, so the run folder is what a single process writes.
+    """
+    ctx = init_distributed(device)
+    reporter = (reporter or SilentReporter()) if ctx.is_main else SilentReporter()
+    try:
+        if ctx.is_main:
+            run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume, ctx, reporter)
+            images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+            write_bytes_atomic(run_dir / CONFIG_NAME, (config.to_json() + "\n").encode())
+        run_name = ctx.share_text(run_dir.name if ctx.is_main else "")
+        if not ctx.is_main:
+            run_dir = runs_dir / run_name
+            config = RunConfig.from_dict(json.loads((run_dir / CONFIG_NAME).read_text()))
+            checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
+            images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+        trainer = Trainer(config, images, hashes, ctx)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        return _run_loop(trainer, run_dir, reporter)
+    finally:
+        shutdown_distributed()
+
+
+def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, runs_dir: Path, name: str | None,
+              resume: bool, ctx: DistContext, reporter: Reporter) -> tuple[Path, RunConfig, Checkpoint | None]:
+    """The run folder, its config and (when resuming) its checkpoint; a new run gets a fresh folder."""
     if resume:
         run_dir = resolve_run(runs_dir, name)
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
@@ -257,42 +298,44 @@ def train(
         config = replace(stored, train=replace(stored.train, epochs=train_config.epochs or stored.train.epochs,
                                                max_minutes=train_config.max_minutes or stored.train.max_minutes))
         reporter.log(f"resuming {run_dir.name} at epoch {checkpoint.progress.epoch + 1}, step {checkpoint.progress.step}")
-    else:
-        if train_config.epochs is None and train_config.max_minutes is None:
-            train_config = replace(train_config, epochs=10)
-        model_config.check()
-        train_config = replace(train_config, precision=choose_precision(train_config.precision, torch_device))
-        run_dir = _create_run_dir(runs_dir, name)
-        config = RunConfig(name=run_dir.name, model=model_config,
-                           train=replace(train_config, data_source=str(data)),
-                           created=time.time(), version=__version__, format_version=FORMAT_VERSION)
-        checkpoint = None
-    images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
-    trainer = Trainer(config, images, hashes, torch_device)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-    write_bytes_atomic(run_dir / CONFIG_NAME, (config.to_json() + "\n").encode())
-    return _run_loop(trainer, run_dir, reporter)
+        return run_dir, config, checkpoint
+    if train_config.epochs is None and train_config.max_minutes is None:
+        train_config = replace(train_config, epochs=10)
+    model_config.check()
+    train_config = replace(train_config, precision=choose_precision(train_config.precision, ctx.device),
+                           data_source=str(data), world_size=ctx.world_size)
+    run_dir = _create_run_dir(runs_dir, name)
+    config = RunConfig(name=run_dir.name, model=model_config, train=train_config,
+                       created=time.time(), version=__version__, format_version=FORMAT_VERSION)
+    return run_dir, config, None
 
 
 def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResult:
-    config, progress = trainer.config.train, trainer.progress
-    per_epoch = trainer.batches_per_epoch
-    total_steps = config.epochs * per_epoch if config.epochs else None
+    config, progress, ctx = trainer.config.train, trainer.progress, trainer.ctx
+    total_steps = config.epochs * trainer.batches_per_epoch if config.epochs else None
     budget_s = config.max_minutes * 60.0 if config.max_minutes else None
     session_start, last_save = time.monotonic(), time.monotonic()
     elapsed_before, steps_before = progress.elapsed_s, progress.step
     metrics: dict[str, float] = {}
     losses: dict[str, float] = {}
     interrupted = False
+    # The slowest rank's clock: every rank must agree on the learning rate and on when to stop.
+    shared_elapsed = elapsed_before
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - session_start
 
     def fraction() -> float:
         by_steps = progress.step / total_steps if total_steps else 0.0
-        by_time = elapsed() / budget_s if budget_s else 0.0
+        by_time = shared_elapsed / budget_s if budget_s else 0.0
         return max(by_steps, by_time)
+
+    def save() -> None:
+        nonlocal last_save
+        if ctx.is_main:
+            progress.elapsed_s = elapsed()
+            trainer.save(run_dir / CHECKPOINT_NAME)
+        last_save = time.monotonic()
 
     reporter.start(f"training {run_dir.name}", total_steps if total_steps else None)
     reporter.advance(progress.step)
@@ -304,19 +347,17 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                     losses = trainer.step(indices)
                     progress.batch += 1
                     reporter.advance(1, epoch=progress.epoch + 1, **losses)
-                    if stop_requested():
+                    shared_elapsed, stop = ctx.max([elapsed(), float(stop_requested())])
+                    if stop:
                         raise KeyboardInterrupt
-                    if budget_s and elapsed() >= budget_s:
+                    if budget_s and shared_elapsed >= budget_s:
                         raise Stop
                     if time.monotonic() - last_save > config.checkpoint_minutes * 60:
-                        progress.elapsed_s = elapsed()
-                        trainer.save(run_dir / CHECKPOINT_NAME)
-                        last_save = time.monotonic()
+                        save()
                 progress.elapsed_s = elapsed()
                 metrics = _end_epoch(trainer, run_dir, losses, partial=False)
                 progress.epoch, progress.batch = progress.epoch + 1, 0
-                trainer.save(run_dir / CHECKPOINT_NAME)
-                last_save = time.monotonic()
+                save()
         except Stop:
             progress.elapsed_s = elapsed()
             metrics = _end_epoch(trainer, run_dir, losses, partial=True)
@@ -324,14 +365,16 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
             interrupted = True
         finally:
             reporter.stop()
-            progress.elapsed_s = elapsed()
-            trainer.save(run_dir / CHECKPOINT_NAME)
+            save()
     images = (progress.step - steps_before) * config.batch_size
     return TrainResult(run_dir, progress, metrics, str(trainer.device), config.precision, interrupted,
-                       images / max(1e-9, time.monotonic() - session_start))
+                       images / max(1e-9, time.monotonic() - session_start), ctx.is_main)
 
 
 def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: bool) -> dict[str, float]:
+    """Fit the prior, evaluate, write metrics and samples: rank 0 only (the others wait at the next step)."""
+    if not trainer.ctx.is_main:
+        return {}
     progress = trainer.progress
     trainer.fit_prior()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
