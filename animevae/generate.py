@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -17,9 +21,9 @@ from animevae.errors import OutputError
 from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic, write_json_atomic
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
-from animevae.runtime import OnnxModel
+from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.shard import Shard
-from animevae.writer import PngWriter, WriteFailure, usable_cores
+from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs
 
 MANIFEST_NAME = ".animevae-generate.json"
 GRID_LIMIT = 64
@@ -107,7 +111,6 @@ def generate(
     if batch_size < 1:
         raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
     latent_dim = int(decoder.metadata["animevae.latent_dim"])
-    prior = LatentPrior.from_metadata(decoder.metadata, latent_dim)
     identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
                 "image_size": int(decoder.metadata["animevae.image_size"])}
     prepare_output(out_dir, identity, overwrite)
@@ -116,22 +119,12 @@ def generate(
     todo = [i for i in mine if overwrite or not (out_dir / image_name(i, count)).exists()]
     start = time.perf_counter()
     reporter.start(f"generating into {out_dir}", len(todo))
-    failures: list[WriteFailure] = []
-
-    def on_done(written: int, failed: list[WriteFailure]) -> None:
-        failures.extend(failed)
-        reporter.advance(written)
-
-    pool_size = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+    job = _Job(str(decoder.path), seed, count, str(out_dir))
     try:
-        with PngWriter(pool_size, on_done) as writer:
-            for begin in range(0, len(todo), batch_size):
-                indices = todo[begin : begin + batch_size]
-                z = np.stack([prior.latent(seed, i) for i in indices])  # (B, latent)
-                pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
-                writer.submit([out_dir / image_name(i, count) for i in indices], list(pixels))
-                if failures:
-                    break
+        if decoder.provider == CPU and len(todo) > batch_size and workers != 0:
+            failures = _generate_in_workers(job, todo, batch_size, workers or usable_cores(), reporter)
+        else:
+            failures = _generate_here(decoder, job, todo, batch_size, workers or 0, reporter)
     finally:
         reporter.stop()
     if failures:
@@ -139,6 +132,77 @@ def generate(
     seconds = time.perf_counter() - start
     grid_path = _write_grid([out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]], grid, overwrite) if grid else None
     return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid_path)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every batch of one generate call shares (small and picklable, for worker processes)."""
+
+    model_path: str
+    seed: int
+    count: int
+    out_dir: str
+
+
+def _decode(decoder: OnnxModel, prior: LatentPrior, job: _Job, indices: list[int]) -> tuple[list[Path], list[np.ndarray]]:
+    z = np.stack([prior.latent(job.seed, i) for i in indices])  # (B, latent)
+    pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
+    return [Path(job.out_dir) / image_name(i, job.count) for i in indices], list(pixels)
+
+
+def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: int, writers: int,
+                   reporter: Reporter) -> list[WriteFailure]:
+    """Decode in this process (the GPU path, and small jobs); PNGs are written by `writers` processes."""
+    prior = LatentPrior.from_metadata(decoder.metadata, int(decoder.metadata["animevae.latent_dim"]))
+    failures: list[WriteFailure] = []
+
+    def on_done(written: int, failed: list[WriteFailure]) -> None:
+        failures.extend(failed)
+        reporter.advance(written)
+
+    with PngWriter(writers, on_done) as writer:
+        for begin in range(0, len(todo), batch_size):
+            writer.submit(*_decode(decoder, prior, job, todo[begin : begin + batch_size]))
+            if failures:
+                break
+    return failures
+
+
+# On the CPU each worker process decodes its own batches (one onnxruntime thread) and writes them: no image
+# crosses a process boundary and decoding and encoding share the cores without waiting on each other.
+_worker: dict[str, Any] = {}
+
+
+def _start_worker(job: _Job) -> None:
+    decoder = open_model(Path(job.model_path), "decoder", device="cpu", threads=1)
+    _worker.update(decoder=decoder, job=job,
+                   prior=LatentPrior.from_metadata(decoder.metadata, int(decoder.metadata["animevae.latent_dim"])))
+
+
+def _worker_batch(indices: list[int]) -> list[WriteFailure]:
+    return write_pngs(*_decode(_worker["decoder"], _worker["prior"], _worker["job"], indices))
+
+
+def _generate_in_workers(job: _Job, todo: list[int], batch_size: int, workers: int,
+                         reporter: Reporter) -> list[WriteFailure]:
+    failures: list[WriteFailure] = []
+    pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
+        try:
+            for begin in range(0, len(todo), batch_size):
+                indices = todo[begin : begin + batch_size]
+                pending.append((len(indices), pool.submit(_worker_batch, indices)))
+                while len(pending) > 2 * workers or (pending and begin + batch_size >= len(todo)):
+                    done, future = pending.popleft()
+                    failures.extend(future.result())
+                    reporter.advance(done)
+                if failures:
+                    break
+        finally:
+            for _, future in pending:
+                future.cancel()
+    return failures
 
 
 def _raise_write_failure(failures: list[WriteFailure]) -> None:

@@ -1,0 +1,127 @@
+"""Generation throughput against its own limits, in one run.
+
+Measures, each `--repeats` times (medians reported):
+  D      the decoder alone through onnxruntime (all cores, best of the batch sizes tried), images/s
+  W      PNG encoding + atomic writing alone (Pillow, a process pool of one worker per core), images/s
+  bound  1 / (1/D + 1/W): no pipeline sharing these cores can beat it
+  naive  the loop the usual VAE repositories use: decode a batch, torchvision `save_image` per image, one process
+  ours   `animevae generate --count N` as a whole process (start-up included)
+and prints ours/bound and ours/naive.
+
+    python benchmarks/bench_generate.py --count 10000 --repeats 3 [--model builtin|PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from animevae.fileio import to_uint8
+from animevae.models import choose_model
+from animevae.prior import LatentPrior
+from animevae.runtime import open_model
+from animevae.writer import usable_cores, write_pngs
+
+
+def latents(decoder, count: int) -> np.ndarray:
+    """(count, latent) float32: the latents generate would use for seed 0."""
+    dim = int(decoder.metadata["animevae.latent_dim"])
+    prior = LatentPrior.from_metadata(decoder.metadata, dim)
+    return np.stack([prior.latent(0, i) for i in range(count)])
+
+
+def decode_rate(decoder, z: np.ndarray, batch: int) -> float:
+    """Images/s of the decoder alone."""
+    decoder.run(z[:batch])  # warm-up
+    start = time.perf_counter()
+    for begin in range(0, len(z), batch):
+        decoder.run(z[begin : begin + batch])
+    return len(z) / (time.perf_counter() - start)
+
+
+def write_rate(images: np.ndarray, folder: Path, workers: int) -> float:
+    """Images/s of PNG encoding + atomic writes alone, in a pool of `workers` processes."""
+    paths = [folder / f"{i:06d}.png" for i in range(len(images))]
+    per_job = 256
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(write_pngs, [paths[:8]], [list(images[:8])]))  # start the workers before timing
+        start = time.perf_counter()
+        jobs = [pool.submit(write_pngs, paths[b : b + per_job], list(images[b : b + per_job]))
+                for b in range(0, len(images), per_job)]
+        for job in jobs:
+            job.result()
+    return len(images) / (time.perf_counter() - start)
+
+
+def naive_rate(decoder, z: np.ndarray, folder: Path, batch: int = 64) -> float:
+    """Images/s of decode-then-torchvision.save_image per image, in this process."""
+    import torch
+    from torchvision.utils import save_image
+
+    start = time.perf_counter()
+    for begin in range(0, len(z), batch):
+        images = torch.from_numpy(decoder.run(z[begin : begin + batch])[0])
+        for offset, image in enumerate(images):
+            save_image(image, folder / f"{begin + offset:06d}.png")
+    return len(z) / (time.perf_counter() - start)
+
+
+def ours_rate(count: int, folder: Path, model: str) -> float:
+    """Images/s of `animevae generate` as a whole process, start-up included."""
+    command = [sys.executable, "-m", "animevae", "generate", "--count", str(count), "--out", str(folder),
+               "--model", model, "--device", "cpu", "--quiet"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="builtin", help="builtin, an export folder or a decoder.onnx")
+    args = parser.parse_args()
+
+    choice = choose_model(Path("runs"), None, args.model)
+    model_arg = str(choice.path("decoder")) if args.model != "builtin" else "builtin"
+    cores = usable_cores()
+    decoder = open_model(choice.path("decoder"), "decoder", device="cpu", threads=cores)
+    z = latents(decoder, args.count)
+    images = to_uint8(decoder.run(z[:1024])[0])
+    images = np.concatenate([images] * (-(-args.count // len(images))))[: args.count]
+    results: dict[str, list[float]] = {"D": [], "W": [], "naive": [], "ours": []}
+    for repeat in range(args.repeats):
+        results["D"].append(max(decode_rate(decoder, z[: min(len(z), 4096)], batch) for batch in (64, 256)))
+        for key, run in (("W", lambda f: write_rate(images, f, cores)),
+                         ("naive", lambda f: naive_rate(decoder, z, f)),
+                         ("ours", lambda f: ours_rate(args.count, f, model_arg))):
+            folder = Path(tempfile.mkdtemp(prefix=f"bench-{key}-"))
+            try:
+                results[key].append(run(folder))
+            finally:
+                shutil.rmtree(folder)
+        print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()), flush=True)
+    median = {key: statistics.median(values) for key, values in results.items()}
+    bound = 1.0 / (1.0 / median["D"] + 1.0 / median["W"])
+    print(f"\n{cores} cores, {args.count} images, medians of {args.repeats} runs (images/s):")
+    print(f"  D (decoder alone)            {median['D']:8.0f}")
+    print(f"  W (PNG encode + write alone) {median['W']:8.0f}")
+    print(f"  bound 1/(1/D + 1/W)          {bound:8.0f}")
+    print(f"  naive loop (save_image)      {median['naive']:8.0f}")
+    print(f"  animevae generate            {median['ours']:8.0f}")
+    print(f"  generate / bound = {median['ours'] / bound:.2f}   generate / naive = {median['ours'] / median['naive']:.2f}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    main()
