@@ -313,6 +313,113 @@ def info(
         console.print(f"note: {decoder.fallback_note}")
 
 
+def _open_latent(runs_dir: Path, run: str | None, model: str | None, device: str, need_encoder: bool) -> Any:
+    """Open the decoder (and encoder) for augment / interpolate / traverse; print the model line once."""
+    from animevae.latent import open_latent_models
+
+    models = open_latent_models(runs_dir, run, model, device, need_encoder)
+    err_console.print(f"model: {models.origin}")
+    for note in models.notes:
+        err_console.print(f"note: {note}")
+    return models
+
+
+@app.command()
+@reports_errors
+def augment(
+    src: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    per_image: Annotated[int, typer.Option("--per-image", help="Variations written per source image.")] = 4,
+    strength: Annotated[float, typer.Option("--strength", help="Spread of the draws: 0 gives the reconstruction, 1 the encoder's own posterior.")] = 1.0,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: SRC-augmented beside it).")] = None,
+    seed: Seed = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per encoder and decoder call.")] = 64,
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    overwrite: Overwrite = False,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+    quiet: Quiet = False,
+) -> None:
+    """Write K latent-space variations of every image under a folder: SRC/a.png -> OUT/a_0.png ... a_K-1.png."""
+    from animevae.latent import SKIPPED_NAME, augment_folder, check_augment_args, default_augment_dir
+
+    out = out or default_augment_dir(src)
+    check_augment_args(src, out, per_image, strength, seed, batch_size)
+    models = _open_latent(runs_dir, run, model, device, need_encoder=True)
+    result = augment_folder(models, src, out, per_image, strength, seed, batch_size, overwrite,
+                            reporter=RichReporter(quiet))
+    console.print(f"wrote {result.written} variations ({result.existing} already there) of {result.sources} images "
+                  f"to {out}/ in {result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+    console.print(f"{per_image} per image at strength {strength:g}, seed {seed}: NAME.png -> NAME_0.png ... "
+                  f"NAME_{per_image - 1}.png; a rerun keeps finished files")
+    if result.skipped:
+        _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
+        err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
+        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def interpolate(
+    a: Annotated[Optional[Path], typer.Argument(help="First image (or use --seed-a and --seed-b).", show_default=False)] = None,
+    b: Annotated[Optional[Path], typer.Argument(help="Second image.", show_default=False)] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Frames, both ends included.")] = 8,
+    out: Annotated[Path, typer.Option("--out", help="Strip PNG to write: the frames side by side.")] = Path("interpolation.png"),
+    frames: Annotated[Optional[Path], typer.Option("--frames", help="Also write each frame as DIR/frame_000.png, ...")] = None,
+    gif: Annotated[Optional[Path], typer.Option("--gif", help="Also write an animated GIF that loops forever.")] = None,
+    seed_a: Annotated[Optional[int], typer.Option("--seed-a", help="Instead of images: start at image 0 of `generate --seed S`.")] = None,
+    seed_b: Annotated[Optional[int], typer.Option("--seed-b", help="Instead of images: end at image 0 of `generate --seed T`.")] = None,
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    runs_dir: RunsDir = DEFAULT_RUNS,
+) -> None:
+    """Walk between two faces in latent space (slerp around the prior mean): a strip PNG, frames, a GIF."""
+    from animevae.latent import check_interpolate_args, check_output_file, endpoint_latents
+    from animevae.latent import interpolate as interpolate_latents
+
+    images, seeds = [p for p in (a, b) if p is not None], [seed_a, seed_b]
+    check_interpolate_args(images, seeds, steps)
+    check_output_file(out, "--out")
+    if gif is not None:
+        check_output_file(gif, "--gif")
+    models = _open_latent(runs_dir, run, model, device, need_encoder=bool(images))
+    start, end = endpoint_latents(models, images, seeds)
+    result = interpolate_latents(models, start, end, steps, out, frames, gif)
+    ends = f"{images[0]} to {images[1]}" if images else f"seed {seed_a} to seed {seed_b}"
+    how = "a straight line (the endpoints are parallel)" if result.linear else "slerp around the prior mean"
+    console.print(f"wrote {out}: {steps} frames from {ends} by {how}, in {result.seconds:.1f}s on {result.provider}")
+    if result.frames:
+        console.print(f"frames: {result.frames[0]} ... {result.frames[-1].name}")
+    if result.gif:
+        console.print(f"gif: {result.gif}")
+
+
+@app.command()
+@reports_errors
+def traverse(
+    out: Annotated[Path, typer.Option("--out", help="Grid PNG to write: one row per direction.")] = Path("traverse.png"),
+    components: Annotated[int, typer.Option("--components", help="Principal directions shown, largest first.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="Images per row.")] = 7,
+    span: Annotated[float, typer.Option("--span", help="Standard deviations walked each way from the mean.")] = 2.0,
+    run: RunName = None,
+    model: ModelRef = None,
+    device: Device = "auto",
+    runs_dir: RunsDir = DEFAULT_RUNS,
+) -> None:
+    """Show what the main directions of the latent space do: a grid, one principal direction per row."""
+    from animevae.latent import check_output_file, check_traverse_args
+    from animevae.latent import traverse as traverse_latents
+
+    check_traverse_args(components, steps, span)
+    check_output_file(out, "--out")
+    models = _open_latent(runs_dir, run, model, device, need_encoder=False)
+    result = traverse_latents(models, out, components, steps, span)
+    console.print(f"wrote {out}: {components} principal directions (rows, {result.variance_share:.0%} of the latent "
+                  f"variance) x {steps} steps from -{span:g} to +{span:g} standard deviations, on {result.provider}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="animevae")

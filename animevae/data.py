@@ -44,7 +44,7 @@ class ImageListing:
 
     def relative(self, path: Path) -> str:
         """`path` relative to the root, as text safe to print and store (bad bytes escaped)."""
-        return os.fsdecode(path.relative_to(self.root)).encode("utf-8", "backslashreplace").decode()
+        return _printable(path.relative_to(self.root))
 
 
 def find_images(root: Path) -> ImageListing:
@@ -68,7 +68,8 @@ def find_images(root: Path) -> ImageListing:
 
 
 def _printable(path: object) -> str:
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode()
+    """A path as text that prints and stores anywhere: bytes that are not UTF-8 become \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def decode_rgb(path: Path) -> np.ndarray:

@@ -112,6 +112,7 @@ def denoise_folder(
                 _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter)
     finally:
         reporter.stop()
+    remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     if skipped:
         write_json_atomic(out_dir / SKIPPED_NAME, [{"path": s.path, "reason": s.reason} for s in skipped])
     return DenoiseResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start,

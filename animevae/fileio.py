@@ -89,7 +89,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    # A killed writer whose parent died too may wait unreaped (as a zombie) where nothing reaps orphans.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def contact_sheet(images: np.ndarray, columns: int = 8, pad: int = 2) -> np.ndarray:

@@ -129,6 +129,7 @@ def generate(
         reporter.stop()
     if failures:
         _raise_write_failure(failures)
+    remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     seconds = time.perf_counter() - start
     grid_path = _write_grid([out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]], grid, overwrite) if grid else None
     return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid_path)
