@@ -23,7 +23,7 @@ from animevae import __version__
 from animevae.errors import AnimeVAEError
 from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDir, Seed, ShardSpec
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk.")
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -81,6 +81,12 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except Exception as error:  # noqa: BLE001 - a bug: still one line for the user, the traceback on request
+            if os.environ.get("ANIMEVAE_DEBUG") == "1":
+                raise
+            err_console.print(f"error: internal error: {type(error).__name__}: {error}".splitlines()[0], markup=False)
+            err_console.print("hint: rerun with ANIMEVAE_DEBUG=1 for the traceback, and report it", markup=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -286,6 +292,38 @@ def denoise(
         _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
         err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
         raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="The run's data (folder or prepared set); its held-out split is scored.")],
+    run: RunName = None,
+    samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
+    runs_dir: RunsDir = DEFAULT_RUNS,
+) -> None:
+    """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
+    from animevae.evaluate import REPORT_NAME, evaluate_run
+    from animevae.runs import resolve_run
+
+    run_dir = resolve_run(runs_dir, run)
+    report = evaluate_run(run_dir, data, runs_dir, samples)
+    table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("reconstruction PSNR / SSIM", f"{report.recon_psnr:.2f} dB / {report.recon_ssim:.3f}")
+    for sigma, value in report.denoise_psnr.items():
+        label = "clean input" if sigma == "0" else f"sigma {sigma}"
+        table.add_row(f"denoise PSNR, {label}", f"{value:.2f} dB (input {report.noisy_psnr[sigma]:.2f})")
+    table.add_row("sample diversity (vs held-out)", f"{report.sample_diversity:.3f}")
+    table.add_row("samples copying a training image", f"{100 * report.copy_rate:.2f}%")
+    table.add_row("nearest-training distance, samples / held-out",
+                  f"{report.nn_distance_samples_median:.4f} / {report.nn_distance_held_out_median:.4f}")
+    table.add_row("real-vs-generated classifier accuracy", f"{report.real_vs_generated_accuracy:.3f}")
+    for style, share in report.style_share_train.items():
+        table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")
+    console.print(table)
+    console.print(f"wrote {run_dir / REPORT_NAME} in {report.seconds:.0f}s")
 
 
 @app.command()

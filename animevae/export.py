@@ -50,8 +50,13 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE, Denoiser]:
     """Rebuild a run's VAE and denoiser from last.safetensors, in eval mode on the CPU."""
     checkpoint: Checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
     vae, denoiser = VAE(checkpoint.config.model), Denoiser(checkpoint.config.model)
-    vae.load_state_dict(checkpoint.module_state("vae"))
-    denoiser.load_state_dict(checkpoint.module_state("denoiser"))
+    try:
+        vae.load_state_dict(checkpoint.module_state("vae"))
+        denoiser.load_state_dict(checkpoint.module_state("denoiser"))
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[-1].strip()[:160]
+        raise ModelError(f"{run_dir / CHECKPOINT_NAME} does not fit this version's model ({first})",
+                         "it was written by another animevae version; train the run again") from None
     return checkpoint.config, vae.eval(), denoiser.eval()
 
 
