@@ -202,31 +202,44 @@ def train(
 @reports_errors
 def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    half: Annotated[bool, typer.Option("--half", help="Also an fp16 decoder for CUDA (refused without CUDA).")] = False,
     run: RunName = None,
     runs_dir: RunsDir = DEFAULT_RUNS,
 ) -> None:
     """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
     from animevae.errors import ModelError
     from animevae.export import MAX_ABS_DIFF, export_run
+    from animevae.models import HALF_DECODER
     from animevae.runs import resolve_run
 
     if not onnx:
         raise ModelError("choose a format", "pass --onnx")
     started = time.perf_counter()
     run_dir = resolve_run(runs_dir, run)
-    report = export_run(run_dir)
+    report = export_run(run_dir, half=half)
     for role, diff in report.max_abs_diff.items():
-        console.print(f"{role}.onnx: max abs difference from PyTorch {diff:.2e} (limit {MAX_ABS_DIFF:.0e})")
+        if role == "decoder_fp16":
+            console.print(f"{HALF_DECODER}: max abs difference from the fp32 decoder on CUDA {diff:.2e}")
+        else:
+            console.print(f"{role}.onnx: max abs difference from PyTorch {diff:.2e} (limit {MAX_ABS_DIFF:.0e})")
     console.print(f"wrote {report.folder}/ in {time.perf_counter() - started:.1f}s")
     console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
 
 
-def _open(role: str, runs_dir: Path, run: str | None, model: str | None, device: str) -> Any:
-    from animevae.models import choose_model
-    from animevae.runtime import open_model
+def _open(role: str, runs_dir: Path, run: str | None, model: str | None, device: str, half: bool = False) -> Any:
+    from animevae.errors import DeviceError
+    from animevae.models import HALF_DECODER, choose_model
+    from animevae.runtime import CUDA, open_model
 
     choice = choose_model(runs_dir, run, model)
-    opened = open_model(choice.path(role), role, device)
+    path = choice.folder / HALF_DECODER if half else choice.path(role)
+    if half and device == "cpu":
+        raise DeviceError("--half runs only on CUDA", "drop --half, or use --device cuda on a GPU machine")
+    if half and not path.is_file():
+        raise DeviceError(f"no fp16 decoder at {path}", "export one on a CUDA machine: `animevae export --onnx --half`")
+    opened = open_model(path, role, device)
+    if half and opened.provider != CUDA:
+        raise DeviceError("--half needs CUDA, and onnxruntime runs on the CPU here", "drop --half on this machine")
     err_console.print(f"model: {choice.origin}")
     if opened.fallback_note:
         err_console.print(f"note: {opened.fallback_note}")
@@ -244,6 +257,7 @@ def generate(
     model: ModelRef = None,
     device: Device = "auto",
     grid: Annotated[Optional[Path], typer.Option("--grid", help="Also write a contact sheet of the first 64.")] = None,
+    half: Annotated[bool, typer.Option("--half", help="Use the fp16 decoder from `export --onnx --half` (CUDA only).")] = False,
     shard: ShardSpec = None,
     overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
@@ -254,7 +268,7 @@ def generate(
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
-    decoder = _open("decoder", runs_dir, run, model, device)
+    decoder = _open("decoder", runs_dir, run, model, device, half)
     result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet),
                              shard=part)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "

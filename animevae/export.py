@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import warnings
@@ -20,10 +21,13 @@ from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.model import VAE, Denoiser
+from animevae.models import HALF_DECODER
 from animevae.prior import MEAN_KEY, SCALE_KEY, pack_array
 from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
 
 MAX_ABS_DIFF = 1e-4
+# fp16 keeps ~3 decimal digits: 1/255 is one grey level, the most a saved PNG could show.
+MAX_HALF_DIFF = 1 / 255
 OPSET = 18
 
 
@@ -60,8 +64,11 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE, Denoiser]:
     return checkpoint.config, vae.eval(), denoiser.eval()
 
 
-def export_run(run_dir: Path, device: str = "cpu") -> ExportReport:
-    """Write run_dir/export/{encoder,decoder,denoiser}.onnx with metadata, checking each against PyTorch."""
+def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> ExportReport:
+    """Write run_dir/export/{encoder,decoder,denoiser}.onnx with metadata, checking each against PyTorch.
+
+    With `half`, also decoder.fp16.onnx, checked on CUDA against the fp32 decoder (refused without CUDA:
+    onnxruntime's CPU provider would run it no faster, or not at all)."""
     config, vae, denoiser = load_run_models(run_dir)
     folder = run_dir / EXPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,8 +89,30 @@ def export_run(run_dir: Path, device: str = "cpu") -> ExportReport:
         path = folder / f"{role}.onnx"
         _export_one(module, example, dims, role, path, _metadata(config, role, vae))
         diffs[role] = _compare(module, example, path, role, device)
+    if half:
+        diffs["decoder_fp16"] = _export_half_decoder(vae, config, folder, latent, batch)
     write_json_atomic(folder / "model.json", {"config": json.loads(config.to_json()), "max_abs_diff": diffs})
     return ExportReport(folder, diffs)
+
+
+def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int, batch: object) -> float:
+    from animevae.runtime import cuda_runs, open_model
+
+    fp32_path, path = folder / "decoder.onnx", folder / HALF_DECODER
+    if not cuda_runs(fp32_path):
+        raise ModelError("--half needs a CUDA GPU that onnxruntime can use; none here",
+                         "export without --half on this machine (fp32 is what the CPU runs best)")
+    half_decoder = copy.deepcopy(vae.decoder).half().eval()
+    z = torch.randn(64, latent, generator=torch.Generator().manual_seed(1))
+    _export_one(half_decoder, z.half(), {0: batch}, "decoder", path, _metadata(config, "decoder", vae))
+    reference = open_model(fp32_path, "decoder", device="cuda").run(z.numpy())[0]
+    actual = open_model(path, "decoder", device="cuda").run(z.numpy())[0].astype(np.float32)
+    diff = float(np.abs(actual - reference).max())
+    if diff > MAX_HALF_DIFF:
+        path.unlink(missing_ok=True)
+        raise ModelError(f"fp16 decoder differs from fp32 by {diff:.2e} on CUDA (limit {MAX_HALF_DIFF}); file removed",
+                         "use the fp32 decoder")
+    return diff
 
 
 def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:

@@ -93,6 +93,7 @@ class OnnxModel:
     def __post_init__(self) -> None:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
+        self.input_dtype = input_dtype(self.session.get_inputs()[0].type)
 
     @property
     def provider(self) -> str:
@@ -100,8 +101,9 @@ class OnnxModel:
         return self.session.get_providers()[0]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one float32 batch; on CUDA through IO binding (one copy in, outputs copied back once)."""
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        """Run one batch (cast to the model's input type: float32, or float16 for a --half decoder); on CUDA
+        through IO binding (one copy in, outputs kept on the device and copied back once)."""
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if self.provider != CUDA:
             return self.session.run(self.output_names, {self.input_name: batch})
         binding = self.session.io_binding()
@@ -110,6 +112,25 @@ class OnnxModel:
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def input_dtype(onnx_type: str) -> type:
+    """numpy dtype for an ONNX tensor type string: tensor(float16) -> float16, anything else float32."""
+    return np.float16 if onnx_type == "tensor(float16)" else np.float32
+
+
+def cuda_runs(path: Path) -> bool:
+    """Whether onnxruntime really runs `path` on CUDA here (a CUDA provider that is listed may not start)."""
+    if CUDA not in available_providers():
+        return False
+    _preload_cuda_libraries()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(path), options, providers=[CUDA, CPU])
+    except Exception:  # noqa: BLE001 - any failure means: not on CUDA
+        return False
+    return session.get_providers()[0] == CUDA
 
 
 def open_model(path: Path, role: str, device: str = "auto", threads: int | None = None) -> OnnxModel:

@@ -13,8 +13,11 @@ and prints ours/bound and ours/naive.
 
 from __future__ import annotations
 
-import argparse
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before onnxruntime loads, as the CLI does
+
+import argparse
 import shutil
 import statistics
 import subprocess
@@ -123,5 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()
