@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from animevae import __version__
 from animevae.errors import AnimeVAEError
@@ -25,8 +26,9 @@ from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDi
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk.")
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# No markup: file names such as "[wip] face.png" must print as they are.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_RUNS = Path("runs")
 
@@ -41,8 +43,9 @@ class RichReporter:
 
     def start(self, description: str, total: int | None) -> None:
         """Show a bar for a new task."""
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[info]}", markup=False),
                                  console=err_console, disable=self.quiet, transient=False)
         self.progress.start()
         self.task = self.progress.add_task(description, total=total, info="")
@@ -81,6 +84,8 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
         except Exception as error:  # noqa: BLE001 - a bug: still one line for the user, the traceback on request
             if os.environ.get("ANIMEVAE_DEBUG") == "1":
                 raise
@@ -111,7 +116,7 @@ def _skipped_table(title: str, skipped: list[Any], limit: int = 20) -> None:
     table.add_column("file")
     table.add_column("reason")
     for item in skipped[:limit]:
-        table.add_row(item.path, item.reason)
+        table.add_row(Text(item.path), Text(item.reason))
     if len(skipped) > limit:
         table.add_row(f"... and {len(skipped) - limit} more", "")
     err_console.print(table)
@@ -128,8 +133,12 @@ def prepare(
     """Decode, square, resize and deduplicate a folder of images into a packed training set."""
     from animevae.data import count_images, manifest_path, prepare_images, save_prepared
 
+    from animevae.errors import OutputError
+
     started = time.perf_counter()
     out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder", "pass a file path such as faces.safetensors")
     reporter = RichReporter(quiet)
     reporter.start(f"preparing {folder}", count_images(folder))
     try:
@@ -171,7 +180,8 @@ def train(
     if not data.exists():
         raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
     channels = ModelConfig().channels
-    while len(channels) > 1 and image_size % 2 ** len(channels):
+    # One stride-2 level fewer until the size divides and the base grid keeps at least 4x4 pixels.
+    while len(channels) > 1 and (image_size % 2 ** len(channels) or image_size // 2 ** len(channels) < 4):
         channels = channels[:-1]
     model_config = ModelConfig(image_size=image_size, latent_dim=latent_dim, channels=channels)
     try:
@@ -305,6 +315,7 @@ def denoise(
     if result.skipped:
         _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
         err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
+        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
         raise typer.Exit(1)
 
 

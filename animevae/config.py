@@ -19,6 +19,8 @@ class ModelConfig:
     # Denoiser: a two-level residual U-Net on the pixel-unshuffled (2x2 -> channels) image.
     denoiser_width: int = 48
     denoiser_blocks: int = 2
+    # Gaussians in the sampling prior fitted to the training latents (styles form separate clusters).
+    prior_components: int = 10
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -30,10 +32,10 @@ class ModelConfig:
 
     def check(self) -> None:
         """Raise ValueError when the sizes do not fit together."""
-        if self.image_size % 2 ** len(self.channels) or self.base_size < 1:
+        if self.image_size % 2 ** len(self.channels) or self.base_size < 2:
             raise ValueError(
-                f"image size {self.image_size} is not divisible by 2**{len(self.channels)} "
-                f"(one halving per encoder level)"
+                f"image size {self.image_size} must be a multiple of 2**{len(self.channels)} (one halving per "
+                f"encoder level) and leave a base grid of at least 2x2"
             )
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be at least 1")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from animevae import FORMAT_VERSION
-from animevae.errors import DataError
+from animevae.errors import DataError, OutputError
 from animevae.fileio import atomic_path, write_json_atomic
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -194,7 +194,10 @@ def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
 
     if not len(prepared.sources):
         raise DataError(f"no usable images under {source_root}", "check the folder holds PNG/JPEG/WebP/BMP/GIF faces")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {out.parent}: {error.strerror}", "pick a folder you can write to") from None
     metadata = {
         "kind": DATASET_KIND,
         "format_version": str(FORMAT_VERSION),
@@ -202,9 +205,12 @@ def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
         "source": str(source_root),
         "created": str(time.time()),
     }
-    with atomic_path(out, fsync=True) as tmp:
-        save_file({"images": prepared.images}, str(tmp), metadata=metadata)
-    write_json_atomic(manifest_path(out), _manifest(prepared, source_root))
+    try:
+        with atomic_path(out, fsync=True) as tmp:
+            save_file({"images": prepared.images}, str(tmp), metadata=metadata)
+        write_json_atomic(manifest_path(out), _manifest(prepared, source_root))
+    except OSError as error:
+        raise OutputError(f"cannot write {out}: {error.strerror or error}", "check the path and free disk space") from None
 
 
 def _manifest(prepared: PreparedSet, source_root: Path) -> dict[str, object]:
@@ -226,6 +232,8 @@ def load_prepared(path: Path) -> tuple[np.ndarray, list[str]]:
             metadata = handle.metadata() or {}
             if metadata.get("kind") != DATASET_KIND:
                 raise DataError(f"{path} is not a data set written by `animevae prepare`", "run `animevae prepare FOLDER`")
+            if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
+                raise DataError(f"{path} was written by a newer animevae", "upgrade animevae, or prepare the folder again")
             images = handle.get_tensor("images")
     except (SafetensorError, OSError, KeyError) as error:
         raise DataError(f"cannot read data set {path}: {error}", "prepare it again with `animevae prepare`") from None

@@ -105,8 +105,9 @@ def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str
 @torch.no_grad()
 def draw_samples(vae: VAE, count: int, seed: int = 0) -> torch.Tensor:
     """(count, 3, S, S) samples from the run's fitted latent prior."""
-    eps = torch.randn(count, vae.config.latent_dim, generator=torch.Generator().manual_seed(seed))
-    return torch.cat([vae.decoder(vae.sample_latent(chunk)) for chunk in _batches(eps)])
+    generator = torch.Generator().manual_seed(seed)
+    eps, uniform = torch.randn(count, vae.config.latent_dim, generator=generator), torch.rand(count, generator=generator)
+    return torch.cat([vae.decoder(vae.sample_latent(e, u)) for e, u in zip(_batches(eps), _batches(uniform))])
 
 
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

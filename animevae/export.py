@@ -22,7 +22,7 @@ from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.model import VAE, Denoiser
 from animevae.models import HALF_DECODER
-from animevae.prior import MEAN_KEY, SCALE_KEY, pack_array
+from animevae.prior import LatentPrior
 from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
 
 MAX_ABS_DIFF = 1e-4
@@ -116,8 +116,8 @@ def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int,
 
 
 def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
-    prior = {} if role != "decoder" else {
-        MEAN_KEY: pack_array(vae.prior_mean.numpy()), SCALE_KEY: pack_array(vae.prior_scale_tril.numpy())}
+    prior = {} if role != "decoder" else LatentPrior(
+        vae.prior_weights.numpy(), vae.prior_means.numpy(), vae.prior_scale_trils.numpy()).to_metadata()
     return {
         **prior,
         "animevae.role": role,

@@ -83,9 +83,11 @@ def _writer_pid(name: str) -> int | None:
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
+    if pid <= 0:
+        return False  # not a writer's pid: os.kill(0, ...) would mean "my process group"
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

@@ -7,7 +7,8 @@ numpy and Pillow only (onnxruntime through animevae.runtime): no torch on these 
   (seed, hash(rel), k) alone: reruns give the same bytes and resume where they stopped.
 - interpolate: a spherical walk between two latents (two encoded images, or two prior draws), centred on the
   fitted prior's mean, where the latents actually live.
-- traverse: one row per principal direction of the fitted prior (the training set's latent distribution).
+- traverse: one row per principal direction of the fitted prior's overall covariance (the training set's latent
+  distribution).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +71,9 @@ class LatentModels:
         """Side of the square images the model reads and writes."""
         return int(self.decoder.metadata["animevae.image_size"])
 
-    @property
+    @cached_property
     def prior(self) -> LatentPrior:
-        """The Gaussian fitted to the training latents (N(0, I) for a model without one)."""
+        """The prior fitted to the training latents (N(0, I) for a model without one)."""
         return LatentPrior.from_metadata(self.decoder.metadata, self.latent_dim)
 
     @property
@@ -88,7 +90,8 @@ class LatentModels:
 
 def role_path(choice: ModelChoice, role: str) -> Path:
     """`role`.onnx of a model choice; with --model FILE, a file named after another role means its sibling."""
-    if choice.file is not None and choice.file.stem in ROLES and choice.file.stem != role:
+    named = choice.file.name.split(".")[0] if choice.file is not None else None  # decoder.fp16.onnx -> decoder
+    if named in ROLES and named != role:
         return choice.folder / f"{role}.onnx"
     return choice.path(role)
 

@@ -83,26 +83,30 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        # Gaussian fitted to the training latents after training (see prior.py); N(0, I) until then.
-        self.register_buffer("prior_mean", torch.zeros(config.latent_dim))
-        self.register_buffer("prior_scale_tril", torch.eye(config.latent_dim))
+        # Gaussian mixture fitted to the training latents after each epoch (see prior.py); N(0, I) until then.
+        k, d = config.prior_components, config.latent_dim
+        self.register_buffer("prior_weights", torch.nn.functional.one_hot(torch.tensor(0), k).float())
+        self.register_buffer("prior_means", torch.zeros(k, d))
+        self.register_buffer("prior_scale_trils", torch.eye(d).repeat(k, 1, 1))
 
     def encode(self, image: torch.Tensor) -> DiagonalGaussian:
         """(B, 3, S, S) in [0, 1] -> posterior over (B, latent)."""
         return DiagonalGaussian(*self.encoder(image))
 
     @torch.no_grad()
-    def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
-        """Moment-match the aggregate posterior of (N, latent) posteriors: mean of mu, Cov(mu) + mean variance."""
-        mu, variance = mu.double(), logvar.double().exp()
-        covariance = torch.cov(mu.T) if len(mu) > 1 else torch.zeros(mu.shape[1], mu.shape[1], dtype=mu.dtype)
-        covariance = covariance + torch.diag(variance.mean(0) + 1e-6)
-        self.prior_mean.copy_(mu.mean(0))
-        self.prior_scale_tril.copy_(torch.linalg.cholesky(covariance))
+    def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int = 0) -> None:
+        """Fit the sampling prior to (N, latent) posteriors: a full-covariance Gaussian mixture on mu by EM,
+        each covariance widened by the mean posterior variance (moment matching the aggregate posterior)."""
+        weights, means, trils = fit_gaussian_mixture(
+            mu.double(), logvar.double().exp().mean(0), len(self.prior_weights), seed=seed)
+        self.prior_weights.copy_(weights)
+        self.prior_means.copy_(means)
+        self.prior_scale_trils.copy_(trils)
 
-    def sample_latent(self, eps: torch.Tensor) -> torch.Tensor:
-        """(B, latent) standard-normal draws -> latents from the fitted prior."""
-        return self.prior_mean + eps @ self.prior_scale_tril.T
+    def sample_latent(self, eps: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """(B, latent) standard-normal draws and (B,) uniform draws -> (B, latent) latents from the prior."""
+        component = torch.searchsorted(self.prior_weights.cumsum(0)[:-1].contiguous(), uniform.contiguous(), right=True)
+        return self.prior_means[component] + (self.prior_scale_trils[component] @ eps.unsqueeze(2)).squeeze(2)
 
     def forward(
         self, image: torch.Tensor, generator: torch.Generator | None = None
@@ -192,3 +196,45 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [0, 1], (B,)."""
     mse = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def fit_gaussian_mixture(x: torch.Tensor, extra_variance: torch.Tensor, components: int, iterations: int = 25,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EM for a full-covariance Gaussian mixture on (N, D) points, started from k-means++ centres.
+
+    Uses at most one component per 2D + 2 points (a full covariance needs them); the rest get weight 0.
+    Returns weights (K,), means (K, D) and Cholesky factors (K, D, D) of the covariances (each + extra_variance).
+    """
+    n, d = x.shape
+    used = max(1, min(components, n // (2 * d + 2)))
+    floor = torch.diag(extra_variance + 1e-6)
+    means = _kmeans_plus_plus(x, used, torch.Generator().manual_seed(seed))  # (K, D)
+    shared = (torch.cov(x.T) if n > 1 else torch.zeros(d, d, dtype=x.dtype)) + floor
+    trils = torch.linalg.cholesky(shared).expand(used, d, d)
+    weights = torch.full((used,), 1.0 / used, dtype=x.dtype)
+    for _ in range(iterations):
+        centred = x[None] - means[:, None]  # (K, N, D)
+        solved = torch.linalg.solve_triangular(trils, centred.transpose(1, 2), upper=False)  # (K, D, N)
+        log_det = torch.log(torch.diagonal(trils, dim1=1, dim2=2)).sum(1)  # (K,)
+        log_prob = -0.5 * solved.pow(2).sum(1) - log_det[:, None]  # (K, N), up to a shared constant
+        resp = torch.softmax(log_prob.T + torch.log(weights)[None], dim=1)  # (N, K)
+        counts = resp.sum(0) + 1e-9  # (K,)
+        weights = counts / counts.sum()
+        means = (resp.T @ x) / counts[:, None]
+        centred = x[None] - means[:, None]
+        covariance = torch.einsum("kn,knd,kne->kde", resp.T, centred, centred) / counts[:, None, None] + floor
+        trils = torch.linalg.cholesky(covariance)
+    out_weights = torch.zeros(components, dtype=x.dtype)
+    out_means = torch.zeros(components, d, dtype=x.dtype)
+    out_trils = torch.eye(d, dtype=x.dtype).repeat(components, 1, 1)
+    out_weights[:used], out_means[:used], out_trils[:used] = weights, means, trils
+    return out_weights.float(), out_means.float(), out_trils.float()
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k initial centres, each drawn with probability proportional to its squared distance to the chosen ones."""
+    centres = [x[torch.randint(len(x), (1,), generator=generator)].squeeze(0)]
+    for _ in range(k - 1):
+        distance = torch.stack([(x - c).pow(2).sum(1) for c in centres]).min(0).values
+        centres.append(x[torch.multinomial(distance.float() + 1e-12, 1, generator=generator)].squeeze(0))
+    return torch.stack(centres)

@@ -15,6 +15,6 @@ ModelRef = Annotated[Optional[str], typer.Option(
     "--model", help="An export folder, an .onnx file, or 'builtin' (default: newest exported run, else built-in).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace outputs of another model or seed.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Random seed (0 or more).")]
 ShardSpec = Annotated[Optional[str], typer.Option(
     "--shard", help="i/K: do only part i of K (0-based); K runs together write exactly one run's files.")]

@@ -1,19 +1,22 @@
-"""The latent prior used for sampling: a Gaussian fitted to the encoded training set. numpy only.
+"""The latent prior used for sampling: a Gaussian mixture fitted to the encoded training set. numpy only.
 
 A VAE's aggregate posterior rarely matches N(0, I); decoding N(0, I) draws then gives smudges. Fitting a
-full-covariance Gaussian to the training latents after training (Ghosh et al. 2020; Dai & Wipf's two-stage
-VAE) fixes most of it at no training cost. The fit is stored in the checkpoint and in decoder.onnx's metadata.
+density to the training latents after training (Ghosh et al. 2020; Dai & Wipf's two-stage VAE) fixes most
+of it at no training cost; a mixture keeps distinct styles apart instead of blending them. The fit is stored
+in the checkpoint and in decoder.onnx's metadata.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-MEAN_KEY = "animevae.prior_mean"
-SCALE_KEY = "animevae.prior_scale_tril"
+WEIGHTS_KEY = "animevae.prior_weights"
+MEANS_KEY = "animevae.prior_means"
+TRILS_KEY = "animevae.prior_scale_trils"
 
 
 def pack_array(values: np.ndarray) -> str:
@@ -28,26 +31,61 @@ def unpack_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """z = mean + scale_tril @ eps with eps ~ N(0, I): mean (D,), scale_tril (D, D) lower-triangular."""
+    """sum_k weights[k] N(means[k], scale_trils[k] scale_trils[k]^T): weights (K,), means (K, D), trils (K, D, D)."""
 
-    mean: np.ndarray
-    scale_tril: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    scale_trils: np.ndarray
 
     @classmethod
     def standard(cls, latent_dim: int) -> "LatentPrior":
         """N(0, I)."""
-        return cls(np.zeros(latent_dim, np.float32), np.eye(latent_dim, dtype=np.float32))
+        return cls(np.ones(1, np.float32), np.zeros((1, latent_dim), np.float32),
+                   np.eye(latent_dim, dtype=np.float32)[None])
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], latent_dim: int) -> "LatentPrior":
         """Read the fitted prior from a decoder's metadata (N(0, I) when it has none)."""
-        if MEAN_KEY not in metadata or SCALE_KEY not in metadata:
+        if not all(key in metadata for key in (WEIGHTS_KEY, MEANS_KEY, TRILS_KEY)):
             return cls.standard(latent_dim)
-        return cls(unpack_array(metadata[MEAN_KEY], (latent_dim,)),
-                   unpack_array(metadata[SCALE_KEY], (latent_dim, latent_dim)))
+        weights = unpack_array(metadata[WEIGHTS_KEY], (-1,))
+        k = len(weights)
+        return cls(weights, unpack_array(metadata[MEANS_KEY], (k, latent_dim)),
+                   unpack_array(metadata[TRILS_KEY], (k, latent_dim, latent_dim)))
+
+    def to_metadata(self) -> dict[str, str]:
+        """The metadata entries that `from_metadata` reads."""
+        return {WEIGHTS_KEY: pack_array(self.weights), MEANS_KEY: pack_array(self.means),
+                TRILS_KEY: pack_array(self.scale_trils)}
 
     def latent(self, seed: int, index: int) -> np.ndarray:
         """The latent of image `index`: (D,) float32, from a generator seeded by (seed, index) alone, so an
         image never depends on the batch size, the shard or what was generated before it."""
-        eps = np.random.default_rng([seed, index]).standard_normal(len(self.mean), dtype=np.float32)
-        return self.mean + self.scale_tril @ eps  # one image at a time: no batch-size-dependent BLAS blocking
+        rng = np.random.default_rng([seed, index])
+        component = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.weights) - 1)
+        eps = rng.standard_normal(self.means.shape[1], dtype=np.float32)
+        # One image at a time: no batch-size-dependent BLAS blocking.
+        return self.means[component] + self.scale_trils[component] @ eps
+
+    @cached_property
+    def cumulative(self) -> np.ndarray:
+        """Cumulative component weights, (K,)."""
+        return np.cumsum(self.weights.astype(np.float64))
+
+    @cached_property
+    def mean(self) -> np.ndarray:
+        """Mean of the whole mixture, (D,)."""
+        return (self.weights[:, None] * self.means).sum(0).astype(np.float32)
+
+    @cached_property
+    def covariance(self) -> np.ndarray:
+        """Covariance of the whole mixture, (D, D) float64."""
+        trils, means, w = self.scale_trils.astype(np.float64), self.means.astype(np.float64), self.weights
+        within = np.einsum("k,kij,klj->il", w, trils, trils)
+        centred = means - self.mean.astype(np.float64)
+        return within + np.einsum("k,ki,kj->ij", w, centred, centred)
+
+    @cached_property
+    def scale_tril(self) -> np.ndarray:
+        """Cholesky factor of the whole mixture's covariance, (D, D) float32."""
+        return np.linalg.cholesky(self.covariance).astype(np.float32)

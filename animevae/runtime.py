@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from animevae import FORMAT_VERSION
 from animevae.errors import DeviceError, ModelError
 
 CUDA = "CUDAExecutionProvider"
@@ -165,3 +166,6 @@ def _check_contract(path: Path, role: str, session: ort.InferenceSession, metada
             f"{path} is not an animevae {role} (inputs {list(inputs)}, outputs {list(outputs)})",
             f"use a {role}.onnx written by `animevae export --onnx`, or --model builtin",
         )
+    version = metadata.get("animevae.format_version", "0")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise ModelError(f"{path} was written by a newer animevae (format {version})", "upgrade animevae")

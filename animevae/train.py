@@ -102,13 +102,24 @@ class Trainer:
         self.val_pixels = pixels[torch.from_numpy(val_idx)].to(device)
         self.generator = torch.Generator()
         self.sample_z = torch.randn(SAMPLE_COUNT, config.model.latent_dim, generator=self.generator.manual_seed(config.train.seed))
+        self.sample_u = torch.rand(SAMPLE_COUNT, generator=self.generator)
         self.progress = Progress()
         self.autocast_dtype = torch.bfloat16 if config.train.precision == "bf16" else None
 
     @property
+    def batch_starts(self) -> list[int]:
+        """Where each batch of an epoch begins. A last batch too small to split across the ranks with two
+        images each (BatchNorm needs two) joins the one before it."""
+        count = len(self.train_pixels)
+        starts = list(range(0, count, self.config.train.batch_size))
+        if len(starts) > 1 and count - starts[-1] < 2 * self.ctx.world_size:
+            starts.pop()
+        return starts
+
+    @property
     def batches_per_epoch(self) -> int:
-        """Batches in one pass over the training split (the last one may be short)."""
-        return math.ceil(len(self.train_pixels) / self.config.train.batch_size)
+        """Batches in one pass over the training split."""
+        return len(self.batch_starts)
 
     def restore(self, checkpoint: Checkpoint) -> None:
         """Load weights, optimiser state and progress from a checkpoint."""
@@ -132,9 +143,9 @@ class Trainer:
         """Index tensors of the epoch's batches from `start`: the shuffle depends on (seed, epoch) only."""
         order = torch.randperm(len(self.train_pixels), generator=torch.Generator().manual_seed(
             self.config.train.seed * 1_000_003 + epoch))
-        size = self.config.train.batch_size
-        for begin in range(start * size, len(order), size):
-            yield order[begin : begin + size]
+        bounds = [*self.batch_starts, len(order)]
+        for index in range(start, len(bounds) - 1):
+            yield order[bounds[index] : bounds[index + 1]]
 
     def set_lr(self, fraction: float) -> None:
         """Short linear warm-up, then cosine decay to 5% over the run (`fraction` of it done)."""
@@ -216,7 +227,8 @@ class Trainer:
         self.vae.eval()
         moments = [self.vae.encoder(self.train_pixels[b : b + 512].float().div_(255.0))
                    for b in range(0, len(self.train_pixels), 512)]
-        self.vae.fit_prior(torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float())
+        self.vae.fit_prior(torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float(),
+                           seed=self.config.train.seed)
         self.vae.train()
 
     @torch.no_grad()
@@ -225,18 +237,18 @@ class Trainer:
         self.vae.eval()
         clean = self.val_pixels[:8].float().div_(255.0)
         rows = [clean, self.vae.decoder(self.vae.encode(clean).mode())] if len(clean) else []
-        rows.append(self.vae.decoder(self.vae.sample_latent(self.sample_z.to(self.device))))
+        rows.append(self.vae.decoder(self.vae.sample_latent(self.sample_z.to(self.device), self.sample_u.to(self.device))))
         self.vae.train()
         return contact_sheet(to_uint8(torch.cat(rows).float().cpu().numpy()))
 
 
-def _create_run_dir(runs_dir: Path, name: str | None) -> Path:
+def _new_run_dir(runs_dir: Path, name: str | None) -> Path:
+    """The folder for a new run (created only once its data has loaded, so a failed start leaves nothing)."""
     run_name = check_name(name) if name else next_free_name(runs_dir)
     run_dir = runs_dir / run_name
     if (run_dir / CONFIG_NAME).exists():
         raise ModelError(f"run {run_name!r} already exists in {runs_dir}",
                          f"continue it with `--resume --name {run_name}`, or pick another --name")
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
@@ -273,6 +285,7 @@ def train(
         if ctx.is_main:
             run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume, ctx, reporter)
             images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+            (run_dir / "samples").mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(run_dir / CONFIG_NAME, (config.to_json() + "\n").encode())
         run_name = ctx.share_text(run_dir.name if ctx.is_main else "")
         if not ctx.is_main:
@@ -304,7 +317,7 @@ def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, 
     model_config.check()
     train_config = replace(train_config, precision=choose_precision(train_config.precision, ctx.device),
                            data_source=str(data), world_size=ctx.world_size)
-    run_dir = _create_run_dir(runs_dir, name)
+    run_dir = _new_run_dir(runs_dir, name)
     config = RunConfig(name=run_dir.name, model=model_config, train=train_config,
                        created=time.time(), version=__version__, format_version=FORMAT_VERSION)
     return run_dir, config, None

@@ -75,12 +75,15 @@ def dead_pid() -> int:
 
 
 def assert_cli_error(result: Any, *fragments: str) -> None:
-    """A user-facing failure: exit 1, one `error:` line, a `hint:` line, no traceback, no stray exception."""
+    """A user-facing failure: exit 1, one `error:` line, a `hint:` line, no traceback, no stray exception, and not
+    the CLI's catch-all for unexpected exceptions."""
     output = result.output
     assert result.exit_code == 1, f"exit code {result.exit_code}, output:\n{output}\nexception: {result.exception!r}"
     # CliRunner swallows an uncaught exception into result.exception (exit code 1): that is a crash, not a report.
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in output
+    # The CLI's safety net for bugs ("error: internal error: ...", "hint: ... report it") is not a user-facing error.
+    assert "error: internal error" not in output, output
     error_lines = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, output
     assert any(line.startswith("hint:") for line in output.splitlines()), output

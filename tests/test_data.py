@@ -25,7 +25,7 @@ from animevae.data import (
     split_holdout,
     square_resize,
 )
-from animevae.errors import DataError
+from animevae.errors import DataError, OutputError
 from helpers import blob_image, temp_leftovers, write_blobs
 
 
@@ -270,7 +270,7 @@ def test_save_prepared_failure_keeps_old_file_and_leaves_no_temp(image_dir: Path
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.numpy, "save_file", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         save_prepared(prepare_images(image_dir, 16), out, image_dir)
     assert out.read_bytes() == before
     assert temp_leftovers(tmp_path) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.errors import ModelError
 from animevae.model import VAE, Denoiser, DiagonalGaussian, VAELoss, add_noise, psnr
+from helpers import TINY_MODEL as TINY
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -20,9 +22,9 @@ def test_model_config_base_size_and_check(tiny_model_config: ModelConfig) -> Non
     assert tiny_model_config.base_size == 4
     tiny_model_config.check()
     assert ModelConfig().base_size == 4  # 64 px over four halvings
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="must be a multiple"):
         ModelConfig(image_size=20, channels=(8, 16, 32)).check()
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="must be a multiple"):
         ModelConfig(image_size=4, channels=(8, 16, 32)).check()
     with pytest.raises(ValueError, match="latent_dim"):
         ModelConfig(latent_dim=0).check()
@@ -99,6 +101,40 @@ def test_vae_loss_is_finite_and_prefers_better_reconstructions() -> None:
     assert float(kl) == pytest.approx(0.0)
     # A perfect reconstruction still gives a finite loss (log sigma is clamped).
     assert torch.isfinite(loss_fn(image, image, posterior)[0])
+
+
+def test_fit_prior_single_component_moment_matches_the_aggregate_posterior() -> None:
+    vae = VAE(ModelConfig(**{**TINY, "prior_components": 1}))
+    eps, uniform = torch.randn(3, 8), torch.rand(3)
+    torch.testing.assert_close(vae.sample_latent(eps, uniform), eps)  # N(0, I) before fitting
+
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(4000, 8, generator=generator) * torch.linspace(0.5, 2.0, 8) + 3.0
+    logvar = torch.full((4000, 8), math.log(0.25))
+    vae.fit_prior(mu, logvar)
+    torch.testing.assert_close(vae.prior_means[0], mu.mean(0))
+    tril = vae.prior_scale_trils[0].double()
+    expected = torch.cov(mu.double().T, correction=0) + torch.eye(8, dtype=torch.float64) * (0.25 + 1e-6)
+    torch.testing.assert_close(tril @ tril.T, expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(vae.prior_scale_trils[0], torch.tril(vae.prior_scale_trils[0]))
+    draws = vae.sample_latent(torch.randn(20000, 8, generator=generator), torch.rand(20000, generator=generator))
+    torch.testing.assert_close(draws.mean(0), mu.mean(0), atol=0.1, rtol=0)
+    # The prior travels with the weights.
+    assert {"prior_weights", "prior_means", "prior_scale_trils"} <= vae.state_dict().keys()
+
+
+def test_fit_prior_finds_separate_clusters() -> None:
+    vae = VAE(ModelConfig(**{**TINY, "prior_components": 4}))
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[-6.0] * 8, [6.0] * 8])
+    mu = torch.cat([centres[0] + torch.randn(600, 8, generator=generator),
+                    centres[1] + torch.randn(1800, 8, generator=generator)])
+    vae.fit_prior(mu, torch.full_like(mu, math.log(0.01)))
+    draws = vae.sample_latent(torch.randn(4000, 8, generator=generator), torch.rand(4000, generator=generator))
+    # Draws land in the two clusters in proportion (1:3), not in the empty middle a single Gaussian would fill.
+    assert (draws.mean(1).abs() < 3).float().mean() < 0.02
+    assert 0.7 < (draws.mean(1) > 0).float().mean() < 0.8
+    assert torch.isclose(vae.prior_weights.sum(), torch.tensor(1.0))
 
 
 # --- denoiser ----------------------------------------------------------------------------------

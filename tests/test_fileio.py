@@ -1,0 +1,160 @@
+"""animevae.fileio (atomic writes, stale temps, PNGs, contact sheets) and animevae.writer (PNG worker pool)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animevae.fileio import (
+    atomic_path,
+    contact_sheet,
+    encode_png,
+    remove_stale_temps,
+    save_png_atomic,
+    temp_name,
+    to_uint8,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from animevae.writer import PngWriter, usable_cores, write_pngs
+from helpers import dead_pid, read_rgb, temp_leftovers
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def test_temp_name_is_a_hidden_sibling_naming_this_process(tmp_path: Path) -> None:
+    final = tmp_path / "000001.png"
+    first, second = temp_name(final), temp_name(final)
+    assert first.parent == tmp_path
+    assert first.name.startswith(".000001.png.tmp-") and f"-{os.getpid()}-" in first.name
+    assert first != second
+
+
+def test_atomic_path_replaces_on_success(tmp_path: Path) -> None:
+    final = tmp_path / "f.txt"
+    final.write_text("old")
+    with atomic_path(final) as tmp:
+        tmp.write_text("new")
+        assert final.read_text() == "old"  # readers see the old file until the rename
+    assert final.read_text() == "new"
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_atomic_path_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    final = tmp_path / "f.txt"
+    final.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(final, fsync=True) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert final.read_text() == "old"
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_write_helpers(tmp_path: Path) -> None:
+    write_bytes_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    write_json_atomic(tmp_path / "j.json", {"b": 1, "a": [1, 2]})
+    text = (tmp_path / "j.json").read_text()
+    assert json.loads(text) == {"a": [1, 2], "b": 1}
+    assert text.endswith("\n") and text.index('"a"') < text.index('"b"')
+    assert temp_leftovers(tmp_path) == []
+
+
+# --- stale temps -------------------------------------------------------------------------------
+
+
+def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path: Path) -> None:
+    dead = dead_pid()
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    stale = [tmp_path / f".000001.png.tmp-{dead}-abcd", tmp_path / "deep" / "er" / f".x.json.tmp-{dead}-00ff"]
+    kept = [
+        tmp_path / f".000002.png.tmp-{os.getpid()}-beef",        # this process: alive
+        tmp_path / f".000003.png.tmp-{os.getppid()}-beef",       # our parent: alive
+        tmp_path / ".000004.png.tmp-notapid-beef",               # not ours to judge
+        tmp_path / "000005.png",                                 # a finished file
+        tmp_path / ".hidden",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 2
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+    assert remove_stale_temps(tmp_path) == 0
+
+
+def test_remove_stale_temps_survives_an_absurd_pid(tmp_path: Path) -> None:
+    odd = tmp_path / ".000001.png.tmp-99999999999999-abcd"
+    odd.write_bytes(b"x")
+    remove_stale_temps(tmp_path)  # must not raise; no process can have this id
+
+
+# --- PNGs and sheets ---------------------------------------------------------------------------
+
+
+def test_encode_png_is_lossless(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    data = encode_png(pixels)
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    save_png_atomic(tmp_path / "p.png", pixels)
+    assert np.array_equal(read_rgb(tmp_path / "p.png"), pixels)
+    assert (tmp_path / "p.png").read_bytes() == data  # deterministic bytes
+
+
+def test_to_uint8_rounds_clips_and_moves_channels_last() -> None:
+    images = np.zeros((1, 3, 1, 4), np.float32)
+    images[0, 0, 0] = [-0.5, 0.0, 0.5, 2.0]
+    images[0, 1, 0] = [1.0, 1.9 / 255, 2.1 / 255, 254.6 / 255]
+    out = to_uint8(images)
+    assert out.shape == (1, 1, 4, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 255]
+    assert out[0, 0, :, 1].tolist() == [255, 2, 2, 255]
+    assert out[0, 0, :, 2].tolist() == [0, 0, 0, 0]
+
+
+def test_contact_sheet_layout() -> None:
+    tiles = np.stack([np.full((4, 6, 3), 10 * (i + 1), np.uint8) for i in range(5)])
+    sheet = contact_sheet(tiles, columns=3, pad=1)
+    assert sheet.shape == (2 * 5 + 1, 3 * 7 + 1, 3)
+    assert (sheet[1:5, 1:7] == 10).all()          # tile 0 at row 0, column 0
+    assert (sheet[1:5, 15:21] == 30).all()        # tile 2 at row 0, column 2
+    assert (sheet[6:10, 8:14] == 50).all()        # tile 4 at row 1, column 1
+    assert (sheet[6:10, 15:21] == 255).all()      # the empty cell is white
+    assert (sheet[0] == 255).all() and (sheet[:, 0] == 255).all()
+    assert contact_sheet(tiles[:2], columns=8, pad=0).shape == (4, 12, 3)  # never wider than the count
+
+
+# --- writer ------------------------------------------------------------------------------------
+
+
+def test_write_pngs_reports_failures_per_file(tmp_path: Path) -> None:
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    failures = write_pngs([tmp_path / "ok.png", tmp_path / "no" / "such" / "dir.png"], [pixels, pixels])
+    assert (tmp_path / "ok.png").is_file()
+    assert len(failures) == 1
+    path, reason = failures[0]
+    assert path == tmp_path / "no" / "such" / "dir.png" and reason.startswith("cannot write")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_png_writer_writes_everything_and_reports_in_order(tmp_path: Path, workers: int) -> None:
+    images = [np.full((3, 3, 3), i, np.uint8) for i in range(7)]
+    paths = [tmp_path / f"{i}.png" for i in range(7)]
+    done: list[tuple[int, list]] = []
+    with PngWriter(workers, lambda count, failed: done.append((count, failed))) as writer:
+        writer.submit(paths[:4], images[:4])
+        writer.submit(paths[4:], images[4:])
+    assert sum(count for count, _ in done) == 7
+    assert all(failed == [] for _, failed in done)
+    for path, pixels in zip(paths, images):
+        assert np.array_equal(read_rgb(path), pixels)
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_usable_cores() -> None:
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)

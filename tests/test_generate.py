@@ -1,0 +1,321 @@
+"""animevae.generate and `animevae generate`: per-index determinism, resumable reruns, guarded output folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animevae import models
+from animevae.cli import app
+from animevae.errors import OutputError
+from animevae.fileio import to_uint8
+from animevae.generate import MANIFEST_NAME, generate, image_name
+from animevae.prior import LatentPrior
+from helpers import CPU, assert_cli_error, assert_ok, dead_pid, read_rgb, snapshot, temp_leftovers
+
+
+def _generate(runner, trained_run, out: Path, *extra: str):
+    return runner.invoke(app, ["generate", "--out", str(out), "--run", "run", "--runs-dir", str(trained_run.runs_dir),
+                               *CPU, *extra])
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
+
+
+# --- latents and names --------------------------------------------------------------------------
+
+
+def test_latent_depends_on_seed_and_index_only() -> None:
+    prior = LatentPrior.standard(8)
+    z = prior.latent(0, 5)
+    assert z.shape == (8,) and z.dtype == np.float32
+    assert np.array_equal(z, prior.latent(0, 5))
+    assert not np.array_equal(z, prior.latent(0, 6))
+    assert not np.array_equal(z, prior.latent(1, 5))
+
+
+def test_latents_come_from_the_fitted_prior() -> None:
+    means = np.array([[0, 1, 2], [50, 50, 50]], np.float32)
+    scale = np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0.5]], np.float32)
+    single = LatentPrior(np.ones(1, np.float32), means[:1], scale[None])
+    rng = np.random.default_rng([4, 9])
+    rng.random()  # the component draw comes first
+    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ rng.standard_normal(3, dtype=np.float32),
+                               rtol=1e-6)
+    # Two components: each index lands near one of the means, both are used, in proportion to the weights.
+    mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
+    near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
+    assert 0.7 < np.mean(near_second) < 0.8
+    np.testing.assert_allclose(mixture.mean, 0.25 * means[0] + 0.75 * means[1], rtol=1e-6)
+
+
+def test_session_decoder_carries_a_fitted_prior(onnx_models) -> None:
+    from animevae.prior import MEANS_KEY, TRILS_KEY, WEIGHTS_KEY
+
+    metadata = onnx_models["decoder"].metadata
+    assert {WEIGHTS_KEY, MEANS_KEY, TRILS_KEY} <= metadata.keys()
+    prior = LatentPrior.from_metadata(metadata, 8)
+    assert prior.mean.shape == (8,) and prior.scale_tril.shape == (8, 8)
+    assert np.allclose(prior.scale_tril, np.tril(prior.scale_tril))  # lower-triangular
+    assert not np.array_equal(prior.scale_tril, np.eye(8))  # fitted, not N(0, I)
+    # A decoder without prior metadata samples from N(0, I).
+    standard = LatentPrior.from_metadata({}, 8)
+    assert np.array_equal(standard.mean, np.zeros(8)) and np.array_equal(standard.scale_tril, np.eye(8))
+
+
+def test_image_names_are_zero_padded() -> None:
+    assert image_name(0, 1000) == "000000.png"
+    assert image_name(123, 1000) == "000123.png"
+    assert image_name(5, 10_000_001) == "00000005.png"
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_files_for_any_batch_size(runner, trained_run, tmp_path: Path, onnx_models) -> None:
+    outputs = {}
+    for batch_size in (1, 7, 64):  # 1 and 7 write through worker processes; 64 writes in this process
+        out = tmp_path / f"b{batch_size}"
+        result = _generate(runner, trained_run, out, "--count", "20", "--batch-size", str(batch_size))
+        assert_ok(result)
+        assert "wrote 20 images (0 already there)" in result.output
+        outputs[batch_size] = _pngs(out)
+    assert list(outputs[1]) == [f"{i:06d}.png" for i in range(20)]
+    assert outputs[1] == outputs[7] == outputs[64]
+    assert len(set(outputs[1].values())) > 1  # different latents, different pictures
+
+    # Per index: a shorter run gives the same first images; image i decodes the prior's latent (seed, i).
+    short = tmp_path / "short"
+    assert_ok(_generate(runner, trained_run, short, "--count", "5"))
+    assert _pngs(short) == {name: data for name, data in outputs[1].items() if int(name[:6]) < 5}
+    prior = LatentPrior.from_metadata(onnx_models["decoder"].metadata, 8)
+    z = np.stack([prior.latent(0, i) for i in (0, 13)])
+    expected = to_uint8(onnx_models["decoder"].run(z)[0])
+    assert np.array_equal(read_rgb(tmp_path / "b7" / "000000.png"), expected[0])
+    assert np.array_equal(read_rgb(tmp_path / "b7" / "000013.png"), expected[1])
+
+    other_seed = tmp_path / "seed1"
+    assert_ok(_generate(runner, trained_run, other_seed, "--count", "5", "--seed", "1"))
+    assert _pngs(other_seed)["000000.png"] != outputs[1]["000000.png"]
+
+
+def test_api_generate_is_independent_of_workers(onnx_models, tmp_path: Path) -> None:
+    inline = generate(onnx_models["decoder"], 6, tmp_path / "inline", seed=3, batch_size=4, workers=0)
+    assert (inline.written, inline.existing) == (6, 0)
+    assert inline.provider == "CPUExecutionProvider"
+    pooled = generate(onnx_models["decoder"], 6, tmp_path / "pooled", seed=3, batch_size=4, workers=1)
+    assert _pngs(tmp_path / "inline") == _pngs(tmp_path / "pooled")
+    assert pooled.written == 6 and pooled.grid is None
+
+
+# --- reruns ------------------------------------------------------------------------------------
+
+
+def test_rerun_writes_nothing_and_changes_no_file(runner, trained_run, tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    assert_ok(_generate(runner, trained_run, out, "--count", "10"))
+    before = snapshot(out)
+    assert set(before) == {f"{i:06d}.png" for i in range(10)} | {MANIFEST_NAME}
+
+    result = _generate(runner, trained_run, out, "--count", "10")
+    assert_ok(result)
+    assert "wrote 0 images (10 already there)" in result.output
+    after = snapshot(out)
+    assert after.keys() == before.keys()
+    for name, (mtime, data) in before.items():
+        assert after[name][1] == data, name
+        if name.endswith(".png"):
+            assert after[name][0] == mtime, f"{name} was rewritten"
+
+    # A deleted image is regenerated, identical; a larger count adds only the new ones.
+    (out / "000003.png").unlink()
+    result = _generate(runner, trained_run, out, "--count", "12")
+    assert_ok(result)
+    assert "wrote 3 images (9 already there)" in result.output
+    assert (out / "000003.png").read_bytes() == before["000003.png"][1]
+    assert (out / "000011.png").is_file()
+    assert temp_leftovers(out) == []
+
+
+def test_another_seed_is_refused_unless_overwrite(runner, trained_run, tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    assert_ok(_generate(runner, trained_run, out, "--count", "3"))
+    before = _pngs(out)
+
+    result = _generate(runner, trained_run, out, "--count", "3", "--seed", "1")
+    assert_cli_error(result, "holds images of another model or seed (seed 0, model ", "--overwrite")
+    assert _pngs(out) == before
+
+    result = _generate(runner, trained_run, out, "--count", "3", "--seed", "1", "--overwrite")
+    assert_ok(result)
+    assert "wrote 3 images (0 already there)" in result.output
+    after = _pngs(out)
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
+    assert json.loads((out / MANIFEST_NAME).read_text())["seed"] == 1
+
+
+def test_a_folder_of_foreign_pngs_is_refused(runner, trained_run, tmp_path: Path) -> None:
+    out = tmp_path / "holiday"
+    out.mkdir()
+    (out / "000000.png").write_bytes(b"someone else's picture")
+    result = _generate(runner, trained_run, out, "--count", "2")
+    assert_cli_error(result, "already holds PNG files that animevae did not generate", "--overwrite")
+    assert (out / "000000.png").read_bytes() == b"someone else's picture"
+
+
+# --- grid --------------------------------------------------------------------------------------
+
+
+def test_grid_writes_a_contact_sheet(runner, trained_run, tmp_path: Path) -> None:
+    out, sheet = tmp_path / "synth", tmp_path / "sheets" / "grid.png"
+    result = _generate(runner, trained_run, out, "--count", "10", "--grid", str(sheet))
+    assert_ok(result)
+    assert f"contact sheet: {sheet}" in result.output
+    pixels = read_rgb(sheet)
+    assert pixels.shape == (2 * 18 + 2, 8 * 18 + 2, 3)  # 10 tiles, 8 per row, 16 px + 2 px padding
+    assert np.array_equal(pixels[2:18, 2:18], read_rgb(out / "000000.png"))
+    assert np.array_equal(pixels[20:36, 20:36], read_rgb(out / "000009.png"))
+    assert (pixels[20:36, 38:] == 255).all()  # empty cells are white
+
+    # The same sheet again is fine; a different existing file is not replaced without --overwrite.
+    assert_ok(_generate(runner, trained_run, out, "--count", "10", "--grid", str(sheet)))
+    other = tmp_path / "other.png"
+    other.write_bytes(b"keep me")
+    assert_cli_error(_generate(runner, trained_run, out, "--count", "10", "--grid", str(other)),
+                     "already exists", "--overwrite")
+    assert other.read_bytes() == b"keep me"
+
+
+def test_grid_shows_at_most_64_images(onnx_models, tmp_path: Path) -> None:
+    result = generate(onnx_models["decoder"], 70, tmp_path / "synth", batch_size=70, grid=tmp_path / "g.png", workers=0)
+    assert result.grid == tmp_path / "g.png"
+    assert read_rgb(tmp_path / "g.png").shape == (8 * 18 + 2, 8 * 18 + 2, 3)
+
+
+# --- argument errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--count", "0"], "--count must be at least 1 (got 0)"),
+    (["--count", "-3"], "--count must be at least 1 (got -3)"),
+    (["--batch-size", "0"], "--batch-size must be at least 1 (got 0)"),
+])
+def test_bad_numbers_give_one_line_errors(runner, trained_run, tmp_path: Path, args: list[str], message: str) -> None:
+    result = _generate(runner, trained_run, tmp_path / "synth", *args)
+    assert_cli_error(result, message)
+    assert not (tmp_path / "synth").exists()
+
+
+def test_out_pointing_at_a_file(runner, trained_run, tmp_path: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert_cli_error(_generate(runner, trained_run, target, "--count", "2"), "is a file, not a folder")
+    assert target.read_text() == "x"
+    assert_cli_error(_generate(runner, trained_run, target / "sub", "--count", "2"), "cannot create")
+
+
+def test_negative_seed_is_a_usage_error(runner, trained_run, tmp_path: Path) -> None:
+    result = _generate(runner, trained_run, tmp_path / "synth", "--count", "2", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed" in result.output and "Traceback" not in result.output
+
+
+# --- stale temp files --------------------------------------------------------------------------
+
+
+def test_stale_temps_of_dead_writers_are_removed(runner, trained_run, tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    assert_ok(_generate(runner, trained_run, out, "--count", "3"))
+    dead = dead_pid()
+    stale = out / f".000001.png.tmp-{dead}-abcd"
+    stale_deep = out / "sub" / f".x.png.tmp-{dead}-0123"
+    live = out / f".000002.png.tmp-{os.getpid()}-beef"
+    unrelated = out / ".keep"
+    stale_deep.parent.mkdir()
+    for path in (stale, stale_deep, live, unrelated):
+        path.write_bytes(b"partial")
+    assert_ok(_generate(runner, trained_run, out, "--count", "3"))
+    assert not stale.exists() and not stale_deep.exists()
+    assert live.exists() and unrelated.exists()
+
+
+# --- which model -------------------------------------------------------------------------------
+
+
+def test_missing_run_is_a_clear_error(runner, trained_run, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "o"), "--run", "ghost", "--runs-dir",
+                                 str(trained_run.runs_dir), *CPU])
+    assert_cli_error(result, "no run named 'ghost'", "runs there: run")
+    assert not (tmp_path / "o").exists()
+
+
+def test_never_exported_run_is_a_clear_error(runner, runs_copy: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    monkeypatch.setattr(models, "builtin_available", lambda: False)
+    shutil.rmtree(runs_copy / "run" / "export")
+    for extra in (["--run", "run"], []):
+        result = runner.invoke(app, ["generate", "--out", str(tmp_path / "o"), "--runs-dir", str(runs_copy), *CPU,
+                                     *extra])
+        assert_cli_error(result, "run 'run' was never exported", "animevae export --onnx --run run")
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "o"), "--runs-dir", str(tmp_path / "none"), *CPU])
+    assert_cli_error(result, "no exported run in", "animevae train")
+    assert not (tmp_path / "o").exists()
+
+
+def test_defaults_use_runs_and_synth_in_the_working_folder(runner, runs_copy: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # runs_copy is tmp_path/runs
+    result = runner.invoke(app, ["generate", "--count", "2", *CPU])
+    assert_ok(result)
+    assert "model: run 'run'" in result.output
+    assert "next: animevae denoise synth" in result.output
+    assert sorted(p.name for p in (tmp_path / "synth").glob("*.png")) == ["000000.png", "000001.png"]
+
+
+def test_api_refuses_bad_arguments(onnx_models, tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="--count"):
+        generate(onnx_models["decoder"], 0, tmp_path / "o")
+    with pytest.raises(OutputError, match="--batch-size"):
+        generate(onnx_models["decoder"], 1, tmp_path / "o", batch_size=0)
+    assert not (tmp_path / "o").exists()
+
+
+# --- shards ------------------------------------------------------------------------------------
+
+
+def test_shard_parse_and_ownership() -> None:
+    from animevae.shard import Shard
+
+    assert Shard.parse(None) == Shard(0, 1)
+    assert Shard.parse("1/4") == Shard(1, 4)
+    for bad in ("x", "1", "4/4", "-1/2", "1/0", "a/b", "1/2/3"):
+        with pytest.raises(OutputError, match="--shard") as caught:
+            Shard.parse(bad)
+        assert "--shard 0/4" in caught.value.hint
+    parts = [Shard(i, 3) for i in range(3)]
+    assert all(sum(p.owns_index(i) for p in parts) == 1 for i in range(30))
+    assert all(sum(p.owns_path(f"dir/{i}.png") for p in parts) == 1 for i in range(30))
+    assert Shard().owns_path("anything")
+
+
+def test_shards_together_write_exactly_one_runs_files(runner, trained_run, tmp_path: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert_ok(_generate(runner, trained_run, whole, "--count", "9", "--batch-size", "4"))
+    first = _generate(runner, trained_run, split, "--count", "9", "--shard", "0/2", "--batch-size", "2")
+    assert_ok(first)
+    assert "wrote 5 images (0 already there)" in first.output
+    assert sorted(p.name for p in split.glob("*.png")) == [f"{i:06d}.png" for i in range(0, 9, 2)]
+    assert_ok(_generate(runner, trained_run, split, "--count", "9", "--shard", "1/2"))
+    assert _pngs(split) == _pngs(whole)
+
+
+def test_bad_shard_is_a_clear_error(runner, trained_run, tmp_path: Path) -> None:
+    assert_cli_error(_generate(runner, trained_run, tmp_path / "o", "--shard", "2/2"), "--shard 2/2", "--shard 0/4")
+    assert not (tmp_path / "o").exists()

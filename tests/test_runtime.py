@@ -1,0 +1,264 @@
+"""animevae.runtime: execution-provider choice, opening ONNX files, refusing files that are not ours."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import animevae.runtime as runtime
+from animevae.cli import app
+from animevae.errors import DeviceError, ModelError
+from animevae.runtime import CPU, CUDA, check_ran_as_asked, choose_providers, default_threads, open_model
+from helpers import CPU as CPU_FLAGS
+from helpers import assert_cli_error, evil_pickle
+
+TRT = "TensorrtExecutionProvider"
+
+
+# --- provider choice (pure logic, fake provider lists) ------------------------------------------
+
+
+@pytest.mark.parametrize("available, expected", [
+    ([TRT, CUDA, CPU], [CUDA, CPU]),
+    ([CUDA, CPU], [CUDA, CPU]),
+    ([CPU], [CPU]),
+])
+def test_auto_prefers_cuda_when_listed(available: list[str], expected: list[str]) -> None:
+    assert choose_providers("auto", available) == expected
+
+
+@pytest.mark.parametrize("available", [[CUDA, CPU], [CPU]])
+def test_cpu_never_asks_for_cuda(available: list[str]) -> None:
+    assert choose_providers("cpu", available) == [CPU]
+
+
+def test_cuda_insists_on_cuda() -> None:
+    assert choose_providers("cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]
+    with pytest.raises(DeviceError, match="no CUDA provider \\(has: CPUExecutionProvider\\)") as caught:
+        choose_providers("cuda", [CPU])
+    assert "onnxruntime-gpu" in caught.value.hint and "--device cpu" in caught.value.hint
+
+
+def test_unknown_device_is_refused() -> None:
+    with pytest.raises(DeviceError, match="unknown device 'gpu'") as caught:
+        choose_providers("gpu", [CPU])
+    assert "auto, cpu, cuda" in caught.value.hint
+
+
+def test_check_ran_as_asked() -> None:
+    assert check_ran_as_asked("cpu", [CPU], CPU) is None
+    assert check_ran_as_asked("auto", [CPU], CPU) is None
+    assert check_ran_as_asked("auto", [CUDA, CPU], CUDA) is None
+    assert check_ran_as_asked("cuda", [CUDA, CPU], CUDA) is None
+    note = check_ran_as_asked("auto", [CUDA, CPU], CPU)
+    assert note is not None and "running on the CPU" in note
+    with pytest.raises(DeviceError, match="could not start CUDA") as caught:
+        check_ran_as_asked("cuda", [CUDA, CPU], CPU)
+    assert caught.value.hint
+
+
+def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert default_threads() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")
+    assert default_threads() >= 1
+
+
+# --- opening real files ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cuda_listed_but_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu on a machine where CUDA cannot start: CUDA is listed, sessions end on the CPU."""
+    real_session = runtime.ort.InferenceSession
+
+    def cpu_only_session(path, options=None, providers=None):
+        return real_session(path, options, providers=[CPU])
+
+    monkeypatch.setattr(runtime, "available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(runtime.ort, "InferenceSession", cpu_only_session)
+
+
+def test_open_model_on_cpu(trained_run) -> None:
+    opened = open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="cpu", threads=1)
+    assert opened.provider == CPU
+    assert opened.fallback_note is None
+    assert opened.input_name == "z" and opened.output_names == ["image"]
+    assert opened.metadata["animevae.role"] == "decoder"
+    (images,) = opened.run(np.zeros((2, 8), np.float64))  # cast to float32 on the way in
+    assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32
+
+
+def test_auto_falls_back_to_cpu_with_a_note(trained_run, cuda_listed_but_broken) -> None:
+    opened = open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="auto")
+    assert opened.provider == CPU
+    assert opened.fallback_note and "could not start" in opened.fallback_note
+
+
+def test_cuda_that_falls_back_to_cpu_is_an_error(trained_run, cuda_listed_but_broken) -> None:
+    with pytest.raises(DeviceError, match="could not start CUDA"):
+        open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="cuda")
+
+
+def test_cuda_without_the_provider_is_an_error(trained_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "available_providers", lambda: [CPU])
+    with pytest.raises(DeviceError, match="no CUDA provider"):
+        open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="cuda")
+
+
+def test_auto_on_this_machine_reports_what_ran(trained_run) -> None:
+    opened = open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="auto")
+    if opened.provider == CUDA:
+        assert opened.fallback_note is None
+    elif CUDA in runtime.available_providers():
+        assert opened.fallback_note is not None  # CUDA was asked for and did not start
+    else:
+        assert opened.fallback_note is None
+
+
+# --- refusing files that are not ours -----------------------------------------------------------
+
+
+def _foreign_onnx(path: Path, input_name: str = "x", output_name: str = "y",
+                  metadata: dict[str, str] | None = None) -> Path:
+    node = helper.make_node("Identity", [input_name], [output_name])
+    graph = helper.make_graph(
+        [node], "foreign",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [None, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_foreign_onnx_is_refused(tmp_path: Path) -> None:
+    path = _foreign_onnx(tmp_path / "foreign.onnx")
+    with pytest.raises(ModelError, match=r"is not an animevae decoder \(inputs \['x'\], outputs \['y'\]\)") as caught:
+        open_model(path, "decoder", device="cpu")
+    assert "animevae export --onnx" in caught.value.hint
+
+
+def test_foreign_onnx_with_our_role_but_other_names_is_refused(tmp_path: Path) -> None:
+    path = _foreign_onnx(tmp_path / "sneaky.onnx", "latent", "pixels", {"animevae.role": "decoder"})
+    with pytest.raises(ModelError, match="is not an animevae decoder"):
+        open_model(path, "decoder", device="cpu")
+
+
+def test_our_names_without_our_role_are_refused(tmp_path: Path) -> None:
+    path = _foreign_onnx(tmp_path / "named.onnx", "z", "image")
+    with pytest.raises(ModelError, match="is not an animevae decoder"):
+        open_model(path, "decoder", device="cpu")
+
+
+def test_a_model_of_another_role_is_refused(trained_run) -> None:
+    with pytest.raises(ModelError, match="is not an animevae denoiser"):
+        open_model(trained_run.export_dir / "decoder.onnx", "denoiser", device="cpu")
+    with pytest.raises(ModelError, match="is not an animevae decoder"):
+        open_model(trained_run.export_dir / "encoder.onnx", "decoder", device="cpu")
+
+
+def test_truncated_onnx_is_refused(trained_run, tmp_path: Path) -> None:
+    data = (trained_run.export_dir / "decoder.onnx").read_bytes()
+    path = tmp_path / "decoder.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="is not a loadable ONNX model") as caught:
+        open_model(path, "decoder", device="cpu")
+    assert "truncated" in caught.value.hint
+
+
+def test_empty_and_missing_files_are_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError):
+        open_model(empty, "decoder", device="cpu")
+    with pytest.raises(ModelError, match="no ONNX file at") as caught:
+        open_model(tmp_path / "missing.onnx", "decoder", device="cpu")
+    assert "animevae export --onnx" in caught.value.hint
+
+
+def test_pickle_file_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "decoder.onnx"
+    path.write_bytes(evil_pickle(marker))
+    with pytest.raises(ModelError, match="is not a loadable ONNX model"):
+        open_model(path, "decoder", device="cpu")
+    assert not marker.exists()
+
+
+def test_onnx_of_a_newer_format_is_refused(trained_run, tmp_path: Path) -> None:
+    from animevae import FORMAT_VERSION
+
+    proto = onnx.load(str(trained_run.export_dir / "decoder.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "animevae.format_version":
+            prop.value = str(FORMAT_VERSION + 1)
+    path = tmp_path / "decoder.onnx"
+    onnx.save_model(proto, str(path))
+    refused = False
+    try:
+        open_model(path, "decoder", device="cpu")
+    except ModelError:
+        refused = True
+    assert refused
+
+
+# --- through the CLI ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["generate", "--count", "2", "--out", "synth"], ["denoise", "noisy"]])
+def test_cli_refuses_a_pickle_model_without_running_it(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       command: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "noisy").mkdir()
+    marker = tmp_path / "pwned"
+    model = tmp_path / "model.pkl"
+    model.write_bytes(evil_pickle(marker))
+    result = runner.invoke(app, [*command, "--model", str(model), *CPU_FLAGS])
+    assert_cli_error(result, "is not a loadable ONNX model")
+    assert not marker.exists()
+    assert not (tmp_path / "synth").exists()
+
+
+def test_cli_refuses_a_foreign_onnx(runner, tmp_path: Path) -> None:
+    path = _foreign_onnx(tmp_path / "foreign.onnx")
+    result = runner.invoke(app, ["generate", "--count", "1", "--out", str(tmp_path / "o"), "--model", str(path),
+                                 *CPU_FLAGS])
+    assert_cli_error(result, "is not an animevae decoder", "--model builtin")
+
+
+def test_cli_cuda_without_provider(runner, trained_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "available_providers", lambda: [CPU])
+    result = runner.invoke(app, ["generate", "--count", "1", "--out", str(tmp_path / "o"), "--device", "cuda",
+                                 "--runs-dir", str(trained_run.runs_dir)])
+    assert_cli_error(result, "no CUDA provider", "onnxruntime-gpu")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_prints_the_fallback_note(runner, trained_run, tmp_path: Path, cuda_listed_but_broken) -> None:
+    result = runner.invoke(app, ["generate", "--count", "2", "--out", str(tmp_path / "o"), "--runs-dir",
+                                 str(trained_run.runs_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "note: CUDA provider is installed but could not start" in result.output
+    assert "on CPUExecutionProvider" in result.output
+
+
+def test_session_export_folder_is_untouched(trained_run, tmp_path: Path) -> None:
+    # Opening models never writes beside them (no cache files, no optimised copies).
+    before = sorted(p.name for p in trained_run.export_dir.iterdir())
+    shutil.copy(trained_run.export_dir / "decoder.onnx", tmp_path / "decoder.onnx")
+    open_model(tmp_path / "decoder.onnx", "decoder", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx"]
+    assert sorted(p.name for p in trained_run.export_dir.iterdir()) == before
