@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -303,7 +302,8 @@ def denoise(
     quiet: Quiet = False,
 ) -> None:
     """Denoise every image under a folder into a mirrored folder of PNGs; exit 1 if any file failed."""
-    from animevae.denoise import SKIPPED_NAME, default_out_dir, denoise_folder
+    from animevae.denoise import default_out_dir, denoise_folder
+    from animevae.outputs import SKIPPED_NAME
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
@@ -325,6 +325,8 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="The run's data (folder or prepared set); its held-out split is scored.")],
     run: RunName = None,
     samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
+    classifier_seconds: Annotated[float, typer.Option(
+        "--classifier-seconds", min=0.1, help="Training time of the real-vs-generated classifier.")] = 20.0,
     runs_dir: RunsDir = DEFAULT_RUNS,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
@@ -332,7 +334,7 @@ def evaluate(
     from animevae.runs import resolve_run
 
     run_dir = resolve_run(runs_dir, run)
-    report = evaluate_run(run_dir, data, runs_dir, samples)
+    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_seconds)
     table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -404,7 +406,8 @@ def augment(
     quiet: Quiet = False,
 ) -> None:
     """Write K latent-space variations of every image under a folder: SRC/a.png -> OUT/a_0.png ... a_K-1.png."""
-    from animevae.latent import SKIPPED_NAME, augment_folder, check_augment_args, default_augment_dir
+    from animevae.latent import augment_folder, check_augment_args, default_augment_dir
+    from animevae.outputs import SKIPPED_NAME
 
     out = out or default_augment_dir(src)
     check_augment_args(src, out, per_image, strength, seed, batch_size)

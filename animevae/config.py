@@ -17,7 +17,7 @@ class ModelConfig:
     # Encoder widths, one stride-2 level each; the decoder mirrors them. 64 px / 2**4 = a 4x4 base grid.
     channels: tuple[int, ...] = (32, 64, 128, 256)
     # Denoiser: a two-level residual U-Net on the pixel-unshuffled (2x2 -> channels) image.
-    denoiser_width: int = 48
+    denoiser_width: int = 32
     denoiser_blocks: int = 2
     # Gaussians in the sampling prior fitted to the training latents (styles form separate clusters).
     prior_components: int = 10

@@ -10,14 +10,13 @@ import numpy as np
 
 from animevae.data import Skipped, decode_rgb, find_images
 from animevae.errors import DataError, OutputError
-from animevae.fileio import remove_stale_temps, to_uint8, write_json_atomic
-from animevae.generate import file_digest, prepare_output
+from animevae.fileio import remove_stale_temps, to_uint8
+from animevae.outputs import file_digest, prepare_output, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores
 
-SKIPPED_NAME = "skipped.json"
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
 
 
@@ -113,8 +112,7 @@ def denoise_folder(
     finally:
         reporter.stop()
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
-    if skipped:
-        write_json_atomic(out_dir / SKIPPED_NAME, [{"path": s.path, "reason": s.reason} for s in skipped])
+    write_skipped(out_dir, skipped)
     return DenoiseResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start,
                          denoiser.provider, skipped)
 

@@ -24,3 +24,7 @@ class DeviceError(AnimeVAEError):
 
 class OutputError(AnimeVAEError):
     """An output path cannot be written, or holds something we must not overwrite."""
+
+
+class ArgumentError(AnimeVAEError):
+    """A command-line value is out of range or contradicts another."""

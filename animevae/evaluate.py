@@ -10,7 +10,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +17,7 @@ from torch import nn
 from animevae.data import split_holdout
 from animevae.export import load_run_models
 from animevae.fileio import write_json_atomic
-from animevae.model import VAE, Denoiser, psnr
+from animevae.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
 from animevae.train import load_training_images
 
@@ -94,7 +93,7 @@ def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str
     for sigma in SIGMAS:
         outs, ins = [], []
         for clean in _batches(held_out):
-            noisy = (clean + torch.randn(clean.shape, generator=generator) * sigma / 255.0).clamp(0.0, 1.0)
+            noisy = add_noise(clean, float(sigma), generator)
             outs.append(psnr(denoiser(noisy), clean))
             ins.append(psnr(noisy, clean))
         denoised[str(sigma)] = round(torch.cat(outs).mean().item(), 3)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import multiprocessing
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,15 +14,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from animevae.errors import OutputError
-from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic, write_json_atomic
+from animevae.errors import ArgumentError, OutputError
+from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic
+from animevae.outputs import file_digest, prepare_output
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs
 
-MANIFEST_NAME = ".animevae-generate.json"
 GRID_LIMIT = 64
 
 
@@ -51,45 +48,6 @@ def image_name(index: int, count: int) -> str:
     return f"{index:0{max(6, len(str(count - 1)))}d}.png"
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file, to tell one model from another."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool) -> None:
-    """Create `out_dir`, refusing one that holds images of another model or seed unless `overwrite`."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder path (it is created if missing)")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create {out_dir}: {error.strerror}", "pick a folder you can write to") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"{out_dir} is not writable", "pick a folder you can write to, or fix its permissions")
-    manifest = out_dir / MANIFEST_NAME
-    if not overwrite:
-        if manifest.is_file():
-            try:
-                stored = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                stored = {}
-            if stored != identity:
-                raise OutputError(f"{out_dir} holds images of another model or seed ({_describe(stored)})",
-                                  "use a new --out folder, or pass --overwrite to replace them")
-        elif any(p.suffix == ".png" for p in out_dir.iterdir()):
-            raise OutputError(f"{out_dir} already holds PNG files that animevae did not generate",
-                              "use a new --out folder, or pass --overwrite to replace them")
-    write_json_atomic(manifest, identity)
-
-
-def _describe(stored: dict[str, object]) -> str:
-    return f"seed {stored.get('seed', '?')}, model {str(stored.get('model_sha256', '?'))[:12]}"
-
-
 def generate(
     decoder: OnnxModel,
     count: int,
@@ -110,6 +68,8 @@ def generate(
         raise OutputError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
     if batch_size < 1:
         raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
+    if seed < 0:
+        raise ArgumentError(f"--seed must be 0 or more (got {seed})", "pass --seed 0, for example")
     latent_dim = int(decoder.metadata["animevae.latent_dim"])
     identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
                 "image_size": int(decoder.metadata["animevae.image_size"])}
@@ -217,7 +177,10 @@ def _raise_write_failure(failures: list[WriteFailure]) -> None:
 def _write_grid(paths: list[Path], grid: Path, overwrite: bool) -> Path:
     shown = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
     data = encode_png(contact_sheet(np.stack(shown)))
-    if grid.exists() and not overwrite and grid.read_bytes() != data:
+    existing = grid.read_bytes() if grid.is_file() else None
+    if existing == data:
+        return grid  # a rerun's sheet: already there, untouched
+    if grid.exists() and not overwrite:
         raise OutputError(f"--grid {grid} already exists", "pick another --grid path, or pass --overwrite")
     grid.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(grid, data)

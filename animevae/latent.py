@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import time
@@ -27,27 +26,20 @@ import numpy as np
 from PIL import Image
 
 from animevae.data import Skipped, decode_rgb, find_images, square_resize
-from animevae.errors import AnimeVAEError, DataError, ModelError, OutputError
+from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, save_png_atomic, to_uint8,
-                             write_bytes_atomic, write_json_atomic)
-from animevae.generate import file_digest
-from animevae.models import ModelChoice, choose_model
+                             write_bytes_atomic)
+from animevae.outputs import file_digest, prepare_output, write_skipped
+from animevae.models import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel, open_model
 from animevae.writer import PngWriter, WriteFailure, usable_cores
 
-SKIPPED_NAME = "skipped.json"
-AUGMENT_MANIFEST = ".animevae-augment.json"
 DECODE_BATCH = 256  # latents per decoder call for strips and grids
 GIF_FRAME_MS = 120
-ROLES = ("encoder", "decoder", "denoiser")
 # Below this sin(angle) two centred latents count as parallel and slerp falls back to a straight line.
 PARALLEL_SIN = 1e-4
-
-
-class ArgumentError(AnimeVAEError):
-    """A command-line value is out of range or contradicts another."""
 
 
 # ---------------------------------------------------------------- models
@@ -88,20 +80,12 @@ class LatentModels:
         return self.decoder.provider
 
 
-def role_path(choice: ModelChoice, role: str) -> Path:
-    """`role`.onnx of a model choice; with --model FILE, a file named after another role means its sibling."""
-    named = choice.file.name.split(".")[0] if choice.file is not None else None  # decoder.fp16.onnx -> decoder
-    if named in ROLES and named != role:
-        return choice.folder / f"{role}.onnx"
-    return choice.path(role)
-
-
 def open_latent_models(runs_dir: Path, run: str | None, model: str | None, device: str = "auto",
                        need_encoder: bool = True) -> LatentModels:
     """Open the decoder (and the encoder) that --run / --model pick, and check that they belong together."""
     choice = choose_model(runs_dir, run, model)
-    decoder = open_model(role_path(choice, "decoder"), "decoder", device)
-    encoder = open_model(role_path(choice, "encoder"), "encoder", device) if need_encoder else None
+    decoder = open_model(choice.path("decoder"), "decoder", device)
+    encoder = open_model(choice.path("encoder"), "encoder", device) if need_encoder else None
     if encoder is not None:
         _check_pair(encoder, decoder)
     return LatentModels(choice.origin, decoder, encoder)
@@ -245,7 +229,7 @@ def augment_folder(
     if models.encoder is None:
         raise ModelError("augment needs the encoder", "open the models with need_encoder=True")
     sources, skipped = _plan_sources(src, out)
-    _prepare_augment_dir(out, _augment_identity(models, seed, strength), overwrite)
+    prepare_output(out, _augment_identity(models, seed, strength), overwrite)
     remove_stale_temps(out)
     todo = [(s, [k for k in range(per_image) if overwrite or not s.output(k).exists()]) for s in sources]
     todo = [(s, ks) for s, ks in todo if ks]
@@ -268,7 +252,7 @@ def augment_folder(
                                skipped, reporter)
     finally:
         reporter.stop()
-    _write_skipped(out, skipped)
+    write_skipped(out, skipped)
     existing = len(sources) * per_image - total
     return AugmentResult(out, len(sources), written, existing, time.perf_counter() - started, models.provider, skipped)
 
@@ -277,45 +261,6 @@ def _augment_identity(models: LatentModels, seed: int, strength: float) -> dict[
     assert models.encoder is not None
     return {"task": "augment", "encoder_sha256": file_digest(models.encoder.path),
             "decoder_sha256": file_digest(models.decoder.path), "seed": seed, "strength": float(strength)}
-
-
-def _prepare_augment_dir(out: Path, identity: dict[str, object], overwrite: bool) -> None:
-    """Create `out`; refuse one holding draws of another model, seed or strength unless `overwrite`."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create {out}: {error.strerror}", "pick a folder you can write to") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{out} is not writable", "pick a folder you can write to, or fix its permissions")
-    manifest = out / AUGMENT_MANIFEST
-    stored = _read_json(manifest)
-    if stored == identity:
-        return
-    if not overwrite:
-        if stored is not None:
-            differs = ", ".join(f"{k} {_short(stored.get(k))} (now {_short(v)})"
-                                for k, v in identity.items() if stored.get(k) != v)
-            raise OutputError(f"{out} holds augmentations made with another {differs}",
-                              "use a new --out folder, or pass --overwrite to replace them")
-        if any(out.rglob("*.png")):
-            raise OutputError(f"{out} already holds PNG files that animevae augment did not write",
-                              "use a new --out folder, or pass --overwrite to replace them")
-    write_json_atomic(manifest, identity)
-
-
-def _read_json(path: Path) -> dict[str, object] | None:
-    if not path.is_file():
-        return None
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _short(value: object) -> str:
-    text = str(value)
-    return text[:12] if len(text) == 64 else text  # sha256 digests: the first 12 characters say enough
 
 
 def _plan_sources(src: Path, out: Path) -> tuple[list[_Source], list[Skipped]]:
@@ -359,15 +304,6 @@ def _augment_chunk(models: LatentModels, chunk: list[tuple[_Source, list[int]]],
     for begin in range(0, len(z), batch_size):
         images = decode_latents(models.decoder, z[begin : begin + batch_size], batch_size)
         writer.submit(targets[begin : begin + batch_size], list(images))
-
-
-def _write_skipped(out: Path, skipped: list[Skipped]) -> None:
-    """List this run's failures in out/skipped.json; remove the list of an earlier run when all went well."""
-    path = out / SKIPPED_NAME
-    if skipped:
-        write_json_atomic(path, [{"path": s.path, "reason": s.reason} for s in skipped])
-    else:
-        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- interpolate

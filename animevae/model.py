@@ -184,11 +184,14 @@ class Denoiser(nn.Module):
 def add_noise(
     image: torch.Tensor, sigma_255: torch.Tensor | float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Add Gaussian noise of std `sigma_255` (0-255 scale; scalar or (B,)) and clip to [0, 1], as a saved PNG would."""
+    """Add Gaussian noise of std `sigma_255` (0-255 scale; scalar or (B,)) and clip to [0, 1], as a saved PNG would.
+
+    The noise is drawn on the generator's device (a CPU generator serves a GPU batch: same noise everywhere)."""
     sigma = torch.as_tensor(sigma_255, dtype=image.dtype, device=image.device) / 255.0
     if sigma.ndim == 1:
         sigma = sigma.view(-1, 1, 1, 1)
-    noise = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)
+    where = generator.device if generator is not None else image.device
+    noise = torch.randn(image.shape, generator=generator, device=where).to(image.device, image.dtype)
     return (image + sigma * noise).clamp(0.0, 1.0)
 
 
@@ -198,17 +201,21 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp(min=1e-10))
 
 
-def fit_gaussian_mixture(x: torch.Tensor, extra_variance: torch.Tensor, components: int, iterations: int = 25,
-                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_gaussian_mixture(x: torch.Tensor, extra_variance: torch.Tensor, components: int, iterations: int = 15,
+                         seed: int = 0, max_points: int = 3072) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EM for a full-covariance Gaussian mixture on (N, D) points, started from k-means++ centres.
 
+    Fits on a seeded subset of at most `max_points` (it runs after every epoch: under 1 s at 3072 x 128).
     Uses at most one component per 2D + 2 points (a full covariance needs them); the rest get weight 0.
     Returns weights (K,), means (K, D) and Cholesky factors (K, D, D) of the covariances (each + extra_variance).
     """
+    generator = torch.Generator().manual_seed(seed)
+    if len(x) > max_points:
+        x = x[torch.randperm(len(x), generator=generator)[:max_points]]
     n, d = x.shape
     used = max(1, min(components, n // (2 * d + 2)))
     floor = torch.diag(extra_variance + 1e-6)
-    means = _kmeans_plus_plus(x, used, torch.Generator().manual_seed(seed))  # (K, D)
+    means = _kmeans_plus_plus(x, used, generator)  # (K, D)
     shared = (torch.cov(x.T) if n > 1 else torch.zeros(d, d, dtype=x.dtype)) + floor
     trils = torch.linalg.cholesky(shared).expand(used, d, d)
     weights = torch.full((used,), 1.0 / used, dtype=x.dtype)

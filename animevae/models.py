@@ -10,6 +10,7 @@ from animevae.runs import EXPORT_DIR, list_runs, resolve_run
 
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).with_name("builtin")
+ROLES = ("encoder", "decoder", "denoiser")
 HALF_DECODER = "decoder.fp16.onnx"  # written by `export --onnx --half`, used by `generate --half` (CUDA only)
 
 
@@ -22,8 +23,12 @@ class ModelChoice:
     file: Path | None = None
 
     def path(self, role: str) -> Path:
-        """The ONNX file for `role` (encoder, decoder or denoiser)."""
-        return self.file if self.file is not None else self.folder / f"{role}.onnx"
+        """The ONNX file for `role` (encoder, decoder or denoiser). With --model FILE, a file named after
+        another role (decoder.onnx, decoder.fp16.onnx, ...) stands for its folder: its sibling is used."""
+        if self.file is None:
+            return self.folder / f"{role}.onnx"
+        named = self.file.name.split(".")[0]
+        return self.folder / f"{role}.onnx" if named in ROLES and named != role else self.file
 
 
 def builtin_available() -> bool:

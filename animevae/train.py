@@ -22,7 +22,7 @@ from animevae.data import folder_fingerprint, load_prepared, prepare_images, sav
 from animevae.devices import choose_precision
 from animevae.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
-from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic, write_json_atomic
+from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
 from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
 from animevae.progress import Reporter, SilentReporter
 from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, check_name, next_free_name, resolve_run
@@ -173,8 +173,7 @@ class Trainer:
         self.opt_vae.step()
         clean = self._crop(batch, DENOISER_CROP)  # (B, 3, c, c): 4x cheaper steps, same conv weights
         sigma = torch.rand(len(clean), generator=self.generator) * self.config.train.noise_sigma_max
-        noise = torch.randn(clean.shape, generator=self.generator) * (sigma.view(-1, 1, 1, 1) / 255.0)
-        noisy = (clean + noise.to(self.device)).clamp_(0.0, 1.0)
+        noisy = add_noise(clean, sigma, self.generator)
         with self._autocast():
             den_loss = F.mse_loss(self.den_step(noisy).float(), clean)
         self.opt_den.zero_grad(set_to_none=True)
@@ -210,8 +209,7 @@ class Trainer:
             clean = self.val_pixels[begin : begin + 256].float().div_(255.0)
             scores = {"val_psnr": psnr(self.vae.decoder(self.vae.encode(clean).mode()), clean)}
             for sigma in EVAL_SIGMAS:
-                noise = torch.randn(clean.shape, generator=noise_gen).to(self.device) * (sigma / 255.0)
-                noisy = (clean + noise).clamp_(0.0, 1.0)
+                noisy = add_noise(clean, float(sigma), noise_gen)
                 scores[f"denoise_psnr_{sigma}"] = psnr(self.denoiser(noisy), clean)
                 scores[f"noisy_psnr_{sigma}"] = psnr(noisy, clean)
             for key, values in scores.items():

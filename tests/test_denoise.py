@@ -11,7 +11,8 @@ from PIL import Image
 
 from animevae.cli import app
 from animevae.data import decode_rgb
-from animevae.denoise import SKIPPED_NAME, default_out_dir, denoise_array, denoise_folder, plan_outputs
+from animevae.denoise import default_out_dir, denoise_array, denoise_folder, plan_outputs
+from animevae.outputs import SKIPPED_NAME
 from animevae.errors import DataError, OutputError
 from animevae.shard import Shard
 from helpers import CPU, assert_cli_error, assert_ok, blob_image, read_rgb, snapshot, temp_leftovers

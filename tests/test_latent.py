@@ -147,7 +147,7 @@ def test_augment_refuses_a_folder_of_another_strength_unless_overwrite(tiny: Tin
     out = tmp_path / "out"
     base = ["augment", str(src), "--per-image", "1", "--out", str(out), "-q", *tiny.flags()]
     assert_ok(CliRunner().invoke(app, [*base, "--strength", "0.5"]))
-    assert_cli_error(CliRunner().invoke(app, [*base, "--strength", "1.0"]), "strength 0.5 (now 1.0)", "--overwrite")
+    assert_cli_error(CliRunner().invoke(app, [*base, "--strength", "1.0"]), "strength 0.5, now 1.0", "--overwrite")
     replaced = CliRunner().invoke(app, [*base, "--strength", "1.0", "--overwrite"])
     assert_ok(replaced)
     assert "wrote 6 variations (0 already there)" in replaced.output

@@ -1,0 +1,71 @@
+"""Output folders of bulk jobs (generate, denoise, augment): the manifest that guards them and the failure list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from animevae.data import Skipped
+from animevae.errors import OutputError
+from animevae.fileio import write_json_atomic
+
+# Records which model and settings wrote a folder, so a rerun resumes and another job is refused.
+MANIFEST_NAME = ".animevae.json"
+SKIPPED_NAME = "skipped.json"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, to tell one model from another."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool) -> None:
+    """Create `out_dir`, refusing one that holds images of another model or seed unless `overwrite`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder path (it is created if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {out_dir}: {error.strerror}", "pick a folder you can write to") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"{out_dir} is not writable", "pick a folder you can write to, or fix its permissions")
+    manifest = out_dir / MANIFEST_NAME
+    try:
+        stored = json.loads(manifest.read_text()) if manifest.is_file() else None
+    except (OSError, ValueError):
+        stored = {}
+    if not overwrite:
+        if stored is not None:
+            if stored != identity:
+                raise OutputError(f"{out_dir} holds the output of another model or settings ({_describe(stored, identity)})",
+                                  "use a new --out folder, or pass --overwrite to replace them")
+        elif any(out_dir.rglob("*.png")):
+            raise OutputError(f"{out_dir} already holds PNG files that animevae did not generate",
+                              "use a new --out folder, or pass --overwrite to replace them")
+    if stored != identity:  # a rerun leaves the manifest untouched, like every finished file
+        write_json_atomic(manifest, identity)
+
+
+def _describe(stored: dict[str, object], identity: dict[str, object]) -> str:
+    changed = [key for key, value in identity.items() if stored.get(key) != value]
+    return ", ".join(f"{key} {_short(stored.get(key))}, now {_short(identity[key])}" for key in changed)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 else text  # sha256 digests: 12 characters say enough
+
+
+def write_skipped(out_dir: Path, skipped: list[Skipped]) -> None:
+    """List this run's failures in out_dir/skipped.json; remove an earlier run's list when all went well."""
+    path = out_dir / SKIPPED_NAME
+    if skipped:
+        write_json_atomic(path, [{"path": s.path, "reason": s.reason} for s in skipped])
+    else:
+        path.unlink(missing_ok=True)

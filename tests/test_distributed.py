@@ -1,0 +1,50 @@
+"""torchrun: two gloo processes on the CPU train one run, written by rank 0 alone; resume works there too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import environ_without_debug, read_jsonl, write_blobs
+
+from animevae.distributed import DistContext, init_distributed
+
+
+def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "animevae", "train", str(tmp_path / "faces"), "--image-size", "16", "--latent-dim", "8",
+               "--batch-size", "16", "--precision", "fp32", "--device", "cpu", "--quiet",
+               "--runs-dir", str(tmp_path / "runs"), "--name", "ddp", *args]
+    # Loopback for gloo: no dependence on how this machine's host name resolves.
+    env = {**environ_without_debug(), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_writes_one_run_and_resumes(tmp_path: Path) -> None:
+    write_blobs(tmp_path / "faces", count=48)
+    first = _torchrun(tmp_path, "--epochs", "1")
+    assert first.returncode == 0, f"stdout:\n{first.stdout[-2000:]}\nstderr:\n{first.stderr[-6000:]}"
+    assert first.stdout.count("finished: run ddp") == 1  # rank 0 alone reports
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == ["ddp"]
+    run = tmp_path / "runs" / "ddp"
+    assert json.loads((run / "config.json").read_text())["train"]["world_size"] == 2
+    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [1]
+
+    resumed = _torchrun(tmp_path, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, f"stdout:\n{resumed.stdout[-2000:]}\nstderr:\n{resumed.stderr[-6000:]}"
+    assert [line["epoch"] for line in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+
+
+def test_a_plain_process_is_world_size_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context = init_distributed("cpu")
+    assert context == DistContext() and context.is_main and not context.enabled
+    assert context.mean({"loss": 2.0}) == {"loss": 2.0}
+    assert context.max([1.0, 0.0]) == [1.0, 0.0]
+    assert context.share_text("run-7") == "run-7"

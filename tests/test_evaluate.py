@@ -1,0 +1,71 @@
+"""The quality report: each metric on known inputs, and the whole report through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from animevae.cli import app
+from animevae.evaluate import (REPORT_NAME, classifier_accuracy, evaluate_run, mean_pairwise_distance,
+                               nearest_distances, ssim, style_of)
+from helpers import assert_ok
+
+
+def test_ssim_is_one_for_identical_images_and_drops_with_noise() -> None:
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ssim(images, images), torch.ones(3), atol=1e-5)
+    noisy = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert (ssim(noisy, images) < 0.9).all()
+
+
+def test_nearest_distances_find_the_closest_reference() -> None:
+    references = torch.stack([torch.full((3, 2, 2), v) for v in (0.0, 0.5, 1.0)])
+    queries = torch.stack([torch.full((3, 2, 2), 0.45), torch.full((3, 2, 2), 0.9)])
+    distance, index = nearest_distances(queries, references)
+    assert index.tolist() == [1, 2]
+    assert torch.allclose(distance, torch.tensor([0.05, 0.1]), atol=1e-6)
+
+
+def test_mean_pairwise_distance_of_copies_is_zero() -> None:
+    same = torch.zeros(5, 3, 4, 4)
+    assert mean_pairwise_distance(same) == pytest.approx(0.0, abs=1e-6)
+    assert mean_pairwise_distance(torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])) == pytest.approx(1.0)
+
+
+def test_classifier_separates_the_obvious_and_not_the_identical() -> None:
+    generator = torch.Generator().manual_seed(0)
+    dark = torch.rand(200, 3, 16, 16, generator=generator) * 0.2
+    bright = 0.8 + torch.rand(200, 3, 16, 16, generator=generator) * 0.2
+    assert classifier_accuracy(dark, bright, seconds=2.0) > 0.95
+    assert classifier_accuracy(dark[:100], dark[100:], seconds=2.0) < 0.75
+
+
+def test_style_of_reads_folders_then_name_prefixes() -> None:
+    assert style_of("lorelei_00012.png") == "lorelei"
+    assert style_of("pixel-art_00999.png") == "pixel-art"
+    assert style_of("anime/0001.png") == "anime"
+    assert style_of("1234.png") == "other"
+
+
+def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
+    report = evaluate_run(trained_run.run_dir, trained_run.data_dir, trained_run.runs_dir, samples=40,
+                          classifier_seconds=1.0)
+    saved = json.loads((trained_run.run_dir / REPORT_NAME).read_text())
+    (trained_run.run_dir / REPORT_NAME).unlink()  # the session run stays as the fixture made it
+    assert saved["recon_psnr"] == report.recon_psnr and saved["held_out"] == report.held_out > 0
+    assert set(report.denoise_psnr) == {"0", "15", "25", "50"}
+    assert report.noisy_psnr["50"] < report.noisy_psnr["25"] < report.noisy_psnr["15"]
+    assert 0.0 <= report.copy_rate <= 1.0 and 0.0 <= report.real_vs_generated_accuracy <= 1.0
+    assert report.sample_diversity > 0 and -1.0 <= report.recon_ssim <= 1.0
+    assert report.style_share_train == {"face": 1.0}  # the blob files are face000.png, face001.png, ...
+
+
+def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run.data_dir), "--runs-dir", str(trained_run.runs_dir),
+                                 "--samples", "20", "--classifier-seconds", "0.5"])
+    (trained_run.run_dir / REPORT_NAME).unlink(missing_ok=True)
+    assert_ok(result)
+    assert "reconstruction PSNR" in result.output and "denoise PSNR, sigma 25" in result.output
+    assert "wrote" in result.output
