@@ -121,6 +121,17 @@ def _skipped_table(title: str, skipped: list[Any], limit: int = 20) -> None:
     err_console.print(table)
 
 
+def _exit_if_files_failed(result: Any) -> None:
+    """After a batch job finished the rest: list the failed files and exit 1."""
+    from animevae.outputs import SKIPPED_NAME
+
+    if result.skipped:
+        _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
+        err_console.print(f"error: {len(result.skipped)} files failed (listed in {result.out_dir / SKIPPED_NAME})")
+        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
+        raise typer.Exit(1)
+
+
 @app.command()
 @reports_errors
 def prepare(
@@ -303,7 +314,6 @@ def denoise(
 ) -> None:
     """Denoise every image under a folder into a mirrored folder of PNGs; exit 1 if any file failed."""
     from animevae.denoise import default_out_dir, denoise_folder
-    from animevae.outputs import SKIPPED_NAME
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
@@ -312,11 +322,7 @@ def denoise(
     result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet), shard=part)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
-    if result.skipped:
-        _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
-        err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
-        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
-        raise typer.Exit(1)
+    _exit_if_files_failed(result)
 
 
 @app.command()
@@ -407,7 +413,6 @@ def augment(
 ) -> None:
     """Write K latent-space variations of every image under a folder: SRC/a.png -> OUT/a_0.png ... a_K-1.png."""
     from animevae.latent import augment_folder, check_augment_args, default_augment_dir
-    from animevae.outputs import SKIPPED_NAME
 
     out = out or default_augment_dir(src)
     check_augment_args(src, out, per_image, strength, seed, batch_size)
@@ -418,11 +423,7 @@ def augment(
                   f"to {out}/ in {result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
     console.print(f"{per_image} per image at strength {strength:g}, seed {seed}: NAME.png -> NAME_0.png ... "
                   f"NAME_{per_image - 1}.png; a rerun keeps finished files")
-    if result.skipped:
-        _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
-        err_console.print(f"error: {len(result.skipped)} files failed (listed in {out / SKIPPED_NAME})")
-        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
-        raise typer.Exit(1)
+    _exit_if_files_failed(result)
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,30 +10,13 @@ import numpy as np
 from animevae.data import Skipped, decode_rgb, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import remove_stale_temps, to_uint8
-from animevae.outputs import file_digest, prepare_output, write_skipped
+from animevae.outputs import JobResult, file_digest, prepare_output, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
-
-
-@dataclass
-class DenoiseResult:
-    """What a denoise call did."""
-
-    out_dir: Path
-    written: int
-    existing: int
-    seconds: float
-    provider: str
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        """Images written per second of wall time."""
-        return self.written / max(self.seconds, 1e-9)
 
 
 def default_out_dir(in_dir: Path) -> Path:
@@ -79,7 +61,7 @@ def denoise_folder(
     workers: int | None = None,
     reporter: Reporter | None = None,
     shard: Shard = Shard(),
-) -> DenoiseResult:
+) -> JobResult:
     """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish."""
     reporter = reporter or SilentReporter()
     if batch_size < 1:
@@ -113,8 +95,7 @@ def denoise_folder(
         reporter.stop()
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     write_skipped(out_dir, skipped)
-    return DenoiseResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start,
-                         denoiser.provider, skipped)
+    return JobResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start, denoiser.provider, skipped)
 
 
 def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,

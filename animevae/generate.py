@@ -16,7 +16,7 @@ from PIL import Image
 
 from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic
-from animevae.outputs import file_digest, prepare_output
+from animevae.outputs import JobResult, file_digest, prepare_output
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import CPU, OnnxModel, open_model
@@ -27,20 +27,10 @@ GRID_LIMIT = 64
 
 
 @dataclass
-class GenerateResult:
-    """What a generate call did."""
+class GenerateResult(JobResult):
+    """What a generate call did, and where its contact sheet is."""
 
-    out_dir: Path
-    written: int
-    existing: int
-    seconds: float
-    provider: str
-    grid: Path | None
-
-    @property
-    def images_per_s(self) -> float:
-        """Images written per second of wall time."""
-        return self.written / max(self.seconds, 1e-9)
+    grid: Path | None = None
 
 
 def image_name(index: int, count: int) -> str:
@@ -92,7 +82,7 @@ def generate(
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     seconds = time.perf_counter() - start
     grid_path = _write_grid([out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]], grid, overwrite) if grid else None
-    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid_path)
+    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid=grid_path)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, save_png_atomic, to_uint8,
                              write_bytes_atomic)
-from animevae.outputs import file_digest, prepare_output, write_skipped
+from animevae.outputs import JobResult, file_digest, prepare_output, write_skipped
 from animevae.models import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
@@ -127,21 +127,10 @@ def load_square(path: Path, size: int) -> np.ndarray:
 
 
 @dataclass
-class AugmentResult:
-    """What an augment call did."""
+class AugmentResult(JobResult):
+    """What an augment call did, and from how many source images."""
 
-    out_dir: Path
-    sources: int
-    written: int
-    existing: int
-    seconds: float
-    provider: str
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def images_per_s(self) -> float:
-        """Images written per second of wall time."""
-        return self.written / max(self.seconds, 1e-9)
+    sources: int = 0
 
 
 @dataclass
@@ -254,7 +243,8 @@ def augment_folder(
         reporter.stop()
     write_skipped(out, skipped)
     existing = len(sources) * per_image - total
-    return AugmentResult(out, len(sources), written, existing, time.perf_counter() - started, models.provider, skipped)
+    return AugmentResult(out, written, existing, time.perf_counter() - started, models.provider, skipped,
+                         sources=len(sources))
 
 
 def _augment_identity(models: LatentModels, seed: int, strength: float) -> dict[str, object]:

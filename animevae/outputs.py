@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from animevae.data import Skipped
@@ -14,6 +15,23 @@ from animevae.fileio import write_json_atomic
 # Records which model and settings wrote a folder, so a rerun resumes and another job is refused.
 MANIFEST_NAME = ".animevae.json"
 SKIPPED_NAME = "skipped.json"
+
+
+@dataclass
+class JobResult:
+    """What a bulk job (generate, denoise, augment) did."""
+
+    out_dir: Path
+    written: int
+    existing: int
+    seconds: float
+    provider: str
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        """Images written per second of wall time."""
+        return self.written / max(self.seconds, 1e-9)
 
 
 def file_digest(path: Path) -> str:
