@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +37,29 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def choose_providers(device: str, available: list[str]) -> list[str]:
-    """The providers to ask for, in order: auto prefers CUDA, cpu never uses it, cuda insists on it."""
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library loads: without it the CUDA provider cannot start, and asking for it
+    would only load a few hundred MB of CUDA libraries for nothing."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def choose_providers(device: str, available: list[str], driver: bool = True) -> list[str]:
+    """The providers to ask for, in order: auto prefers CUDA, cpu never uses it, cuda insists on it.
+    `driver`: whether an NVIDIA driver is present (see nvidia_driver_present)."""
     if device == "cpu":
         return [CPU]
     if device == "auto":
-        return [CUDA, CPU] if CUDA in available else [CPU]
+        return [CUDA, CPU] if CUDA in available and driver else [CPU]
     if device == "cuda":
         if CUDA not in available:
             raise DeviceError(f"--device cuda, but this onnxruntime has no CUDA provider (has: {', '.join(available)})",
                               _CUDA_HINT)
+        if not driver:
+            raise DeviceError("--device cuda, but no NVIDIA driver (libcuda) was found on this machine", _CUDA_HINT)
         return [CUDA, CPU]
     raise DeviceError(f"unknown device {device!r}", "use one of: auto, cpu, cuda")
 
@@ -122,7 +137,7 @@ def input_dtype(onnx_type: str) -> type:
 
 def cuda_runs(path: Path) -> bool:
     """Whether onnxruntime really runs `path` on CUDA here (a CUDA provider that is listed may not start)."""
-    if CUDA not in available_providers():
+    if CUDA not in available_providers() or not nvidia_driver_present():
         return False
     _preload_cuda_libraries()
     options = ort.SessionOptions()
@@ -136,7 +151,9 @@ def cuda_runs(path: Path) -> bool:
 
 def open_model(path: Path, role: str, device: str = "auto", threads: int | None = None) -> OnnxModel:
     """Open `path` as an animevae `role` model; refuse files that are not ours with a clear error."""
-    asked = choose_providers(device, available_providers())
+    available = available_providers()
+    driver = device == "cpu" or CUDA not in available or nvidia_driver_present()
+    asked = choose_providers(device, available, driver)
     if CUDA in asked:
         _preload_cuda_libraries()
     options = ort.SessionOptions()
@@ -155,6 +172,8 @@ def open_model(path: Path, role: str, device: str = "auto", threads: int | None 
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     _check_contract(path, role, session, metadata)
     note = check_ran_as_asked(device, asked, session.get_providers()[0])
+    if device == "auto" and not driver:
+        note = "CUDA provider is installed but no NVIDIA driver was found; running on the CPU"
     return OnnxModel(path, role, metadata, session, device, note)
 
 

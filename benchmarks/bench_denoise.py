@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from animevae.data import decode_rgb, find_images, square_resize
+from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
 from animevae.denoise import denoise_array
 from animevae.models import choose_model
 from animevae.runtime import open_model
@@ -57,14 +57,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a folder of clean faces")
     parser.add_argument("--model", default="builtin")
-    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--count", type=int, default=500, help="held-out faces (at most 10%% of the folder)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    files = find_images(args.data).files
-    # The last files by name: for faces-dev that spans styles less evenly than a hash split, so spread the picks.
-    picks = files[:: max(1, len(files) // args.count)][: args.count]
-    clean = np.stack([square_resize(decode_rgb(path), 64) for path in picks])
+    # The held-out split of `animevae train` (by content hash): for faces-dev these are faces the built-in
+    # model never trained on.
+    decoded = [decode_rgb(path) for path in find_images(args.data).files]
+    _, held_out = split_holdout([pixel_hash(p) for p in decoded], len(decoded), args.count)
+    clean = np.stack([square_resize(decoded[i], 64) for i in held_out])
     noise = np.random.default_rng(0).standard_normal(clean.shape) * SIGMA
     noisy = np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
 

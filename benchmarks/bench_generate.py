@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="builtin", help="builtin, an export folder or a decoder.onnx")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where the PNGs go (default: the system temp folder); /dev/shm takes the disk out")
     args = parser.parse_args()
 
     choice = choose_model(Path("runs"), None, args.model)
@@ -108,7 +110,7 @@ def main() -> None:
         for key, run in (("W", lambda f: write_rate(images, f, cores)),
                          ("naive", lambda f: naive_rate(decoder, z, f)),
                          ("ours", lambda f: ours_rate(args.count, f, model_arg))):
-            folder = Path(tempfile.mkdtemp(prefix=f"bench-{key}-"))
+            folder = Path(tempfile.mkdtemp(prefix=f"bench-{key}-", dir=args.dir))
             try:
                 results[key].append(run(folder))
             finally:
@@ -116,7 +118,8 @@ def main() -> None:
         print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()), flush=True)
     median = {key: statistics.median(values) for key, values in results.items()}
     bound = 1.0 / (1.0 / median["D"] + 1.0 / median["W"])
-    print(f"\n{cores} cores, {args.count} images, medians of {args.repeats} runs (images/s):")
+    where = args.dir or Path(tempfile.gettempdir())
+    print(f"\n{cores} cores, {args.count} images into {where}, medians of {args.repeats} runs (images/s):")
     print(f"  D (decoder alone)            {median['D']:8.0f}")
     print(f"  W (PNG encode + write alone) {median['W']:8.0f}")
     print(f"  bound 1/(1/D + 1/W)          {bound:8.0f}")

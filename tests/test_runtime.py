@@ -76,7 +76,8 @@ def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def cuda_listed_but_broken(monkeypatch: pytest.MonkeyPatch) -> None:
-    """onnxruntime-gpu on a machine where CUDA cannot start: CUDA is listed, sessions end on the CPU."""
+    """onnxruntime-gpu on a machine with a driver where CUDA still cannot start (say, no cuDNN): CUDA is
+    listed, sessions end on the CPU."""
     real_session = runtime.ort.InferenceSession
 
     def cpu_only_session(path, options=None, providers=None):
@@ -84,6 +85,7 @@ def cuda_listed_but_broken(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(runtime, "available_providers", lambda: [CUDA, CPU])
     monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
+    monkeypatch.setattr(runtime, "nvidia_driver_present", lambda: True)
     monkeypatch.setattr(runtime.ort, "InferenceSession", cpu_only_session)
 
 
@@ -262,3 +264,23 @@ def test_session_export_folder_is_untouched(trained_run, tmp_path: Path) -> None
     open_model(tmp_path / "decoder.onnx", "decoder", device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx"]
     assert sorted(p.name for p in trained_run.export_dir.iterdir()) == before
+
+
+def test_no_nvidia_driver_means_cpu_for_auto_and_an_error_for_cuda() -> None:
+    from animevae.runtime import choose_providers, nvidia_driver_present
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", listed, driver=False) == ["CPUExecutionProvider"]
+    with pytest.raises(DeviceError, match="no NVIDIA driver"):
+        choose_providers("cuda", listed, driver=False)
+    assert isinstance(nvidia_driver_present(), bool)
+
+
+def test_auto_without_a_driver_says_why_it_runs_on_the_cpu(trained_run, monkeypatch) -> None:
+    import animevae.runtime as runtime
+
+    monkeypatch.setattr(runtime, "nvidia_driver_present", lambda: False)
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model = runtime.open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="auto")
+    assert model.provider == "CPUExecutionProvider"
+    assert "no NVIDIA driver" in model.fallback_note
