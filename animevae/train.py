@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from animevae import FORMAT_VERSION, __version__
 from animevae.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.data import folder_fingerprint, load_prepared, prepare_images, save_prepared, split_holdout
+from animevae.data import folder_fingerprint, load_prepared, manifest_path, prepare_images, save_prepared, split_holdout
 from animevae.devices import choose_precision
 from animevae.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
@@ -31,6 +31,7 @@ EVAL_SIGMAS = (25, 50)
 EVAL_NOISE_SEED = 1234
 SAMPLE_COUNT = 16
 DENOISER_CROP = 32
+SKIPPED_SHOWN = 20
 
 
 @dataclass
@@ -71,6 +72,11 @@ def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter:
     save_prepared(prepared, cached, data)
     reporter.log(f"prepared {len(prepared.sources)} images ({len(prepared.skipped)} skipped, "
                  f"{len(prepared.duplicates)} duplicates) into {cached}")
+    for item in prepared.skipped[:SKIPPED_SHOWN]:
+        reporter.log(f"  skipped {item.path}: {item.reason}")
+    if prepared.skipped:
+        more = len(prepared.skipped) - SKIPPED_SHOWN
+        reporter.log(f"  {f'and {more} more; ' if more > 0 else ''}all listed in {manifest_path(cached)}")
     return prepared.images, prepared.hashes
 
 
