@@ -19,6 +19,9 @@ class ModelConfig:
     # Denoiser: a two-level residual U-Net on the pixel-unshuffled (2x2 -> channels) image.
     denoiser_width: int = 32
     denoiser_blocks: int = 2
+    # How the decoder doubles its resolution: "transpose" (4x4 stride-2 transposed conv) or "resize"
+    # (nearest-neighbour upsample + 3x3 conv); benchmarks/bench_decoders.py measures both.
+    upsample: str = "transpose"
     # Gaussians in the sampling prior fitted to the training latents (styles form separate clusters).
     prior_components: int = 10
 
@@ -39,6 +42,8 @@ class ModelConfig:
             )
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be at least 1")
+        if self.upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample must be 'transpose' or 'resize', not {self.upsample!r}")
 
 
 @dataclass(frozen=True)

@@ -308,3 +308,21 @@ def test_the_api_refuses_what_the_cli_refuses(src: Path, tmp_path: Path) -> None
         check_augment_args(src, tmp_path / "out", per_image=1, strength=1.0, seed=0, batch_size=0)
     with pytest.raises(AnimeVAEError, match="--span"):
         check_traverse_args(components=2, steps=3, span=float("inf"))
+
+
+@pytest.mark.slow
+def test_with_the_builtin_model_the_distance_to_the_source_grows_with_strength(tmp_path: Path) -> None:
+    # A trained model (the tiny one here barely reacts to its latent): 64x64 faces-like blobs, the built-in model.
+    from animevae.latent import augment_folder, open_latent_models
+
+    src = tmp_path / "src"
+    write_blobs(src, count=12, size=64)
+    models = open_latent_models(tmp_path / "runs", None, "builtin", device="cpu")
+    distances = []
+    for strength in (0.0, 1.5, 5.0):
+        out = tmp_path / f"s{strength}"
+        augment_folder(models, src, out, per_image=2, strength=strength, seed=3, workers=0)
+        distances.append(np.mean([np.abs(read_rgb(out / f"{p.stem}_{k}.png").astype(np.float64)
+                                         - read_rgb(p).astype(np.float64)).mean()
+                                  for p in sorted(src.glob("*.png")) for k in range(2)]))
+    assert distances[0] < distances[1] < distances[2], distances

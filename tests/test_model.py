@@ -227,3 +227,11 @@ def test_choose_model_explicit_paths_and_errors(tmp_path: Path, monkeypatch: pyt
     _fake_run(tmp_path / "runs", "only", 1.0, exported=False)
     with pytest.raises(ModelError, match="'only' was never exported"):
         models.choose_model(tmp_path / "runs")
+
+
+def test_resize_upsampling_decoder_has_the_same_contract() -> None:
+    vae = VAE(ModelConfig(**{**TINY, "upsample": "resize"}))
+    assert vae.decoder(torch.randn(3, 8)).shape == (3, 3, 16, 16)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in vae.decoder.modules())
+    with pytest.raises(ValueError, match="upsample"):
+        ModelConfig(upsample="bilinear").check()

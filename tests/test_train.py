@@ -61,7 +61,7 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     config = json.loads((run / "config.json").read_text())
     assert config["name"] == "run"
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
-                               "denoiser_blocks": 1, "prior_components": 10}
+                               "denoiser_blocks": 1, "prior_components": 10, "upsample": "transpose"}
     assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 16
     assert config["train"]["precision"] == "fp32"
     assert config["train"]["data_source"] == str(trained_run.data_dir)
