@@ -123,11 +123,9 @@ def _skipped_table(title: str, skipped: list[Any], limit: int = 20) -> None:
 
 def _exit_if_files_failed(result: Any) -> None:
     """After a batch job finished the rest: list the failed files and exit 1."""
-    from animevae.outputs import SKIPPED_NAME
-
     if result.skipped:
         _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
-        err_console.print(f"error: {len(result.skipped)} files failed (listed in {result.out_dir / SKIPPED_NAME})")
+        err_console.print(f"error: {len(result.skipped)} files failed (listed in {result.out_dir / result.report})")
         err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
         raise typer.Exit(1)
 
@@ -208,7 +206,7 @@ def train(
     console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
                   f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
                   f"{result.images_per_s:.0f} images/s")
-    if metrics:
+    if "val_psnr" in metrics:  # absent when the set is too small to hold images out
         console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
                       f"{metrics['denoise_psnr_25']:.2f} dB (noisy input {metrics['noisy_psnr_25']:.2f} dB)")
     console.print(f"wrote {result.run_dir}/ (config.json, last.safetensors, metrics.jsonl, samples/)")
@@ -440,6 +438,7 @@ def interpolate(
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
+    overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
 ) -> None:
     """Walk between two faces in latent space (slerp around the prior mean): a strip PNG, frames, a GIF."""
@@ -453,7 +452,7 @@ def interpolate(
         check_output_file(gif, "--gif")
     models = _open_latent(runs_dir, run, model, device, need_encoder=bool(images))
     start, end = endpoint_latents(models, images, seeds)
-    result = interpolate_latents(models, start, end, steps, out, frames, gif)
+    result = interpolate_latents(models, start, end, steps, out, frames, gif, overwrite)
     ends = f"{images[0]} to {images[1]}" if images else f"seed {seed_a} to seed {seed_b}"
     how = "a straight line (the endpoints are parallel)" if result.linear else "slerp around the prior mean"
     console.print(f"wrote {out}: {steps} frames from {ends} by {how}, in {result.seconds:.1f}s on {result.provider}")
@@ -473,6 +472,7 @@ def traverse(
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
+    overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS,
 ) -> None:
     """Show what the main directions of the latent space do: a grid, one principal direction per row."""
@@ -482,7 +482,7 @@ def traverse(
     check_traverse_args(components, steps, span)
     check_output_file(out, "--out")
     models = _open_latent(runs_dir, run, model, device, need_encoder=False)
-    result = traverse_latents(models, out, components, steps, span)
+    result = traverse_latents(models, out, components, steps, span, overwrite)
     console.print(f"wrote {out}: {components} principal directions (rows, {result.variance_share:.0%} of the latent "
                   f"variance) x {steps} steps from -{span:g} to +{span:g} standard deviations, on {result.provider}")
 

@@ -40,6 +40,8 @@ class ModelConfig:
                 f"image size {self.image_size} must be a multiple of 2**{len(self.channels)} (one halving per "
                 f"encoder level) and leave a base grid of at least 2x2"
             )
+        if self.image_size % 4:
+            raise ValueError(f"image size {self.image_size} must be a multiple of 4 (the denoiser halves it twice)")
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be at least 1")
         if self.upsample not in ("transpose", "resize"):

@@ -10,7 +10,7 @@ import numpy as np
 from animevae.data import Skipped, decode_rgb, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import remove_stale_temps, to_uint8
-from animevae.outputs import JobResult, file_digest, prepare_output, write_skipped
+from animevae.outputs import JobResult, file_digest, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
@@ -94,8 +94,10 @@ def denoise_folder(
     finally:
         reporter.stop()
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
-    write_skipped(out_dir, skipped)
-    return JobResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start, denoiser.provider, skipped)
+    report = skipped_name(shard.index, shard.count)
+    write_skipped(out_dir, skipped, report)
+    return JobResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start, denoiser.provider, skipped,
+                     report)
 
 
 def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,

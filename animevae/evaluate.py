@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from animevae.data import split_holdout
+from animevae.errors import DataError
 from animevae.export import load_run_models
 from animevae.fileio import write_json_atomic
 from animevae.model import VAE, Denoiser, add_noise, psnr
@@ -190,6 +191,9 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     config, vae, denoiser = load_run_models(run_dir)
     images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",
+                        "evaluate on a set of at least 2 images (500 or more for stable numbers)")
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
     held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)

@@ -69,9 +69,15 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
 
     With `half`, also decoder.fp16.onnx, checked on CUDA against the fp32 decoder (refused without CUDA:
     onnxruntime's CPU provider would run it no faster, or not at all)."""
+    from animevae.runtime import CUDA, available_providers, nvidia_driver_present
+
+    if half and not (CUDA in available_providers() and nvidia_driver_present()):
+        raise ModelError("--half needs a CUDA GPU that onnxruntime can use; none here",
+                         "export without --half on this machine (fp32 is what the CPU runs best)")
     config, vae, denoiser = load_run_models(run_dir)
     folder = run_dir / EXPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / HALF_DECODER).unlink(missing_ok=True)  # never leave an fp16 decoder of older weights behind
     size, latent = config.model.image_size, config.model.latent_dim
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(3, 3, size, size, generator=generator)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from PIL import Image
 # Level 1 is lossless like every level, encodes ~3x faster than the default 6, and files grow only ~10-20%.
 PNG_COMPRESS_LEVEL = 1
 _TMP_MARK = ".tmp-"
+# This machine's name as it goes into temp file names (no separators, so names parse back).
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
 
 
 def temp_name(final: Path) -> Path:
-    """A hidden sibling of `final` that names this process, so a later run can tell a dead writer's leftovers."""
-    return final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    """A hidden sibling of `final` that names this host and process, so a later run can tell a dead writer's
+    leftovers, even in a folder that writers on several machines share."""
+    return final.with_name(f".{final.name}{_TMP_MARK}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 @contextlib.contextmanager
@@ -63,7 +67,8 @@ def save_png_atomic(final: Path, pixels: np.ndarray) -> None:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files left in `folder` (recursively) by writers that are no longer alive; return how many."""
+    """Delete temp files left in `folder` (recursively) by writers of this host that are no longer alive;
+    return how many. Another host's temp files are left alone: its writers may still be running."""
     removed = 0
     for path in folder.rglob(f".*{_TMP_MARK}*"):
         pid = _writer_pid(path.name)
@@ -75,9 +80,12 @@ def remove_stale_temps(folder: Path) -> int:
 
 
 def _writer_pid(name: str) -> int | None:
-    tail = name.rsplit(_TMP_MARK, 1)[-1]
-    head = tail.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    """The writer's pid if the temp file is this host's (HOST-PID-HEX, or PID-HEX from older versions)."""
+    parts = name.rsplit(_TMP_MARK, 1)[-1].rsplit("-", 2)
+    if len(parts) == 3 and parts[0] != _HOST:
+        return None
+    pid = parts[-2]
+    return int(pid) if pid.isdigit() else None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -75,14 +75,16 @@ def generate(
         if decoder.provider == CPU and len(todo) > batch_size and workers != 0:
             failures = _generate_in_workers(job, todo, batch_size, workers or usable_cores(), reporter)
         else:
-            failures = _generate_here(decoder, job, todo, batch_size, workers or 0, reporter)
+            writers = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+            failures = _generate_here(decoder, job, todo, batch_size, writers, reporter)
     finally:
         reporter.stop()
     if failures:
         _raise_write_failure(failures)
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     seconds = time.perf_counter() - start
-    grid_path = _write_grid([out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]], grid, overwrite) if grid else None
+    shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
+    grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
     return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid=grid_path)
 
 

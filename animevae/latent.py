@@ -27,7 +27,7 @@ from PIL import Image
 
 from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
-from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, save_png_atomic, to_uint8,
+from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, to_uint8,
                              write_bytes_atomic)
 from animevae.outputs import JobResult, file_digest, prepare_output, write_skipped
 from animevae.models import choose_model
@@ -371,17 +371,17 @@ def endpoint_latents(models: LatentModels, images: list[Path], seeds: list[int |
 
 
 def interpolate(models: LatentModels, start: np.ndarray, end: np.ndarray, steps: int, strip: Path,
-                frames_dir: Path | None = None, gif: Path | None = None) -> InterpolateResult:
+                frames_dir: Path | None = None, gif: Path | None = None, overwrite: bool = False) -> InterpolateResult:
     """Decode `steps` latents from `start` to `end` into a strip PNG, and optionally frame PNGs and a looping GIF."""
     if steps < 2:
         raise ArgumentError(f"--steps must be at least 2 (got {steps})", "pass --steps 8, for example")
     started = time.perf_counter()
     path, linear = interpolation_path(start, end, steps, models.prior.mean)
     images = decode_latents(models.decoder, path)  # (steps, S, S, 3)
-    _write_file(strip, encode_png(contact_sheet(images, columns=steps)))
-    frames = _write_frames(frames_dir, images) if frames_dir is not None else []
+    _write_file(strip, encode_png(contact_sheet(images, columns=steps)), overwrite)
+    frames = _write_frames(frames_dir, images, overwrite) if frames_dir is not None else []
     if gif is not None:
-        _write_file(gif, encode_gif(images))
+        _write_file(gif, encode_gif(images), overwrite)
     return InterpolateResult(strip, steps, models.image_size, frames, gif, linear,
                              time.perf_counter() - started, models.provider)
 
@@ -391,13 +391,12 @@ def frame_name(index: int, count: int) -> str:
     return f"frame_{index:0{max(3, len(str(count - 1)))}d}.png"
 
 
-def _write_frames(folder: Path, images: np.ndarray) -> list[Path]:
+def _write_frames(folder: Path, images: np.ndarray, overwrite: bool) -> list[Path]:
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--frames {folder} is a file, not a folder", "pass a folder path (it is created if missing)")
-    _make_parent(folder / "x")
     paths = [folder / frame_name(i, len(images)) for i in range(len(images))]
     for path, pixels in zip(paths, images):
-        save_png_atomic(path, pixels)
+        _write_file(path, encode_png(pixels), overwrite)
     return paths
 
 
@@ -416,7 +415,13 @@ def _make_parent(path: Path) -> None:
         raise OutputError(f"cannot create {path.parent}: {error.strerror}", "pick a folder you can write to") from None
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write atomically; an existing file with other bytes is replaced only with `overwrite` (same bytes: kept)."""
+    if path.is_file():
+        if path.read_bytes() == data:
+            return
+        if not overwrite:
+            raise OutputError(f"{path} already exists", "pick another path, or pass --overwrite to replace it")
     _make_parent(path)
     try:
         write_bytes_atomic(path, data)
@@ -480,10 +485,11 @@ def check_traverse_args(components: int, steps: int, span: float, latent_dim: in
                             "pass --span 2.0 to walk two standard deviations each way")
 
 
-def traverse(models: LatentModels, grid: Path, components: int = 8, steps: int = 7, span: float = 2.0) -> TraverseResult:
+def traverse(models: LatentModels, grid: Path, components: int = 8, steps: int = 7, span: float = 2.0,
+             overwrite: bool = False) -> TraverseResult:
     """Write a grid whose row r walks the r-th principal direction of the latent distribution."""
     check_traverse_args(components, steps, span, models.latent_dim)
     latents, share = traversal_latents(models.prior, components, steps, span)
     images = decode_latents(models.decoder, latents)
-    _write_file(grid, encode_png(contact_sheet(images, columns=steps)))
+    _write_file(grid, encode_png(contact_sheet(images, columns=steps)), overwrite)
     return TraverseResult(grid, components, steps, span, share, models.image_size, models.provider)

@@ -27,6 +27,7 @@ class JobResult:
     seconds: float
     provider: str
     skipped: list[Skipped] = field(default_factory=list)
+    report: str = SKIPPED_NAME  # where in out_dir the skipped files are listed
 
     @property
     def images_per_s(self) -> float:
@@ -80,9 +81,14 @@ def _short(value: object) -> str:
     return text[:12] if len(text) == 64 else text  # sha256 digests: 12 characters say enough
 
 
-def write_skipped(out_dir: Path, skipped: list[Skipped]) -> None:
-    """List this run's failures in out_dir/skipped.json; remove an earlier run's list when all went well."""
-    path = out_dir / SKIPPED_NAME
+def skipped_name(shard_index: int = 0, shard_count: int = 1) -> str:
+    """skipped.json, or skipped.shard-I-of-K.json: shards writing into one folder keep their own lists."""
+    return SKIPPED_NAME if shard_count == 1 else f"skipped.shard-{shard_index}-of-{shard_count}.json"
+
+
+def write_skipped(out_dir: Path, skipped: list[Skipped], name: str = SKIPPED_NAME) -> None:
+    """List this run's failures in out_dir/NAME; remove an earlier run's list when all went well."""
+    path = out_dir / name
     if skipped:
         write_json_atomic(path, [{"path": s.path, "reason": s.reason} for s in skipped])
     else:

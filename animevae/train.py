@@ -354,6 +354,8 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
             trainer.save(run_dir / CHECKPOINT_NAME)
         last_save = time.monotonic()
 
+    if progress.step == 0:
+        save()  # from the first moment, a killed run can be resumed (and its name is not lost)
     reporter.start(f"training {run_dir.name}", total_steps if total_steps else None)
     reporter.advance(progress.step)
     with _deferred_interrupt() as stop_requested:

@@ -288,3 +288,10 @@ def test_animevae_debug_shows_the_exception(runner, tmp_path: Path, monkeypatch:
     result = runner.invoke(app, ["export", "--onnx", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert isinstance(result.exception, ModelError)
+
+
+def test_train_refuses_an_image_size_the_denoiser_cannot_take(runner, image_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(image_dir), "--image-size", "10", "--epochs", "1", "--device", "cpu"])
+    assert result.exit_code == 1 and "multiple of 4" in result.output and "hint:" in result.output
+    assert not (tmp_path / "runs" / "run").exists()

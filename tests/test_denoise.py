@@ -15,7 +15,7 @@ from animevae.denoise import default_out_dir, denoise_array, denoise_folder, pla
 from animevae.outputs import SKIPPED_NAME
 from animevae.errors import DataError, OutputError
 from animevae.shard import Shard
-from helpers import CPU, assert_cli_error, assert_ok, blob_image, read_rgb, snapshot, temp_leftovers
+from helpers import CPU, assert_cli_error, assert_ok, blob_image, read_rgb, snapshot, temp_leftovers, write_blobs
 
 # relative path -> (width, height) of the input image
 GOOD = {
@@ -212,3 +212,18 @@ def test_cli_errors(runner, trained_run, tmp_path: Path) -> None:
     assert (foreign / "mine.png").read_bytes() == b"keep"
     assert_ok(_denoise(runner, trained_run, noisy, "--out", str(foreign), "--overwrite"))
     assert _outputs(foreign) == sorted([*EXPECTED, "mine.png"])
+
+
+def test_shards_keep_their_own_failure_lists(runner, trained_run, tmp_path: Path) -> None:
+    from animevae.outputs import skipped_name
+
+    noisy = tmp_path / "noisy"
+    write_blobs(noisy, count=6)
+    (noisy / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "clean"
+    codes = [runner.invoke(app, ["denoise", str(noisy), "--out", str(out), "--shard", f"{i}/2", "--model",
+                                 str(trained_run.export_dir), "--device", "cpu", "-q"]).exit_code for i in range(2)]
+    assert sorted(codes) == [0, 1]  # exactly one shard owns the broken file
+    failed = codes.index(1)
+    assert (out / skipped_name(failed, 2)).is_file() and not (out / skipped_name(1 - failed, 2)).exists()
+    assert len(list(out.glob("*.png"))) == 6

@@ -158,3 +158,16 @@ def test_png_writer_writes_everything_and_reports_in_order(tmp_path: Path, worke
 
 def test_usable_cores() -> None:
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_temp_files_of_another_host_are_left_alone(tmp_path) -> None:
+    from animevae.fileio import _HOST, remove_stale_temps, temp_name
+
+    mine = temp_name(tmp_path / "a.png")
+    assert f".tmp-{_HOST}-{os.getpid()}-" in mine.name
+    foreign = tmp_path / ".b.png.tmp-otherhost-1-abcd"  # pid 1 is alive here, but it is not that host's pid 1
+    dead_here = tmp_path / f".c.png.tmp-{_HOST}-999999999-abcd"
+    for path in (foreign, dead_here):
+        path.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == 1
+    assert foreign.exists() and not dead_here.exists()

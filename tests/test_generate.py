@@ -317,3 +317,10 @@ def test_shards_together_write_exactly_one_runs_files(runner, trained_run, tmp_p
 def test_bad_shard_is_a_clear_error(runner, trained_run, tmp_path: Path) -> None:
     assert_cli_error(_generate(runner, trained_run, tmp_path / "o", "--shard", "2/2"), "--shard 2/2", "--shard 0/4")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_shard_with_no_images_writes_no_grid(runner, trained_run, tmp_path: Path) -> None:
+    result = _generate(runner, trained_run, tmp_path / "synth", "--count", "1", "--shard", "1/2", "--grid",
+                       str(tmp_path / "g.png"))
+    assert_ok(result)
+    assert "wrote 0 images" in result.output and not (tmp_path / "g.png").exists()

@@ -326,3 +326,16 @@ def test_with_the_builtin_model_the_distance_to_the_source_grows_with_strength(t
                                          - read_rgb(p).astype(np.float64)).mean()
                                   for p in sorted(src.glob("*.png")) for k in range(2)]))
     assert distances[0] < distances[1] < distances[2], distances
+
+
+def test_interpolate_and_traverse_never_silently_replace_a_file(tiny: Tiny, tmp_path: Path) -> None:
+    strip = tmp_path / "strip.png"
+    strip.write_bytes(b"someone's picture")
+    args = ["interpolate", "--seed-a", "1", "--seed-b", "2", "--steps", "3", "--out", str(strip), *tiny.flags()]
+    assert_cli_error(CliRunner().invoke(app, args), "already exists", "--overwrite")
+    assert strip.read_bytes() == b"someone's picture"
+    assert_ok(CliRunner().invoke(app, [*args, "--overwrite"]))
+    assert_ok(CliRunner().invoke(app, args))  # the same strip again: identical bytes, nothing to refuse
+    grid = tmp_path / "grid.png"
+    grid.write_bytes(b"x")
+    assert_cli_error(CliRunner().invoke(app, ["traverse", "--out", str(grid), *tiny.flags()]), "already exists")

@@ -209,10 +209,12 @@ def test_train_killed_then_resumed(tmp_path) -> None:
                "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--runs-dir",
                str(tmp_path / "runs"), "--name", "killed"]
     checkpoint = tmp_path / "runs" / "killed" / "last.safetensors"
+    first_epoch = tmp_path / "runs" / "killed" / "metrics.jsonl"  # its checkpoint is saved right after
     process = subprocess.Popen([*command, "--epochs", "500"], env=environ_without_debug())
     deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:
+    while not first_epoch.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
     from animevae.checkpoint import load_checkpoint
@@ -222,3 +224,24 @@ def test_train_killed_then_resumed(tmp_path) -> None:
     subprocess.run([*command, "--resume", "--epochs", str(saved.epoch + 1)], check=True, env=environ_without_debug())
     resumed = load_checkpoint(checkpoint).progress
     assert resumed.epoch == saved.epoch + 1 and resumed.step > saved.step
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_epoch_ends_can_be_resumed(tmp_path) -> None:
+    from animevae.checkpoint import load_checkpoint
+
+    faces = tmp_path / "faces"
+    write_blobs(faces, count=40)
+    command = [sys.executable, "-m", "animevae", "train", str(faces), "--image-size", "16", "--latent-dim", "8",
+               "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--runs-dir",
+               str(tmp_path / "runs"), "--name", "early"]
+    checkpoint = tmp_path / "runs" / "early" / "last.safetensors"
+    process = subprocess.Popen([*command, "--epochs", "500"], env=environ_without_debug())
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:  # written before the first step
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "runs" / "early" / "metrics.jsonl").exists(), "killed too late to test this"
+    subprocess.run([*command, "--resume", "--epochs", "1"], check=True, env=environ_without_debug())
+    assert load_checkpoint(checkpoint).progress.epoch == 1
