@@ -22,6 +22,7 @@ from rich.text import Text
 from animevae import __version__
 from animevae.errors import AnimeVAEError
 from animevae.options import Device, ModelRef, Overwrite, Quiet, RunName, RunsDir, Seed, ShardSpec
+from animevae.runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Train a VAE on a folder of anime-style faces; generate and denoise faces in bulk.")
@@ -29,7 +30,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 console = Console(highlight=False, soft_wrap=True, markup=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_RUNS = Path("runs")
 
 
 class RichReporter:
@@ -177,7 +177,7 @@ def train(
     device: Device = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Train a convolutional VAE and a blind denoiser on the same faces."""
@@ -222,7 +222,7 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
     half: Annotated[bool, typer.Option("--half", help="Also an fp16 decoder for CUDA (refused without CUDA).")] = False,
     run: RunName = None,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
     from animevae.errors import ModelError
@@ -278,7 +278,7 @@ def generate(
     half: Annotated[bool, typer.Option("--half", help="Use the fp16 decoder from `export --onnx --half` (CUDA only).")] = False,
     shard: ShardSpec = None,
     overwrite: Overwrite = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Generate faces in bulk through onnxruntime; a rerun resumes and changes no finished file."""
@@ -307,7 +307,7 @@ def denoise(
     device: Device = "auto",
     shard: ShardSpec = None,
     overwrite: Overwrite = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Denoise every image under a folder into a mirrored folder of PNGs; exit 1 if any file failed."""
@@ -331,7 +331,7 @@ def evaluate(
     samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
     classifier_seconds: Annotated[float, typer.Option(
         "--classifier-seconds", min=0.1, help="Training time of the real-vs-generated classifier.")] = 20.0,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
     from animevae.evaluate import REPORT_NAME, evaluate_run
@@ -363,7 +363,7 @@ def info(
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
     from animevae.models import choose_model
@@ -406,7 +406,7 @@ def augment(
     model: ModelRef = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Write K latent-space variations of every image under a folder: SRC/a.png -> OUT/a_0.png ... a_K-1.png."""
@@ -439,7 +439,7 @@ def interpolate(
     model: ModelRef = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Walk between two faces in latent space (slerp around the prior mean): a strip PNG, frames, a GIF."""
     from animevae.latent import check_interpolate_args, check_output_file, endpoint_latents
@@ -473,7 +473,7 @@ def traverse(
     model: ModelRef = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
-    runs_dir: RunsDir = DEFAULT_RUNS,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show what the main directions of the latent space do: a grid, one principal direction per row."""
     from animevae.latent import check_output_file, check_traverse_args
