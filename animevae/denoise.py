@@ -10,11 +10,11 @@ import numpy as np
 from animevae.data import Skipped, decode_rgb, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import remove_stale_temps, to_uint8
-from animevae.outputs import JobResult, file_digest, prepare_output, skipped_name, write_skipped
+from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
-from animevae.writer import PngWriter, WriteFailure, usable_cores
+from animevae.writer import PngWriter, usable_cores
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
 
@@ -78,17 +78,10 @@ def denoise_folder(
     todo = [(src, dst) for src, dst in pairs if overwrite or not dst.exists()]
     start = time.perf_counter()
     reporter.start(f"denoising into {out_dir}", len(todo))
-    written = 0
-
-    def on_done(count: int, failed: list[WriteFailure]) -> None:
-        nonlocal written
-        written += count - len(failed)
-        skipped.extend(Skipped(str(p.relative_to(out_dir)), reason) for p, reason in failed)
-        reporter.advance(count)
-
+    tally = WriteTally(out_dir, skipped, reporter)
     pool_size = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
     try:
-        with PngWriter(pool_size, on_done) as writer:
+        with PngWriter(pool_size, tally) as writer:
             for begin in range(0, len(todo), batch_size):
                 _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter)
     finally:
@@ -96,8 +89,8 @@ def denoise_folder(
     remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
     report = skipped_name(shard.index, shard.count)
     write_skipped(out_dir, skipped, report)
-    return JobResult(out_dir, written, len(pairs) - len(todo), time.perf_counter() - start, denoiser.provider, skipped,
-                     report)
+    seconds = time.perf_counter() - start
+    return JobResult(out_dir, tally.written, len(pairs) - len(todo), seconds, denoiser.provider, skipped, report)
 
 
 def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,

@@ -29,12 +29,12 @@ from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, to_uint8,
                              write_bytes_atomic)
-from animevae.outputs import JobResult, file_digest, prepare_output, write_skipped
+from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, write_skipped
 from animevae.models import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel, open_model
-from animevae.writer import PngWriter, WriteFailure, usable_cores
+from animevae.writer import PngWriter, usable_cores
 
 DECODE_BATCH = 256  # latents per decoder call for strips and grids
 GIF_FRAME_MS = 120
@@ -224,18 +224,11 @@ def augment_folder(
     todo = [(s, ks) for s, ks in todo if ks]
     total = sum(len(ks) for _, ks in todo)
     started = time.perf_counter()
-    written = 0
-
-    def on_done(count: int, failed: list[WriteFailure]) -> None:
-        nonlocal written
-        written += count - len(failed)
-        skipped.extend(Skipped(str(p.relative_to(out)), reason) for p, reason in failed)
-        reporter.advance(count)
-
+    tally = WriteTally(out, skipped, reporter)
     pool_size = workers if workers is not None else (usable_cores() if total > 4 * batch_size else 0)
     reporter.start(f"augmenting into {out}", total)
     try:
-        with PngWriter(pool_size, on_done) as writer:
+        with PngWriter(pool_size, tally) as writer:
             for begin in range(0, len(todo), batch_size):
                 _augment_chunk(models, todo[begin : begin + batch_size], strength, seed, batch_size, writer,
                                skipped, reporter)
@@ -243,7 +236,7 @@ def augment_folder(
         reporter.stop()
     write_skipped(out, skipped)
     existing = len(sources) * per_image - total
-    return AugmentResult(out, written, existing, time.perf_counter() - started, models.provider, skipped,
+    return AugmentResult(out, tally.written, existing, time.perf_counter() - started, models.provider, skipped,
                          sources=len(sources))
 
 
