@@ -14,7 +14,7 @@ from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output,
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
-from animevae.writer import PngWriter, usable_cores
+from animevae.writer import PngWriter, writer_processes
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
 
@@ -79,7 +79,7 @@ def denoise_folder(
     start = time.perf_counter()
     reporter.start(f"denoising into {out_dir}", len(todo))
     tally = WriteTally(out_dir, skipped, reporter)
-    pool_size = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+    pool_size = writer_processes(workers, len(todo), batch_size)
     try:
         with PngWriter(pool_size, tally) as writer:
             for begin in range(0, len(todo), batch_size):

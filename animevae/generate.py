@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 from animevae.errors import ArgumentError, OutputError
-from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8, write_bytes_atomic
-from animevae.outputs import JobResult, file_digest, prepare_output
+from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8
+from animevae.outputs import JobResult, file_digest, prepare_output, write_output_file
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.shard import Shard
-from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs
+from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs, writer_processes
 
 GRID_LIMIT = 64
 WORKER_DECODE_BATCH = 32
@@ -75,7 +75,7 @@ def generate(
         if decoder.provider == CPU and len(todo) > batch_size and workers != 0:
             failures = _generate_in_workers(job, todo, batch_size, workers or usable_cores(), reporter)
         else:
-            writers = workers if workers is not None else (usable_cores() if len(todo) > batch_size else 0)
+            writers = writer_processes(workers, len(todo), batch_size)
             failures = _generate_here(decoder, job, todo, batch_size, writers, reporter)
     finally:
         reporter.stop()
@@ -107,7 +107,7 @@ def _decode(decoder: OnnxModel, prior: LatentPrior, job: _Job, indices: list[int
 def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: int, writers: int,
                    reporter: Reporter) -> list[WriteFailure]:
     """Decode in this process (the GPU path, and small jobs); PNGs are written by `writers` processes."""
-    prior = LatentPrior.from_metadata(decoder.metadata, int(decoder.metadata["animevae.latent_dim"]))
+    prior = LatentPrior.from_metadata(decoder.metadata)
     failures: list[WriteFailure] = []
 
     def on_done(written: int, failed: list[WriteFailure]) -> None:
@@ -130,7 +130,7 @@ _worker: dict[str, Any] = {}
 def _start_worker(job: _Job) -> None:
     decoder = open_model(Path(job.model_path), "decoder", device="cpu", threads=1)
     _worker.update(decoder=decoder, job=job,
-                   prior=LatentPrior.from_metadata(decoder.metadata, int(decoder.metadata["animevae.latent_dim"])))
+                   prior=LatentPrior.from_metadata(decoder.metadata))
 
 
 def _worker_batch(indices: list[int]) -> list[WriteFailure]:
@@ -174,12 +174,5 @@ def _raise_write_failure(failures: list[WriteFailure]) -> None:
 
 def _write_grid(paths: list[Path], grid: Path, overwrite: bool) -> Path:
     shown = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
-    data = encode_png(contact_sheet(np.stack(shown)))
-    existing = grid.read_bytes() if grid.is_file() else None
-    if existing == data:
-        return grid  # a rerun's sheet: already there, untouched
-    if grid.exists() and not overwrite:
-        raise OutputError(f"--grid {grid} already exists", "pick another --grid path, or pass --overwrite")
-    grid.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(grid, data)
+    write_output_file(grid, encode_png(contact_sheet(np.stack(shown))), overwrite)
     return grid

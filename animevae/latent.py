@@ -27,14 +27,13 @@ from PIL import Image
 
 from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
-from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, to_uint8,
-                             write_bytes_atomic)
-from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, write_skipped
+from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, to_uint8)
+from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, write_output_file, write_skipped
 from animevae.models import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel, open_model
-from animevae.writer import PngWriter, usable_cores
+from animevae.writer import PngWriter, writer_processes
 
 DECODE_BATCH = 256  # latents per decoder call for strips and grids
 GIF_FRAME_MS = 120
@@ -225,7 +224,7 @@ def augment_folder(
     total = sum(len(ks) for _, ks in todo)
     started = time.perf_counter()
     tally = WriteTally(out, skipped, reporter)
-    pool_size = workers if workers is not None else (usable_cores() if total > 4 * batch_size else 0)
+    pool_size = writer_processes(workers, total, 4 * batch_size)
     reporter.start(f"augmenting into {out}", total)
     try:
         with PngWriter(pool_size, tally) as writer:
@@ -371,10 +370,10 @@ def interpolate(models: LatentModels, start: np.ndarray, end: np.ndarray, steps:
     started = time.perf_counter()
     path, linear = interpolation_path(start, end, steps, models.prior.mean)
     images = decode_latents(models.decoder, path)  # (steps, S, S, 3)
-    _write_file(strip, encode_png(contact_sheet(images, columns=steps)), overwrite)
+    write_output_file(strip, encode_png(contact_sheet(images, columns=steps)), overwrite)
     frames = _write_frames(frames_dir, images, overwrite) if frames_dir is not None else []
     if gif is not None:
-        _write_file(gif, encode_gif(images), overwrite)
+        write_output_file(gif, encode_gif(images), overwrite)
     return InterpolateResult(strip, steps, models.image_size, frames, gif, linear,
                              time.perf_counter() - started, models.provider)
 
@@ -389,7 +388,7 @@ def _write_frames(folder: Path, images: np.ndarray, overwrite: bool) -> list[Pat
         raise OutputError(f"--frames {folder} is a file, not a folder", "pass a folder path (it is created if missing)")
     paths = [folder / frame_name(i, len(images)) for i in range(len(images))]
     for path, pixels in zip(paths, images):
-        _write_file(path, encode_png(pixels), overwrite)
+        write_output_file(path, encode_png(pixels), overwrite)
     return paths
 
 
@@ -399,27 +398,6 @@ def encode_gif(images: np.ndarray, frame_ms: int = GIF_FRAME_MS) -> bytes:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], loop=0, duration=frame_ms)
     return buffer.getvalue()
-
-
-def _make_parent(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot create {path.parent}: {error.strerror}", "pick a folder you can write to") from None
-
-
-def _write_file(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write atomically; an existing file with other bytes is replaced only with `overwrite` (same bytes: kept)."""
-    if path.is_file():
-        if path.read_bytes() == data:
-            return
-        if not overwrite:
-            raise OutputError(f"{path} already exists", "pick another path, or pass --overwrite to replace it")
-    _make_parent(path)
-    try:
-        write_bytes_atomic(path, data)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}", "pick a path you can write to") from None
 
 
 # ---------------------------------------------------------------- traverse
@@ -484,5 +462,5 @@ def traverse(models: LatentModels, grid: Path, components: int = 8, steps: int =
     check_traverse_args(components, steps, span, models.latent_dim)
     latents, share = traversal_latents(models.prior, components, steps, span)
     images = decode_latents(models.decoder, latents)
-    _write_file(grid, encode_png(contact_sheet(images, columns=steps)), overwrite)
+    write_output_file(grid, encode_png(contact_sheet(images, columns=steps)), overwrite)
     return TraverseResult(grid, components, steps, span, share, models.image_size, models.provider)

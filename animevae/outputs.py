@@ -10,7 +10,7 @@ from pathlib import Path
 
 from animevae.data import Skipped
 from animevae.errors import OutputError
-from animevae.fileio import write_json_atomic
+from animevae.fileio import write_bytes_atomic, write_json_atomic
 from animevae.progress import Reporter
 
 # Records which model and settings wrote a folder, so a rerun resumes and another job is refused.
@@ -94,6 +94,21 @@ def _describe(stored: dict[str, object], identity: dict[str, object]) -> str:
 def _short(value: object) -> str:
     text = str(value)
     return text[:12] if len(text) == 64 else text  # sha256 digests: 12 characters say enough
+
+
+def write_output_file(path: Path, data: bytes, overwrite: bool) -> None:
+    """Write a single output file atomically. An existing file with the same bytes is kept untouched (a
+    rerun); one with other bytes is replaced only with `overwrite`, never silently."""
+    if path.is_file():
+        if path.read_bytes() == data:
+            return
+        if not overwrite:
+            raise OutputError(f"{path} already exists", "pick another path, or pass --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, data)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}", "pick a path you can write to") from None
 
 
 def skipped_name(shard_index: int = 0, shard_count: int = 1) -> str:

@@ -44,8 +44,11 @@ class LatentPrior:
                    np.eye(latent_dim, dtype=np.float32)[None])
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], latent_dim: int) -> "LatentPrior":
-        """Read the fitted prior from a decoder's metadata (N(0, I) when it has none)."""
+    def from_metadata(cls, metadata: dict[str, str], latent_dim: int | None = None) -> "LatentPrior":
+        """Read the fitted prior from a decoder's metadata (N(0, I) when it has none); the latent size is the
+        decoder's own unless given."""
+        if latent_dim is None:
+            latent_dim = int(metadata["animevae.latent_dim"])
         if not all(key in metadata for key in (WEIGHTS_KEY, MEANS_KEY, TRILS_KEY)):
             return cls.standard(latent_dim)
         weights = unpack_array(metadata[WEIGHTS_KEY], (-1,))

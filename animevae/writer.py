@@ -33,6 +33,14 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def writer_processes(requested: int | None, images: int, threshold: int) -> int:
+    """PNG writer processes for a job: as requested, else one per core when the job has more than
+    `threshold` images (below that, starting processes costs more than it saves: write in-process)."""
+    if requested is not None:
+        return requested
+    return usable_cores() if images > threshold else 0
+
+
 class PngWriter:
     """Writes PNGs in `workers` processes (0: in this process), keeping at most 2 jobs per worker in flight.
 
