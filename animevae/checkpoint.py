@@ -17,6 +17,8 @@ from animevae.errors import ModelError
 from animevae.fileio import atomic_path
 
 CHECKPOINT_KIND = "animevae-checkpoint"
+# Progress.extra flag: the diffusion prior has had its training phase (train.py sets it, export reads it).
+PRIOR_TRAINED = "prior_trained"
 
 
 @dataclass

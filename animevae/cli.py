@@ -278,6 +278,8 @@ def generate(
     half: Annotated[bool, typer.Option("--half", help="Use the fp16 decoder from `export --onnx --half` (CUDA only).")] = False,
     shard: ShardSpec = None,
     overwrite: Overwrite = False,
+    temperature: Annotated[float, typer.Option(
+        "--temperature", help="Scale of the sampling noise: below 1.0, more typical and less varied faces.")] = 1.0,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
@@ -288,9 +290,10 @@ def generate(
     part = Shard.parse(shard)
     decoder = _open("decoder", runs_dir, run, model, device, half)
     result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet),
-                             shard=part)
+                             shard=part, temperature=temperature)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
-                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}, "
+                  f"latents from the {result.latents}")
     if result.grid:
         console.print(f"contact sheet: {result.grid}")
     console.print(f"next: animevae denoise {out}")
@@ -329,8 +332,8 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="The run's data (folder or prepared set); its held-out split is scored.")],
     run: RunName = None,
     samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
-    classifier_seconds: Annotated[float, typer.Option(
-        "--classifier-seconds", min=0.1, help="Training time of the real-vs-generated classifier.")] = 20.0,
+    classifier_images: Annotated[int, typer.Option(
+        "--classifier-images", min=2, help="Training images per class for the real-vs-generated classifier.")] = 1000,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
@@ -338,7 +341,7 @@ def evaluate(
     from animevae.runs import resolve_run
 
     run_dir = resolve_run(runs_dir, run)
-    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_seconds)
+    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images)
     table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -350,7 +353,11 @@ def evaluate(
     table.add_row("samples copying a training image", f"{100 * report.copy_rate:.2f}%")
     table.add_row("nearest-training distance, samples / held-out",
                   f"{report.nn_distance_samples_median:.4f} / {report.nn_distance_held_out_median:.4f}")
-    table.add_row("real-vs-generated classifier accuracy", f"{report.real_vs_generated_accuracy:.3f}")
+    table.add_row("real-vs-generated classifier, samples: accuracy / AUC",
+                  f"{report.realism_samples_accuracy:.3f} / {report.realism_samples_auc:.3f}")
+    table.add_row("real-vs-generated classifier, reconstructions: accuracy / AUC",
+                  f"{report.realism_recon_accuracy:.3f} / {report.realism_recon_auc:.3f}")
+    table.add_row("samples drawn from", report.latents)
     for style, share in report.style_share_train.items():
         table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")
     console.print(table)

@@ -22,8 +22,17 @@ class ModelConfig:
     # How the decoder doubles its resolution: "transpose" (4x4 stride-2 transposed conv) or "resize"
     # (nearest-neighbour upsample + 3x3 conv); benchmarks/bench_decoders.py measures both.
     upsample: str = "transpose"
-    # Gaussians in the sampling prior fitted to the training latents (styles form separate clusters).
+    # Gaussians in the mixture fitted to the training latents: the fallback prior, and what interpolate and
+    # traverse read the latent space's centre and main directions from.
     prior_components: int = 10
+    # The learned prior (diffusion.py): "diffusion" samples through prior.onnx, "mixture" through the mixture.
+    prior: str = "diffusion"
+    prior_width: int = 256
+    prior_blocks: int = 3
+    # DDIM steps when sampling: each is one pass of the prior MLP (about 0.3 MFLOP per image at width 256).
+    prior_sampling_steps: int = 10
+    # Patch discriminator width (adversarial.py); its FLOPs are about a third of the decoder's at 32.
+    disc_channels: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -44,6 +53,8 @@ class ModelConfig:
             raise ValueError(f"image size {self.image_size} must be a multiple of 4 (the denoiser halves it twice)")
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be at least 1")
+        if self.prior not in ("diffusion", "mixture"):
+            raise ValueError(f"prior must be 'diffusion' or 'mixture', not {self.prior!r}")
         if self.upsample not in ("transpose", "resize"):
             raise ValueError(f"upsample must be 'transpose' or 'resize', not {self.upsample!r}")
 
@@ -67,6 +78,18 @@ class TrainConfig:
     noise_sigma_max: float = 55.0
     # Checkpoint at least this often, so a killed run loses little.
     checkpoint_minutes: float = 2.0
+    # Adversarial loss (adversarial.py): its weight on top of the adaptive one (0 turns it off), and the share of
+    # the run before it starts (the decoder first learns to reconstruct at all, as in VQGAN).
+    adversarial_weight: float = 0.5
+    adversarial_start: float = 0.25
+    # Exponential moving average of the VAE weights, used for evaluation, sampling and export (0 turns it off);
+    # 0.995 averages over about the last 200 steps: a 10-minute CPU run makes only about 1,300.
+    ema_decay: float = 0.995
+    # Share of a time budget spent training the diffusion prior on the final latents, and its number of steps
+    # (the least, on a time budget; exactly, on an epoch count, so such runs are reproducible).
+    prior_share: float = 0.08
+    prior_steps: int = 1000
+    prior_lr: float = 1e-3
     # fp32, bf16 (autocast), or auto: measured at the start of the run (see devices.choose_precision).
     precision: str = "auto"
     data_source: str = ""

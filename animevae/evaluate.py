@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from animevae.data import split_holdout
+from animevae.diffusion import DDIMSampler
 from animevae.errors import DataError
-from animevae.export import load_run_models
+from animevae.export import load_run_models, load_run_sampler
 from animevae.fileio import write_json_atomic
 from animevae.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
+from animevae.realism import realism_score
 from animevae.train import load_training_images
 
 NOISE_SEED = 1234
@@ -45,8 +46,14 @@ class QualityReport:
     copy_rate: float
     nn_distance_samples_median: float
     nn_distance_held_out_median: float
-    # Accuracy of a small CNN telling held-out images from samples, on images it did not train on (0.5: can't).
-    real_vs_generated_accuracy: float
+    # A converged CNN telling real from generated (realism.py), scored on images it never saw (0.5: it
+    # cannot tell). Samples against held-out faces; reconstructions decode(mu(x)) against their originals.
+    realism_samples_accuracy: float
+    realism_samples_auc: float
+    realism_recon_accuracy: float
+    realism_recon_auc: float
+    classifier_train_per_class: int
+    latents: str = ""
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -75,15 +82,22 @@ def _batches(images: torch.Tensor, size: int = 256):
         yield images[begin : begin + size]
 
 
+def as_saved(images: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] images to 8 bits, as the PNGs users get: the realism classifier judges those."""
+    return torch.round(images.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+@torch.no_grad()
+def reconstruct(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """decode(mu(x)) of (N, 3, S, S) images in [0, 1]."""
+    return torch.cat([vae.decoder(vae.encode(clean).mode()) for clean in _batches(images)])
+
+
 @torch.no_grad()
 def reconstruction_scores(vae: VAE, held_out: torch.Tensor) -> tuple[float, float]:
     """Mean PSNR and SSIM of decode(mu(x)) over (N, 3, S, S) images in [0, 1]."""
-    psnrs, ssims = [], []
-    for clean in _batches(held_out):
-        recon = vae.decoder(vae.encode(clean).mode())
-        psnrs.append(psnr(recon, clean))
-        ssims.append(ssim(recon, clean))
-    return torch.cat(psnrs).mean().item(), torch.cat(ssims).mean().item()
+    recon = reconstruct(vae, held_out)
+    return psnr(recon, held_out).mean().item(), ssim(recon, held_out).mean().item()
 
 
 @torch.no_grad()
@@ -103,11 +117,15 @@ def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str
 
 
 @torch.no_grad()
-def draw_samples(vae: VAE, count: int, seed: int = 0) -> torch.Tensor:
-    """(count, 3, S, S) samples from the run's fitted latent prior."""
+def draw_samples(vae: VAE, count: int, seed: int = 0, sampler: DDIMSampler | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """(count, 3, S, S) samples: through the run's diffusion prior when it has one, else its mixture."""
     generator = torch.Generator().manual_seed(seed)
-    eps, uniform = torch.randn(count, vae.config.latent_dim, generator=generator), torch.rand(count, generator=generator)
-    return torch.cat([vae.decoder(vae.sample_latent(e, u)) for e, u in zip(_batches(eps), _batches(uniform))])
+    eps = torch.randn(count, vae.config.latent_dim, generator=generator) * temperature
+    uniform = torch.rand(count, generator=generator)
+    latents = torch.cat([sampler(e) if sampler is not None else vae.sample_latent(e, u)
+                         for e, u in zip(_batches(eps), _batches(uniform))])
+    return torch.cat([vae.decoder(z) for z in _batches(latents)])
 
 
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,32 +147,6 @@ def mean_pairwise_distance(images: torch.Tensor, limit: int = 500) -> float:
     count = len(flat)
     off_diagonal = squared.clamp(min=0)[~torch.eye(count, dtype=torch.bool)]
     return (off_diagonal / flat.shape[1]).sqrt().mean().item()
-
-
-def classifier_accuracy(real: torch.Tensor, fake: torch.Tensor, seconds: float = 20.0, seed: int = 0) -> float:
-    """Train a small CNN to tell `real` from `fake` on half of each, for a fixed time; accuracy on the other half."""
-    torch.manual_seed(seed)
-    count = min(len(real), len(fake))
-    half = count // 2
-    images = torch.cat([real[:count], fake[:count]])
-    labels = torch.cat([torch.ones(count), torch.zeros(count)])
-    train_idx = torch.cat([torch.arange(half), count + torch.arange(half)])
-    test_idx = torch.cat([torch.arange(half, count), count + torch.arange(half, count)])
-    net = nn.Sequential(
-        nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        batch = train_idx[torch.randint(len(train_idx), (64,), generator=generator)]
-        loss = F.binary_cross_entropy_with_logits(net(images[batch]).squeeze(1), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        predicted = net(images[test_idx]).squeeze(1) > 0
-    return (predicted == labels[test_idx].bool()).float().mean().item()
 
 
 def style_of(source: str) -> str:
@@ -185,10 +177,14 @@ def _sources(data: Path, count: int, cache: Path) -> list[str]:
 
 
 def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
-                 classifier_seconds: float = 20.0) -> QualityReport:
-    """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json."""
+                 classifier_images: int = 1000) -> QualityReport:
+    """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
+
+    The realism classifier learns from `classifier_images` training images per class and is scored on the
+    held-out images against as many unseen samples (or reconstructions)."""
     started = time.monotonic()
     config, vae, denoiser = load_run_models(run_dir)
+    sampler = load_run_sampler(run_dir)
     images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
     if len(val_idx) == 0 or len(train_idx) == 0:
@@ -198,7 +194,12 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)
     denoised, noisy = denoise_scores(denoiser, held_out)
-    generated = draw_samples(vae, samples)
+    real_train = train_images[:classifier_images]
+    drawn = as_saved(draw_samples(vae, max(samples, len(real_train) + len(held_out)), sampler=sampler))
+    realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
+    recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
+                                  as_saved(reconstruct(vae, held_out)))
+    generated = drawn[:samples]
     sample_nn, sample_where = nearest_distances(generated, train_images)
     held_nn, _ = nearest_distances(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
@@ -212,7 +213,10 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         copy_rate=round((sample_nn < threshold).float().mean().item(), 4),
         nn_distance_samples_median=round(sample_nn.median().item(), 4),
         nn_distance_held_out_median=round(held_nn.median().item(), 4) if len(held_nn) else math.nan,
-        real_vs_generated_accuracy=round(classifier_accuracy(held_out, generated, classifier_seconds), 4),
+        realism_samples_accuracy=realism.accuracy, realism_samples_auc=realism.auc,
+        realism_recon_accuracy=recon_realism.accuracy, realism_recon_auc=recon_realism.auc,
+        classifier_train_per_class=realism.train_per_class,
+        latents="diffusion prior" if sampler is not None else "Gaussian mixture",
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
     )

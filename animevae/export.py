@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.checkpoint import Checkpoint, load_checkpoint
+from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, load_checkpoint
 from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
+from animevae.diffusion import DDIMSampler, LatentDiffusion
 from animevae.model import VAE, Denoiser
 from animevae.models import HALF_DECODER
 from animevae.prior import LatentPrior
@@ -51,17 +52,34 @@ class ExportReport:
 
 
 def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE, Denoiser]:
-    """Rebuild a run's VAE and denoiser from last.safetensors, in eval mode on the CPU."""
+    """Rebuild a run's VAE (its averaged weights where it kept them) and denoiser from last.safetensors,
+    in eval mode on the CPU."""
     checkpoint: Checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
     vae, denoiser = VAE(checkpoint.config.model), Denoiser(checkpoint.config.model)
+    vae_name = "vae_ema" if checkpoint.module_state("vae_ema") else "vae"
     try:
-        vae.load_state_dict(checkpoint.module_state("vae"))
+        vae.load_state_dict(checkpoint.module_state(vae_name))
         denoiser.load_state_dict(checkpoint.module_state("denoiser"))
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()[:160]
         raise ModelError(f"{run_dir / CHECKPOINT_NAME} does not fit this version's model ({first})",
                          "it was written by another animevae version; train the run again") from None
     return checkpoint.config, vae.eval(), denoiser.eval()
+
+
+def load_run_sampler(run_dir: Path) -> DDIMSampler | None:
+    """The run's trained diffusion prior as a noise -> latent sampler, or None where it samples from the mixture."""
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model = checkpoint.config.model
+    if model.prior != "diffusion" or not checkpoint.progress.extra.get(PRIOR_TRAINED):
+        return None
+    prior = LatentDiffusion(model)
+    try:
+        prior.load_state_dict(checkpoint.module_state("prior"))
+    except RuntimeError as error:
+        raise ModelError(f"{run_dir / CHECKPOINT_NAME}: the latent prior does not fit this version ({error})",
+                         "it was written by another animevae version; train the run again") from None
+    return DDIMSampler(prior.eval(), model.prior_sampling_steps).eval()
 
 
 def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> ExportReport:
@@ -90,6 +108,10 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
         "denoiser": (denoiser, torch.rand(2, 3, size, size + 8, generator=generator),
                      {0: batch, 2: 4 * quarter_h, 3: 4 * quarter_w}),
     }
+    sampler = load_run_sampler(run_dir)
+    (folder / "prior.onnx").unlink(missing_ok=True)  # a mixture run must not pick up an older run's prior
+    if sampler is not None:
+        graphs["prior"] = (sampler, torch.randn(3, latent, generator=generator), {0: batch})
     diffs = {}
     for role, (module, example, dims) in graphs.items():
         path = folder / f"{role}.onnx"
@@ -140,7 +162,7 @@ def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
 def _export_one(module: nn.Module, example: torch.Tensor, dims: dict[int, object], role: str, path: Path,
                 metadata: dict[str, str]) -> None:
     inputs, outputs = {"encoder": (["image"], ["mu", "logvar"]), "decoder": (["z"], ["image"]),
-                       "denoiser": (["image"], ["denoised"])}[role]
+                       "denoiser": (["image"], ["denoised"]), "prior": (["noise"], ["z"])}[role]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), None, input_names=inputs, output_names=outputs,

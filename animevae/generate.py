@@ -17,9 +17,9 @@ from PIL import Image
 from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, file_digest, prepare_output, write_output_file
-from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import CPU, OnnxModel, open_model
+from animevae.sampling import LatentSampler, check_temperature, open_sampler, prior_path_for
 from animevae.shard import Shard
 from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs, writer_processes
 
@@ -32,6 +32,7 @@ class GenerateResult(JobResult):
     """What a generate call did, and where its contact sheet is."""
 
     grid: Path | None = None
+    latents: str = ""
 
 
 def image_name(index: int, count: int) -> str:
@@ -50,6 +51,7 @@ def generate(
     workers: int | None = None,
     reporter: Reporter | None = None,
     shard: Shard = Shard(),
+    temperature: float = 1.0,
 ) -> GenerateResult:
     """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes).
 
@@ -61,16 +63,23 @@ def generate(
         raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
     if seed < 0:
         raise ArgumentError(f"--seed must be 0 or more (got {seed})", "pass --seed 0, for example")
+    check_temperature(temperature)
     latent_dim = int(decoder.metadata["animevae.latent_dim"])
+    prior_path = prior_path_for(decoder.path)
     identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
                 "image_size": int(decoder.metadata["animevae.image_size"])}
+    # Each absent where it has no effect, so folders written before these existed still match.
+    if prior_path:
+        identity["prior_sha256"] = file_digest(prior_path)
+    if temperature != 1.0:
+        identity["temperature"] = temperature
     prepare_output(out_dir, identity, overwrite)
     remove_stale_temps(out_dir)
     mine = [i for i in range(count) if shard.owns_index(i)]
     todo = [i for i in mine if overwrite or not (out_dir / image_name(i, count)).exists()]
     start = time.perf_counter()
     reporter.start(f"generating into {out_dir}", len(todo))
-    job = _Job(str(decoder.path), seed, count, str(out_dir))
+    job = _Job(str(decoder.path), seed, count, str(out_dir), temperature)
     try:
         if decoder.provider == CPU and len(todo) > batch_size and workers != 0:
             failures = _generate_in_workers(job, todo, batch_size, workers or usable_cores(), reporter)
@@ -85,7 +94,8 @@ def generate(
     seconds = time.perf_counter() - start
     shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
     grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
-    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid=grid_path)
+    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid=grid_path,
+                          latents="diffusion prior" if prior_path else "Gaussian mixture")
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,11 @@ class _Job:
     seed: int
     count: int
     out_dir: str
+    temperature: float = 1.0
 
 
-def _decode(decoder: OnnxModel, prior: LatentPrior, job: _Job, indices: list[int]) -> tuple[list[Path], list[np.ndarray]]:
-    z = np.stack([prior.latent(job.seed, i) for i in indices])  # (B, latent)
+def _decode(decoder: OnnxModel, sampler: LatentSampler, job: _Job, indices: list[int]) -> tuple[list[Path], list[np.ndarray]]:
+    z = sampler(job.seed, indices)  # (B, latent)
     pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
     return [Path(job.out_dir) / image_name(i, job.count) for i in indices], list(pixels)
 
@@ -107,7 +118,7 @@ def _decode(decoder: OnnxModel, prior: LatentPrior, job: _Job, indices: list[int
 def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: int, writers: int,
                    reporter: Reporter) -> list[WriteFailure]:
     """Decode in this process (the GPU path, and small jobs); PNGs are written by `writers` processes."""
-    prior = LatentPrior.from_metadata(decoder.metadata)
+    sampler = open_sampler(decoder, job.temperature)
     failures: list[WriteFailure] = []
 
     def on_done(written: int, failed: list[WriteFailure]) -> None:
@@ -116,7 +127,7 @@ def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: i
 
     with PngWriter(writers, on_done) as writer:
         for begin in range(0, len(todo), batch_size):
-            writer.submit(*_decode(decoder, prior, job, todo[begin : begin + batch_size]))
+            writer.submit(*_decode(decoder, sampler, job, todo[begin : begin + batch_size]))
             if failures:
                 break
     return failures
@@ -129,8 +140,7 @@ _worker: dict[str, Any] = {}
 
 def _start_worker(job: _Job) -> None:
     decoder = open_model(Path(job.model_path), "decoder", device="cpu", threads=1)
-    _worker.update(decoder=decoder, job=job,
-                   prior=LatentPrior.from_metadata(decoder.metadata))
+    _worker.update(decoder=decoder, job=job, sampler=open_sampler(decoder, job.temperature, threads=1))
 
 
 def _worker_batch(indices: list[int]) -> list[WriteFailure]:
@@ -138,7 +148,7 @@ def _worker_batch(indices: list[int]) -> list[WriteFailure]:
     # Small decoder calls: one thread runs them as fast as big ones, and activations stay ~30 MB, not ~600.
     for begin in range(0, len(indices), WORKER_DECODE_BATCH):
         chunk = indices[begin : begin + WORKER_DECODE_BATCH]
-        failures += write_pngs(*_decode(_worker["decoder"], _worker["prior"], _worker["job"], chunk))
+        failures += write_pngs(*_decode(_worker["decoder"], _worker["sampler"], _worker["job"], chunk))
     return failures
 
 

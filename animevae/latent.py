@@ -33,6 +33,7 @@ from animevae.models import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel, open_model
+from animevae.sampling import LatentSampler, open_sampler
 from animevae.writer import PngWriter, writer_processes
 
 DECODE_BATCH = 256  # latents per decoder call for strips and grids
@@ -66,6 +67,11 @@ class LatentModels:
     def prior(self) -> LatentPrior:
         """The prior fitted to the training latents (N(0, I) for a model without one)."""
         return LatentPrior.from_metadata(self.decoder.metadata, self.latent_dim)
+
+    @cached_property
+    def sampler(self) -> LatentSampler:
+        """Draws latents as `generate` does (the diffusion prior when the model has one)."""
+        return open_sampler(self.decoder)
 
     @property
     def notes(self) -> list[str]:
@@ -352,14 +358,14 @@ def check_output_file(path: Path, flag: str) -> None:
 
 
 def endpoint_latents(models: LatentModels, images: list[Path], seeds: list[int | None]) -> np.ndarray:
-    """(2, latent): the encoded means of two images, or latent 0 of two seeds drawn from the fitted prior."""
+    """(2, latent): the encoded means of two images, or the latents of image 0 of two seeds, as `generate
+    --seed S` draws them."""
     if images:
         if models.encoder is None:
             raise ModelError("interpolating images needs the encoder", "open the models with need_encoder=True")
         pixels = np.stack([load_square(path, models.image_size) for path in images])
         return encode_images(models.encoder, pixels)[0]
-    prior = models.prior
-    return np.stack([prior.latent(int(seed), 0) for seed in seeds if seed is not None])
+    return np.concatenate([models.sampler(int(seed), [0]) for seed in seeds if seed is not None])
 
 
 def interpolate(models: LatentModels, start: np.ndarray, end: np.ndarray, steps: int, strip: Path,

@@ -10,7 +10,7 @@ from animevae.runs import EXPORT_DIR, list_runs, resolve_run
 
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).with_name("builtin")
-ROLES = ("encoder", "decoder", "denoiser")
+ROLES = ("encoder", "decoder", "denoiser", "prior")
 HALF_DECODER = "decoder.fp16.onnx"  # written by `export --onnx --half`, used by `generate --half` (CUDA only)
 
 

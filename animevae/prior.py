@@ -61,12 +61,15 @@ class LatentPrior:
         return {WEIGHTS_KEY: pack_array(self.weights), MEANS_KEY: pack_array(self.means),
                 TRILS_KEY: pack_array(self.scale_trils)}
 
-    def latent(self, seed: int, index: int) -> np.ndarray:
+    def latent(self, seed: int, index: int, temperature: float = 1.0) -> np.ndarray:
         """The latent of image `index`: (D,) float32, from a generator seeded by (seed, index) alone, so an
-        image never depends on the batch size, the shard or what was generated before it."""
+        image never depends on the batch size, the shard or what was generated before it. `temperature`
+        scales the draw within its component."""
         rng = np.random.default_rng([seed, index])
         component = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.weights) - 1)
         eps = rng.standard_normal(self.means.shape[1], dtype=np.float32)
+        if temperature != 1.0:
+            eps *= np.float32(temperature)
         # One image at a time: no batch-size-dependent BLAS blocking.
         return self.means[component] + self.scale_trils[component] @ eps
 

@@ -22,6 +22,7 @@ CONTRACT = {
     "encoder": (("image",), ("mu", "logvar")),
     "decoder": (("z",), ("image",)),
     "denoiser": (("image",), ("denoised",)),
+    "prior": (("noise",), ("z",)),
 }
 _CUDA_HINT = (
     "install only onnxruntime-gpu (`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`), "

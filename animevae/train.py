@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import signal
@@ -16,10 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
+from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
+from animevae.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.data import folder_fingerprint, load_prepared, manifest_path, prepare_images, save_prepared, split_holdout
 from animevae.devices import choose_precision
+from animevae.diffusion import DDIMSampler, LatentDiffusion
 from animevae.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
@@ -32,6 +35,7 @@ EVAL_NOISE_SEED = 1234
 SAMPLE_COUNT = 16
 DENOISER_CROP = 32
 SKIPPED_SHOWN = 20
+PRIOR_BATCH = 256
 
 
 @dataclass
@@ -89,17 +93,25 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.vae = VAE(config.model).to(device, memory_format=torch.channels_last)
         self.denoiser = Denoiser(config.model).to(device, memory_format=torch.channels_last)
+        self.discriminator = PatchDiscriminator(config.model).to(device, memory_format=torch.channels_last)
+        # The averaged weights serve evaluation, sampling and export; the raw ones keep training.
+        self.ema = copy.deepcopy(self.vae).requires_grad_(False) if config.train.ema_decay > 0 else self.vae
+        self.prior = LatentDiffusion(config.model).to(device)
         # Under torchrun the steps go through DDP wrappers (gradients averaged across ranks); evaluation,
         # sampling and checkpoints use the plain modules.
-        self.vae_step, self.den_step = self.vae, self.denoiser
+        self.vae_step, self.den_step, self.disc_step = self.vae, self.denoiser, self.discriminator
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             self.vae_step = DistributedDataParallel(self.vae)
             self.den_step = DistributedDataParallel(self.denoiser)
+            self.disc_step = DistributedDataParallel(self.discriminator)
         self.loss_fn = VAELoss()
         self.opt_vae = torch.optim.Adam(self.vae.parameters(), lr=config.train.lr)
         self.opt_den = torch.optim.Adam(self.denoiser.parameters(), lr=config.train.denoiser_lr)
+        # VQGAN's discriminator betas: a short momentum keeps up with a moving generator.
+        self.opt_disc = torch.optim.Adam(self.discriminator.parameters(), lr=config.train.lr, betas=(0.5, 0.9))
+        self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=config.train.prior_lr)
         train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
         if len(train_idx) == 0:
             raise DataError("the data set has no images left for training", "add more images")
@@ -127,23 +139,31 @@ class Trainer:
         """Batches in one pass over the training split."""
         return len(self.batch_starts)
 
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every module a checkpoint holds, by name (vae_ema only when it is a separate copy)."""
+        modules = {"vae": self.vae, "denoiser": self.denoiser, "discriminator": self.discriminator, "prior": self.prior}
+        return modules | ({"vae_ema": self.ema} if self.ema is not self.vae else {})
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser a checkpoint holds, by name."""
+        return {"vae": self.opt_vae, "denoiser": self.opt_den, "discriminator": self.opt_disc, "prior": self.opt_prior}
+
     def restore(self, checkpoint: Checkpoint) -> None:
         """Load weights, optimiser state and progress from a checkpoint."""
         try:
-            self.vae.load_state_dict(checkpoint.module_state("vae"))
-            self.denoiser.load_state_dict(checkpoint.module_state("denoiser"))
-            self.opt_vae.load_state_dict(checkpoint.optimizer_state("vae"))
-            self.opt_den.load_state_dict(checkpoint.optimizer_state("denoiser"))
+            for name, module in self.modules.items():
+                module.load_state_dict(checkpoint.module_state(name))
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(checkpoint.optimizer_state(name))
         except (RuntimeError, KeyError, ValueError) as error:
             raise ModelError(f"checkpoint does not fit this model: {error}", "start a new run instead") from None
         self.progress = checkpoint.progress
 
     def save(self, path: Path) -> None:
         """Checkpoint the whole state atomically."""
-        save_checkpoint(
-            path, self.config, {"vae": self.vae, "denoiser": self.denoiser},
-            {"vae": self.opt_vae, "denoiser": self.opt_den}, self.progress, self.generator.get_state(),
-        )
+        save_checkpoint(path, self.config, self.modules, self.optimizers, self.progress, self.generator.get_state())
 
     def epoch_batches(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
         """Index tensors of the epoch's batches from `start`: the shuffle depends on (seed, epoch) only."""
@@ -157,13 +177,15 @@ class Trainer:
         """Short linear warm-up, then cosine decay to 5% over the run (`fraction` of it done)."""
         warm = min(1.0, fraction / 0.02) if fraction < 0.02 else 1.0
         scale = warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0))))
-        for optimizer, base in ((self.opt_vae, self.config.train.lr), (self.opt_den, self.config.train.denoiser_lr)):
+        for optimizer, base in ((self.opt_vae, self.config.train.lr), (self.opt_den, self.config.train.denoiser_lr),
+                                (self.opt_disc, self.config.train.lr)):
             for group in optimizer.param_groups:
                 group["lr"] = base * scale
 
-    def step(self, indices: torch.Tensor) -> dict[str, float]:
-        """One optimiser step of the VAE and one of the denoiser on the same (global) batch of indices;
-        each rank takes its share of it."""
+    def step(self, indices: torch.Tensor, adversarial: bool = False) -> dict[str, float]:
+        """One optimiser step of the VAE (with the adversarial loss and a discriminator step when
+        `adversarial`) and one of the denoiser on the same (global) batch of indices; each rank takes its
+        share of it."""
         ctx = self.ctx
         self.generator.manual_seed((self.config.train.seed * 7_919 + self.progress.step) * ctx.world_size + ctx.rank)
         indices = indices[ctx.rank :: ctx.world_size]
@@ -174,9 +196,17 @@ class Trainer:
         with self._autocast():
             recon, posterior = self.vae_step(batch, self.generator)
             loss, mse, kl = self.loss_fn(batch, recon, posterior)
+        losses = {"loss": loss, "mse": mse, "kl": kl}
+        total = loss
+        if adversarial:
+            losses.update(self._adversarial_losses(batch, recon, loss))
+            total = loss + losses["adv_weight"] * losses["g_loss"]
         self.opt_vae.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.opt_vae.step()
+        self._update_ema()
+        if adversarial:
+            losses["d_loss"] = self._discriminator_step(batch, recon.detach())
         clean = self._crop(batch, DENOISER_CROP)  # (B, 3, c, c): 4x cheaper steps, same conv weights
         sigma = torch.rand(len(clean), generator=self.generator) * self.config.train.noise_sigma_max
         noisy = add_noise(clean, sigma, self.generator)
@@ -187,8 +217,48 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
         self.opt_den.step()
         self.progress.step += 1
-        losses = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "den_mse": den_loss.item()}
-        return ctx.mean(losses)
+        losses["den_mse"] = den_loss
+        return ctx.mean({key: float(value.detach()) for key, value in losses.items()})
+
+    def _adversarial_losses(self, batch: torch.Tensor, recon: torch.Tensor,
+                            rec_loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The decoder's adversarial loss and its adaptive weight. The plain (not DDP) discriminator, frozen,
+        judges the reconstructions, so this backward pass leaves the discriminator's gradients alone."""
+        self.discriminator.requires_grad_(False)
+        with self._autocast():
+            g_loss = generator_loss(self.discriminator(recon))
+        weight = adaptive_weight(rec_loss, g_loss, self.vae.decoder.conv_out.weight) * self.config.train.adversarial_weight
+        self.discriminator.requires_grad_(True)
+        return {"g_loss": g_loss, "adv_weight": weight}
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """One hinge-loss step of the discriminator on the first half of the real images and the second half
+        of the reconstructions (half the cost of both in full, and never an image beside its own
+        reconstruction), as one batch: one forward per backward, as DDP requires. Returns the loss."""
+        half = max(1, len(real) // 2)
+        with self._autocast():
+            logits = self.disc_step(torch.cat([real[:half], fake[half:]]))  # (B, 1, S/8, S/8)
+            d_loss = hinge_discriminator_loss(logits[:half], logits[half:])
+        self.opt_disc.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_disc.step()
+        return d_loss.detach()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, with the decay ramped up over the first steps (an early
+        average of random weights is worthless); BatchNorm statistics too, never the fitted mixture."""
+        if self.ema is self.vae:
+            return
+        decay = min(self.config.train.ema_decay, (1 + self.progress.step) / (10 + self.progress.step))
+        current = self.vae.state_dict()
+        for key, value in self.ema.state_dict().items():
+            if key.startswith("prior_"):
+                continue
+            if value.is_floating_point():
+                value.lerp_(current[key], 1.0 - decay)
+            else:
+                value.copy_(current[key])
 
     def _crop(self, batch: torch.Tensor, size: int) -> torch.Tensor:
         """A random size x size crop per batch (the same window for all images), or the batch if smaller."""
@@ -207,42 +277,94 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """On the held-out split: recon PSNR of decode(mu), and denoise PSNR beside the noisy input's at
         sigma 25 and 50 (noise from a fixed seed, so epochs and runs compare)."""
-        self.vae.eval()
+        self.ema.eval()
         self.denoiser.eval()
         sums: dict[str, float] = {}
         noise_gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
         for begin in range(0, len(self.val_pixels), 256):
             clean = self.val_pixels[begin : begin + 256].float().div_(255.0)
-            scores = {"val_psnr": psnr(self.vae.decoder(self.vae.encode(clean).mode()), clean)}
+            scores = {"val_psnr": psnr(self.ema.decoder(self.ema.encode(clean).mode()), clean)}
             for sigma in EVAL_SIGMAS:
                 noisy = add_noise(clean, float(sigma), noise_gen)
                 scores[f"denoise_psnr_{sigma}"] = psnr(self.denoiser(noisy), clean)
                 scores[f"noisy_psnr_{sigma}"] = psnr(noisy, clean)
             for key, values in scores.items():
                 sums[key] = sums.get(key, 0.0) + values.sum().item()
-        self.vae.train()
+        self.ema.train()
         self.denoiser.train()
         count = max(1, len(self.val_pixels))
         return {key: round(value / count, 3) for key, value in sums.items()}
 
     @torch.no_grad()
+    def posteriors(self, mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, latent) mu and logvar of the training split under the averaged weights (eval mode); with
+        `mirrored`, of the images flipped left-right too (2N rows), as training shows them."""
+        self.ema.eval()
+        moments = []
+        for flip in (False, True) if mirrored else (False,):
+            for begin in range(0, len(self.train_pixels), 512):
+                clean = self.train_pixels[begin : begin + 512].float().div_(255.0)
+                moments.append(self.ema.encoder(clean.flip(3) if flip else clean))
+        self.ema.train()
+        return torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float()
+
     def fit_prior(self) -> None:
-        """Fit the sampling prior to the posteriors of the whole training split (eval mode, no augmentation)."""
-        self.vae.eval()
-        moments = [self.vae.encoder(self.train_pixels[b : b + 512].float().div_(255.0))
-                   for b in range(0, len(self.train_pixels), 512)]
-        self.vae.fit_prior(torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float(),
-                           seed=self.config.train.seed)
-        self.vae.train()
+        """Fit the Gaussian mixture to the posteriors of the whole training split."""
+        self.ema.fit_prior(*self.posteriors(), seed=self.config.train.seed)
+
+    def train_prior(self, seconds: float | None, reporter: Reporter,
+                    stop_requested: Callable[[], bool] = lambda: False) -> dict[str, float]:
+        """Train the diffusion prior on the posterior means of the training split and its mirror image, from
+        fresh weights (the latents it models are final): prior_steps steps, or with `seconds` (a run on a time
+        budget), at least that many and until the time is spent. Without `seconds` it is deterministic."""
+        config = self.config.train
+        latents = self.posteriors(mirrored=True)[0]  # (2N, latent)
+        generator = torch.Generator().manual_seed(config.seed + 17)
+        torch.manual_seed(config.seed + 17)
+        self.prior = LatentDiffusion(self.config.model).to(self.device)
+        self.prior.set_normalisation(latents)
+        self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=config.prior_lr)
+        start, steps, total = time.monotonic(), 0, 0.0
+        reporter.start("training the latent prior", None)
+        while steps < config.prior_steps or (seconds is not None and time.monotonic() - start < seconds):
+            by_time = (time.monotonic() - start) / max(seconds, 1e-9) if seconds is not None else 0.0
+            done = max(steps / config.prior_steps, by_time)
+            for group in self.opt_prior.param_groups:
+                group["lr"] = config.prior_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
+            batch = latents[torch.randint(len(latents), (PRIOR_BATCH,), generator=generator).to(latents.device)]
+            loss = self.prior.loss(batch, generator)
+            self.opt_prior.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_prior.step()
+            steps, total = steps + 1, total + loss.item()
+            reporter.advance(1, prior_loss=loss.item())
+            if stop_requested():
+                raise KeyboardInterrupt
+        reporter.stop()
+        self.prior.eval()
+        self.progress.extra[PRIOR_TRAINED] = True
+        return {"prior_loss": round(total / steps, 5), "prior_steps": steps}
+
+    @property
+    def prior_trained(self) -> bool:
+        """Whether samples come from the trained diffusion prior (else from the mixture)."""
+        return self.config.model.prior == "diffusion" and bool(self.progress.extra.get(PRIOR_TRAINED))
+
+    @torch.no_grad()
+    def sample_latents(self) -> torch.Tensor:
+        """The sheet's fixed draws, (SAMPLE_COUNT, latent): through the diffusion prior once trained."""
+        if self.prior_trained:
+            return DDIMSampler(self.prior, self.config.model.prior_sampling_steps)(self.sample_z.to(self.device))
+        return self.ema.sample_latent(self.sample_z.to(self.device), self.sample_u.to(self.device))
 
     @torch.no_grad()
     def sample_sheet(self) -> np.ndarray:
         """Row 1: validation images; row 2: their reconstructions; rows 3-4: samples from fixed latents."""
-        self.vae.eval()
+        self.ema.eval()
         clean = self.val_pixels[:8].float().div_(255.0)
-        rows = [clean, self.vae.decoder(self.vae.encode(clean).mode())] if len(clean) else []
-        rows.append(self.vae.decoder(self.vae.sample_latent(self.sample_z.to(self.device), self.sample_u.to(self.device))))
-        self.vae.train()
+        rows = [clean, self.ema.decoder(self.ema.encode(clean).mode())] if len(clean) else []
+        rows.append(self.ema.decoder(self.sample_latents()))
+        self.ema.train()
         return contact_sheet(to_uint8(torch.cat(rows).float().cpu().numpy()))
 
 
@@ -331,6 +453,9 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
     config, progress, ctx = trainer.config.train, trainer.progress, trainer.ctx
     total_steps = config.epochs * trainer.batches_per_epoch if config.epochs else None
     budget_s = config.max_minutes * 60.0 if config.max_minutes else None
+    with_prior = trainer.config.model.prior == "diffusion"
+    # The VAE phase leaves the last prior_share of the budget to the diffusion prior.
+    vae_budget_s = budget_s * (1.0 - config.prior_share) if budget_s and with_prior else budget_s
     session_start, last_save = time.monotonic(), time.monotonic()
     elapsed_before, steps_before = progress.elapsed_s, progress.step
     metrics: dict[str, float] = {}
@@ -344,8 +469,11 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
 
     def fraction() -> float:
         by_steps = progress.step / total_steps if total_steps else 0.0
-        by_time = shared_elapsed / budget_s if budget_s else 0.0
+        by_time = shared_elapsed / vae_budget_s if vae_budget_s else 0.0
         return max(by_steps, by_time)
+
+    def prior_seconds() -> float | None:
+        return max(0.0, budget_s - elapsed()) if budget_s else None
 
     def save() -> None:
         nonlocal last_save
@@ -360,26 +488,36 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
     reporter.advance(progress.step)
     with _deferred_interrupt() as stop_requested:
         try:
-            while (config.epochs is None or progress.epoch < config.epochs) and fraction() < 1.0:
-                for indices in trainer.epoch_batches(progress.epoch, progress.batch):
-                    trainer.set_lr(fraction())
-                    losses = trainer.step(indices)
-                    progress.batch += 1
-                    reporter.advance(1, epoch=progress.epoch + 1, **losses)
-                    shared_elapsed, stop = ctx.max([elapsed(), float(stop_requested())])
-                    if stop:
-                        raise KeyboardInterrupt
-                    if budget_s and shared_elapsed >= budget_s:
-                        raise Stop
-                    if time.monotonic() - last_save > config.checkpoint_minutes * 60:
-                        save()
+            try:
+                while (config.epochs is None or progress.epoch < config.epochs) and fraction() < 1.0:
+                    for indices in trainer.epoch_batches(progress.epoch, progress.batch):
+                        trainer.set_lr(fraction())
+                        adversarial = config.adversarial_weight > 0 and fraction() >= config.adversarial_start
+                        losses = trainer.step(indices, adversarial=adversarial)
+                        progress.batch += 1
+                        reporter.advance(1, epoch=progress.epoch + 1, **losses)
+                        shared_elapsed, stop = ctx.max([elapsed(), float(stop_requested())])
+                        if stop:
+                            raise KeyboardInterrupt
+                        if vae_budget_s and shared_elapsed >= vae_budget_s:
+                            raise Stop
+                        if time.monotonic() - last_save > config.checkpoint_minutes * 60:
+                            save()
+                    progress.elapsed_s = elapsed()
+                    metrics = _end_epoch(trainer, run_dir, losses, partial=False)
+                    progress.epoch, progress.batch = progress.epoch + 1, 0
+                    save()
+            except Stop:
                 progress.elapsed_s = elapsed()
-                metrics = _end_epoch(trainer, run_dir, losses, partial=False)
-                progress.epoch, progress.batch = progress.epoch + 1, 0
-                save()
-        except Stop:
-            progress.elapsed_s = elapsed()
-            metrics = _end_epoch(trainer, run_dir, losses, partial=True)
+                if not with_prior:
+                    metrics = _end_epoch(trainer, run_dir, losses, partial=True)
+            if with_prior and not trainer.prior_trained and ctx.is_main:
+                reporter.stop()
+                prior_stats = trainer.train_prior(prior_seconds(), reporter, stop_requested)
+                progress.elapsed_s = elapsed()
+                # The report of the last (possibly partial) epoch, made again with samples from the new prior.
+                metrics = _end_epoch(trainer, run_dir, {**losses, **prior_stats}, partial=progress.batch > 0,
+                                     epoch=progress.epoch + (1 if progress.batch > 0 else 0))
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -390,17 +528,20 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                        images / max(1e-9, time.monotonic() - session_start), ctx.is_main)
 
 
-def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: bool) -> dict[str, float]:
-    """Fit the prior, evaluate, write metrics and samples: rank 0 only (the others wait at the next step)."""
+def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: bool,
+               epoch: int | None = None) -> dict[str, float]:
+    """Fit the mixture, evaluate, write metrics and samples for epoch number `epoch` (default: the one
+    running): rank 0 only (the others wait at the next step)."""
     if not trainer.ctx.is_main:
         return {}
     progress = trainer.progress
+    epoch = progress.epoch + 1 if epoch is None else epoch
     trainer.fit_prior()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
-    record = {"epoch": progress.epoch + 1, "step": progress.step, "partial": partial,
+    record = {"epoch": epoch, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}
     _append_metrics(run_dir / "metrics.jsonl", record)
-    save_png_atomic(run_dir / "samples" / f"epoch_{progress.epoch + 1:04d}.png", trainer.sample_sheet())
+    save_png_atomic(run_dir / "samples" / f"epoch_{epoch:04d}.png", trainer.sample_sheet())
     return metrics
 
 

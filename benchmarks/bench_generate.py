@@ -2,8 +2,10 @@
 
 Measures, each `--repeats` times (medians reported):
   D      the decoder alone through onnxruntime (all cores, best of the batch sizes tried), images/s
+  P      the latent prior alone (prior.onnx's DDIM steps, or the mixture draws), same threads, images/s;
+         P's cost as a share of D's is printed (the target: under 10%)
   W      PNG encoding + atomic writing alone (Pillow, a process pool of one worker per core), images/s
-  bound  1 / (1/D + 1/W): no pipeline sharing these cores can beat it
+  bound  1 / (1/D + 1/W): no pipeline sharing these cores can beat it without the prior, which `ours` pays too
   naive  the loop the usual VAE repositories use: decode a batch, torchvision `save_image` per image, one process
   ours   `animevae generate --count N` as a whole process (start-up included)
 and prints ours/bound and ours/naive.
@@ -31,16 +33,18 @@ import numpy as np
 
 from animevae.fileio import to_uint8
 from animevae.models import choose_model
-from animevae.prior import LatentPrior
 from animevae.runtime import open_model
+from animevae.sampling import open_sampler
 from animevae.writer import usable_cores, write_pngs
 
 
-def latents(decoder, count: int) -> np.ndarray:
-    """(count, latent) float32: the latents generate would use for seed 0."""
-    dim = int(decoder.metadata["animevae.latent_dim"])
-    prior = LatentPrior.from_metadata(decoder.metadata, dim)
-    return np.stack([prior.latent(0, i) for i in range(count)])
+def prior_rate(sampler, count: int, batch: int) -> float:
+    """Images/s of drawing latents alone (noise + prior), as generate does for seed 0."""
+    sampler(0, list(range(batch)))  # warm-up
+    start = time.perf_counter()
+    for begin in range(0, count, batch):
+        sampler(0, list(range(begin, min(count, begin + batch))))
+    return count / (time.perf_counter() - start)
 
 
 def decode_rate(decoder, z: np.ndarray, batch: int) -> float:
@@ -101,12 +105,14 @@ def main() -> None:
     model_arg = str(choice.path("decoder")) if args.model != "builtin" else "builtin"
     cores = usable_cores()
     decoder = open_model(choice.path("decoder"), "decoder", device="cpu", threads=cores)
-    z = latents(decoder, args.count)
+    sampler = open_sampler(decoder, threads=cores)
+    z = np.concatenate([sampler(0, list(range(b, min(args.count, b + 256)))) for b in range(0, args.count, 256)])
     images = to_uint8(decoder.run(z[:1024])[0])
     images = np.concatenate([images] * (-(-args.count // len(images))))[: args.count]
-    results: dict[str, list[float]] = {"D": [], "W": [], "naive": [], "ours": []}
+    results: dict[str, list[float]] = {"D": [], "P": [], "W": [], "naive": [], "ours": []}
     for repeat in range(args.repeats):
         results["D"].append(max(decode_rate(decoder, z[: min(len(z), 4096)], batch) for batch in (64, 256)))
+        results["P"].append(max(prior_rate(sampler, min(len(z), 4096), batch) for batch in (32, 256)))
         for key, run in (("W", lambda f: write_rate(images, f, cores)),
                          ("naive", lambda f: naive_rate(decoder, z, f)),
                          ("ours", lambda f: ours_rate(args.count, f, model_arg))):
@@ -121,6 +127,8 @@ def main() -> None:
     where = args.dir or Path(tempfile.gettempdir())
     print(f"\n{cores} cores, {args.count} images into {where}, medians of {args.repeats} runs (images/s):")
     print(f"  D (decoder alone)            {median['D']:8.0f}")
+    print(f"  P (latent prior alone, {sampler.kind}) {median['P']:8.0f}: its cost is "
+          f"{100 * median['D'] / median['P']:.1f}% of the decoder's")
     print(f"  W (PNG encode + write alone) {median['W']:8.0f}")
     print(f"  bound 1/(1/D + 1/W)          {bound:8.0f}")
     print(f"  naive loop (save_image)      {median['naive']:8.0f}")

@@ -13,7 +13,7 @@ cd "$work"
 animevae train faces-dev --max-minutes 10 --name builtin --seed 0 --quiet
 animevae export --onnx --run builtin
 tail -n 1 runs/builtin/metrics.jsonl
-cp runs/builtin/export/encoder.onnx runs/builtin/export/decoder.onnx runs/builtin/export/denoiser.onnx \
+cp runs/builtin/export/encoder.onnx runs/builtin/export/decoder.onnx runs/builtin/export/denoiser.onnx runs/builtin/export/prior.onnx \
    runs/builtin/export/model.json "$repo/animevae/builtin/"
 cp runs/builtin/metrics.jsonl "$repo/animevae/builtin/metrics.jsonl"
 echo "built-in model updated in $repo/animevae/builtin/"

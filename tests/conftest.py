@@ -92,8 +92,8 @@ def runs_copy(trained_run: TrainedRun, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_models(trained_run: TrainedRun) -> dict[str, object]:
-    """The session run's encoder, decoder and denoiser opened on the CPU."""
+    """The session run's encoder, decoder, denoiser and latent prior opened on the CPU."""
     from animevae.runtime import open_model
 
     return {role: open_model(trained_run.export_dir / f"{role}.onnx", role, device="cpu")
-            for role in ("encoder", "decoder", "denoiser")}
+            for role in ("encoder", "decoder", "denoiser", "prior")}

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # The tiny model every API-level test trains: fast on 2 CPU cores, still every code path.
-TINY_MODEL = {"image_size": 16, "latent_dim": 8, "channels": (8, 16), "denoiser_width": 8, "denoiser_blocks": 1}
+TINY_MODEL = {"image_size": 16, "latent_dim": 8, "channels": (8, 16), "denoiser_width": 8, "denoiser_blocks": 1,
+              "prior_width": 16, "prior_blocks": 1, "disc_channels": 4}
 # Common CLI flags that keep a command on the CPU and quiet.
 CPU = ["--device", "cpu", "-q"]
 

@@ -20,7 +20,7 @@ from animevae.export import MAX_ABS_DIFF, export_run, load_run_models
 from animevae.fileio import to_uint8
 from helpers import assert_cli_error, assert_ok, temp_leftovers
 
-ROLES = ("encoder", "decoder", "denoiser")
+ROLES = ("encoder", "decoder", "denoiser", "prior")
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[object]:
@@ -32,9 +32,9 @@ def protos(trained_run) -> dict[str, onnx.ModelProto]:
     return {role: onnx.load(str(trained_run.export_dir / f"{role}.onnx")) for role in ROLES}
 
 
-def test_export_writes_three_models_and_a_report(trained_run) -> None:
+def test_export_writes_four_models_and_a_report(trained_run) -> None:
     names = sorted(p.name for p in trained_run.export_dir.iterdir())
-    assert names == ["decoder.onnx", "denoiser.onnx", "encoder.onnx", "model.json"]
+    assert names == ["decoder.onnx", "denoiser.onnx", "encoder.onnx", "model.json", "prior.onnx"]
     assert temp_leftovers(trained_run.export_dir) == []
     assert set(trained_run.max_abs_diff) == set(ROLES)
     assert all(0.0 <= diff <= MAX_ABS_DIFF for diff in trained_run.max_abs_diff.values())

@@ -91,13 +91,13 @@ def test_same_seed_gives_identical_files_for_any_batch_size(runner, trained_run,
     assert outputs[1] == outputs[7] == outputs[64]
     assert len(set(outputs[1].values())) > 1  # different latents, different pictures
 
-    # Per index: a shorter run gives the same first images; image i decodes the prior's latent (seed, i).
+    # Per index: a shorter run gives the same first images; image i decodes prior.onnx's latent of the
+    # standard-normal noise drawn by a generator seeded (seed, i).
     short = tmp_path / "short"
     assert_ok(_generate(runner, trained_run, short, "--count", "5"))
     assert _pngs(short) == {name: data for name, data in outputs[1].items() if int(name[:6]) < 5}
-    prior = LatentPrior.from_metadata(onnx_models["decoder"].metadata, 8)
-    z = np.stack([prior.latent(0, i) for i in (0, 13)])
-    expected = to_uint8(onnx_models["decoder"].run(z)[0])
+    noise = np.stack([np.random.default_rng([0, i]).standard_normal(8, dtype=np.float32) for i in (0, 13)])
+    expected = to_uint8(onnx_models["decoder"].run(onnx_models["prior"].run(noise)[0])[0])
     assert np.array_equal(read_rgb(tmp_path / "b7" / "000000.png"), expected[0])
     assert np.array_equal(read_rgb(tmp_path / "b7" / "000013.png"), expected[1])
 
@@ -324,3 +324,56 @@ def test_a_shard_with_no_images_writes_no_grid(runner, trained_run, tmp_path: Pa
                        str(tmp_path / "g.png"))
     assert_ok(result)
     assert "wrote 0 images" in result.output and not (tmp_path / "g.png").exists()
+
+
+# --- latent prior and temperature ---------------------------------------------------------------
+
+
+@pytest.fixture
+def mixture_export(trained_run, tmp_path: Path) -> Path:
+    """The session export without prior.onnx: a model that samples from the mixture in its metadata."""
+    folder = tmp_path / "mixture"
+    folder.mkdir()
+    for role in ("encoder", "decoder", "denoiser"):
+        (folder / f"{role}.onnx").write_bytes((trained_run.export_dir / f"{role}.onnx").read_bytes())
+    return folder
+
+
+def test_without_prior_onnx_images_decode_the_mixture_draw(runner, mixture_export: Path, tmp_path: Path,
+                                                            onnx_models) -> None:
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["generate", "--out", str(out), "--model", str(mixture_export), "--count", "3", *CPU])
+    assert_ok(result)
+    assert "latents from the Gaussian mixture" in " ".join(result.output.split())
+    prior = LatentPrior.from_metadata(onnx_models["decoder"].metadata, 8)
+    expected = to_uint8(onnx_models["decoder"].run(np.stack([prior.latent(0, i) for i in range(3)]))[0])
+    assert all(np.array_equal(read_rgb(out / f"{i:06d}.png"), expected[i]) for i in range(3))
+
+
+def test_temperature_scales_the_noise_and_is_part_of_the_folder_identity(runner, trained_run, tmp_path: Path,
+                                                                        onnx_models) -> None:
+    cool = tmp_path / "cool"
+    assert_ok(_generate(runner, trained_run, cool, "--count", "3", "--temperature", "0.5"))
+    noise = np.stack([np.random.default_rng([0, i]).standard_normal(8, dtype=np.float32) for i in range(3)])
+    expected = to_uint8(onnx_models["decoder"].run(onnx_models["prior"].run(0.5 * noise)[0])[0])
+    assert all(np.array_equal(read_rgb(cool / f"{i:06d}.png"), expected[i]) for i in range(3))
+    assert json.loads((cool / MANIFEST_NAME).read_text())["temperature"] == 0.5
+    # The same folder at another temperature would mix two sets of images: refused.
+    assert_cli_error(_generate(runner, trained_run, cool, "--count", "3"), "--overwrite")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2.5"])
+def test_temperature_outside_its_range_is_refused(runner, trained_run, tmp_path: Path, value: str) -> None:
+    result = _generate(runner, trained_run, tmp_path / "g", "--count", "2", "--temperature", value)
+    assert_cli_error(result, "--temperature must be in (0, 2]")
+    assert not (tmp_path / "g").exists()
+
+
+def test_interpolating_seeds_starts_at_generates_first_image(runner, trained_run, tmp_path: Path, onnx_models) -> None:
+    from animevae.latent import endpoint_latents, open_latent_models
+
+    models = open_latent_models(trained_run.runs_dir, "run", None, "cpu", need_encoder=False)
+    start, end = endpoint_latents(models, [], [4, 9])
+    for seed, latent in ((4, start), (9, end)):
+        noise = np.random.default_rng([seed, 0]).standard_normal(8, dtype=np.float32)[None]
+        np.testing.assert_array_equal(latent, onnx_models["prior"].run(noise)[0][0])

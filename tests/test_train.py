@@ -61,7 +61,9 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     config = json.loads((run / "config.json").read_text())
     assert config["name"] == "run"
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
-                               "denoiser_blocks": 1, "prior_components": 10, "upsample": "transpose"}
+                               "denoiser_blocks": 1, "prior_components": 10, "upsample": "transpose",
+                               "prior": "diffusion", "prior_width": 16, "prior_blocks": 1,
+                               "prior_sampling_steps": 10, "disc_channels": 4}
     assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 16
     assert config["train"]["precision"] == "fp32"
     assert config["train"]["data_source"] == str(trained_run.data_dir)
@@ -204,7 +206,8 @@ def test_failed_train_leaves_no_run_folder(tmp_path: Path, tiny_model_config: Mo
 
 def test_a_final_batch_of_one_image_joins_the_one_before(image_dir: Path, tmp_path: Path) -> None:
     # 40 images -> 36 for training; batches of 35 would leave one image (BatchNorm needs two) for a last batch.
-    config = ModelConfig(image_size=16, latent_dim=8, channels=(8, 8, 8), denoiser_width=8, denoiser_blocks=1)
+    config = ModelConfig(image_size=16, latent_dim=8, channels=(8, 8, 8), denoiser_width=8, denoiser_blocks=1,
+                         prior_width=16, prior_blocks=1, disc_channels=4)
     assert config.base_size == 2
     result = train(image_dir, config, TrainConfig(epochs=1, batch_size=35, precision="fp32"), tmp_path / "runs",
                    device="cpu")
@@ -338,3 +341,79 @@ def test_train_on_cuda_without_a_gpu_fails_before_creating_anything(
 def test_training_writes_nothing_into_the_data_folder(trained_run) -> None:
     # The data folder is read, never written (the prepared copy goes to runs/.cache, not beside the folder).
     assert sorted(p.name for p in trained_run.data_dir.iterdir()) == [f"face{i:03d}.png" for i in range(40)]
+
+
+# --- adversarial loss, weight averaging, latent prior --------------------------------------------------
+
+
+def _trainer(tiny_model_config: ModelConfig, **train_options: Any):
+    from animevae.distributed import DistContext
+    from animevae.config import RunConfig
+    from animevae.train import Trainer
+    from helpers import blob_image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = np.stack([np.asarray(blob_image(rng)) for _ in range(24)])  # (24, 16, 16, 3) uint8
+    config = RunConfig(name="t", model=tiny_model_config, train=TrainConfig(batch_size=8, precision="fp32", val_size=4,
+                                                                            **train_options))
+    return Trainer(config, images, [f"{i:064x}" for i in range(24)], DistContext())
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_adversarial_steps_train_the_discriminator_and_plain_steps_leave_it(tiny_model_config: ModelConfig) -> None:
+    trainer = _trainer(tiny_model_config)
+    before = _weights(trainer.discriminator)
+    losses = trainer.step(torch.arange(8), adversarial=False)
+    assert "d_loss" not in losses and all(torch.equal(before[k], v) for k, v in trainer.discriminator.state_dict().items())
+    losses = trainer.step(torch.arange(8), adversarial=True)
+    assert {"g_loss", "d_loss", "adv_weight"} <= losses.keys() and losses["adv_weight"] > 0
+    changed = [k for k, v in trainer.discriminator.state_dict().items() if not torch.equal(before[k], v)]
+    assert "layers.0.weight" in changed
+    assert all(p.requires_grad for p in trainer.discriminator.parameters())  # unfrozen after the decoder's pass
+
+
+def test_ema_follows_the_weights_at_the_ramped_decay_and_keeps_the_fitted_mixture(tiny_model_config: ModelConfig) -> None:
+    trainer = _trainer(tiny_model_config, ema_decay=0.9)
+    trainer.ema.prior_means.fill_(7.0)  # stands for a fitted mixture: the average must never overwrite it
+    for _ in range(3):
+        old_ema = _weights(trainer.ema)
+        step = trainer.progress.step
+        trainer.step(torch.arange(8))
+        decay = min(0.9, (1 + step) / (10 + step))
+        new = trainer.vae.state_dict()
+        for key, value in trainer.ema.state_dict().items():
+            if key.startswith("prior_"):
+                assert torch.equal(value, old_ema[key])
+            elif value.is_floating_point():
+                torch.testing.assert_close(value, old_ema[key] * decay + new[key] * (1 - decay))
+    assert (trainer.ema.prior_means == 7.0).all()
+    assert _trainer(tiny_model_config, ema_decay=0.0).ema is not None
+
+
+def test_the_prior_trains_on_the_final_latents_and_exports_beside_the_decoder(trained_run) -> None:
+    from animevae.export import load_run_sampler
+
+    checkpoint = load_checkpoint(trained_run.run_dir / "last.safetensors")
+    assert checkpoint.progress.extra["prior_trained"] is True
+    records = read_jsonl(trained_run.run_dir / "metrics.jsonl")
+    assert records[-1]["prior_steps"] == 1000 and records[-1]["prior_loss"] > 0
+    sampler = load_run_sampler(trained_run.run_dir)
+    assert sampler is not None and len(sampler.schedule) == 10
+    assert (trained_run.export_dir / "prior.onnx").is_file()
+
+
+def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_path: Path,
+                                                          tiny_model_config: ModelConfig) -> None:
+    from animevae.export import export_run, load_run_sampler
+
+    config = replace(tiny_model_config, prior="mixture")
+    result = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",
+                   device="cpu")
+    assert "prior_steps" not in read_jsonl(result.run_dir / "metrics.jsonl")[-1]
+    assert load_run_sampler(result.run_dir) is None
+    export_run(result.run_dir)
+    assert not (result.run_dir / "export" / "prior.onnx").exists()

@@ -1,0 +1,65 @@
+"""Realism of an exported model, scored by a converged real-vs-generated CNN (animevae.realism).
+
+Samples and reconstructions come through onnxruntime, exactly as `generate` and `augment` make them, so this
+scores what users get. Real images: the training split for the classifier to learn from, the held-out split
+(the same content-hash split as training) to be scored on.
+
+    python benchmarks/realism.py --data faces-dev --model builtin [--per-class 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from animevae.data import split_holdout
+from animevae.models import choose_model
+from animevae.progress import SilentReporter
+from animevae.realism import realism_score
+from animevae.runtime import open_model
+from animevae.sampling import open_sampler
+from animevae.train import load_training_images
+
+
+def _decode(decoder, z: np.ndarray) -> torch.Tensor:
+    """(N, latent) -> (N, 3, S, S) in [0, 1], quantised to 8 bits as saved PNGs are."""
+    out = np.concatenate([decoder.run(z[b : b + 256])[0] for b in range(0, len(z), 256)])
+    return torch.from_numpy(np.round(np.clip(out, 0, 1) * 255) / 255).float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", default="builtin", help="export folder, or builtin")
+    parser.add_argument("--per-class", type=int, default=1000, help="training images per class")
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    args = parser.parse_args()
+    choice = choose_model(args.runs_dir, None, args.model)
+    encoder = open_model(choice.path("encoder"), "encoder", "cpu")
+    decoder = open_model(choice.path("decoder"), "decoder", "cpu")
+    size = int(decoder.metadata["animevae.image_size"])
+    images, hashes = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
+    train_idx, val_idx = split_holdout(hashes, len(images), args.val_size)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    real_train, real_test = pixels[torch.from_numpy(train_idx[: args.per_class])], pixels[torch.from_numpy(val_idx)]
+    sampler = open_sampler(decoder, args.temperature)
+    started = time.perf_counter()
+    fakes = _decode(decoder, sampler(1, list(range(args.per_class + len(real_test)))))
+    sample = realism_score(real_train, fakes[: args.per_class], real_test, fakes[args.per_class :])
+    mu_train = np.concatenate([encoder.run(real_train[b : b + 256].numpy())[0] for b in range(0, len(real_train), 256)])
+    mu_test = encoder.run(real_test.numpy())[0]
+    recon = realism_score(real_train, _decode(decoder, mu_train), real_test, _decode(decoder, mu_test))
+    print(json.dumps({"model": choice.origin, "latents": sampler.kind, "temperature": args.temperature,
+                      "samples": sample.__dict__, "reconstructions": recon.__dict__,
+                      "seconds": round(time.perf_counter() - started, 1)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
