@@ -375,6 +375,7 @@ def info(
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
     from animevae.models import choose_model
     from animevae.runtime import available_providers, open_model
+    from animevae.sampling import prior_path_for
 
     choice = choose_model(runs_dir, run, model)
     decoder = open_model(choice.path("decoder"), "decoder", device)
@@ -383,6 +384,8 @@ def info(
     console.print(f"  files: {choice.folder}")
     for key in ("run", "version", "format_version", "image_size", "latent_dim", "training_data"):
         console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
+    prior = prior_path_for(decoder.path)
+    console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}")
     console.print(f"onnxruntime providers available: {', '.join(available_providers())}")
     console.print(f"--device {device} runs on: {decoder.provider}")
     if decoder.fallback_note:

@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--run", type=Path, nargs="+", required=True)
     parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--samples", nargs="*", default=["ema/diffusion", "ema/mixture", "raw/diffusion"],
+                        help="WEIGHTS/PRIOR pairs whose samples are scored (weights: ema or raw)")
+    parser.add_argument("--recon", nargs="*", default=["ema", "raw"], help="weights whose reconstructions are scored")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     args = parser.parse_args()
     for run_dir in args.run:
@@ -56,24 +59,29 @@ def main() -> None:
         held_nn, _ = nearest_distances(held_out, train_images)
         threshold = torch.quantile(held_nn, 0.01).item()
         held_diversity = mean_pairwise_distance(held_out)
-        variants = {"ema": ema_vae, "raw": _raw_vae(run_dir)} if config.train.ema_decay > 0 else {"raw": ema_vae}
-        for weights, vae in variants.items():
+        weights = {"ema": ema_vae, "raw": _raw_vae(run_dir)}
+        for name in args.recon:
+            vae = weights[name]
             recon_psnr, _ = reconstruction_scores(vae, held_out)
             recon = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
                                   as_saved(reconstruct(vae, held_out)))
-            priors = {"mixture": None} | ({"diffusion": sampler} if sampler is not None else {})
-            for prior_name, prior in priors.items():
-                for temperature in args.temperatures:
-                    drawn = as_saved(draw_samples(vae, len(real_train) + len(held_out), seed=1, sampler=prior,
-                                                  temperature=temperature))
-                    sample = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
-                    sample_nn, _ = nearest_distances(drawn[:1000], train_images)
-                    print(json.dumps({
-                        "run": run_dir.name, "weights": weights, "prior": prior_name, "temperature": temperature,
-                        "recon_psnr": round(recon_psnr, 2), "recon_accuracy": recon.accuracy, "recon_auc": recon.auc,
-                        "samples_accuracy": sample.accuracy, "samples_auc": sample.auc,
-                        "diversity": round(mean_pairwise_distance(drawn) / held_diversity, 3),
-                        "copy_rate": round((sample_nn < threshold).float().mean().item(), 4)}), flush=True)
+            print(json.dumps({"run": run_dir.name, "weights": name, "recon_psnr": round(recon_psnr, 2),
+                              "recon_accuracy": recon.accuracy, "recon_auc": recon.auc}), flush=True)
+        for pair in args.samples:
+            name, prior_name = pair.split("/")
+            prior = sampler if prior_name == "diffusion" else None
+            if prior_name == "diffusion" and sampler is None:
+                continue
+            for temperature in args.temperatures:
+                drawn = as_saved(draw_samples(weights[name], len(real_train) + len(held_out), seed=1, sampler=prior,
+                                              temperature=temperature))
+                sample = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
+                sample_nn, _ = nearest_distances(drawn[:1000], train_images)
+                print(json.dumps({
+                    "run": run_dir.name, "weights": name, "prior": prior_name, "temperature": temperature,
+                    "samples_accuracy": sample.accuracy, "samples_auc": sample.auc,
+                    "diversity": round(mean_pairwise_distance(drawn) / held_diversity, 3),
+                    "copy_rate": round((sample_nn < threshold).float().mean().item(), 4)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -248,13 +248,14 @@ def test_prepare_train_export_generate_denoise(runner, image_dir: Path, tmp_path
 
     exported = runner.invoke(app, ["export", "--onnx"])
     assert_ok(exported)
-    assert exported.output.count("max abs difference from PyTorch") == 3
+    assert exported.output.count("max abs difference from PyTorch") == 4  # encoder, decoder, denoiser, prior
 
     info = runner.invoke(app, ["info", "--device", "cpu"])
     assert_ok(info)
     assert "model: run 'run'" in info.output
     assert "latent_dim: 8" in info.output and "image_size: 16" in info.output
     assert "--device cpu runs on: CPUExecutionProvider" in info.output
+    assert "latents: diffusion prior (prior.onnx)" in info.output
 
     generated = runner.invoke(app, ["generate", "--count", "6", *CPU])
     assert_ok(generated)
