@@ -25,6 +25,8 @@ from animevae.train import load_training_images
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)
 REPORT_NAME = "evaluation.json"
+# Diversity needs a pair of held-out images; the classifier one to train on and one to test on, per side.
+MIN_HELD_OUT = 2
 
 
 @dataclass
@@ -40,16 +42,18 @@ class QualityReport:
     noisy_psnr: dict[str, float]
     samples: int
     # Mean pairwise RMS distance between samples, divided by the same between held-out images (1.0: as varied).
-    sample_diversity: float
+    sample_diversity: float | None
     # Fraction of samples closer to their nearest training image than 99% of held-out images are to theirs.
     copy_rate: float
     nn_distance_samples_median: float
     nn_distance_held_out_median: float
     # Accuracy of a small CNN telling held-out images from samples, on images it did not train on (0.5: can't).
-    real_vs_generated_accuracy: float
+    real_vs_generated_accuracy: float | None
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # Measures the set is too small for (None above): they need at least MIN_HELD_OUT held-out images.
+    not_measurable: list[str] = field(default_factory=list)
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -204,18 +208,22 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
     sources = _sources(data, len(images), runs_dir / ".cache")
     train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
+    enough = len(held_out) >= MIN_HELD_OUT  # sets of 2-19 images hold out one
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
         recon_psnr=round(recon_psnr, 3), recon_ssim=round(recon_ssim, 4),
         denoise_psnr=denoised, noisy_psnr=noisy, samples=samples,
-        sample_diversity=round(mean_pairwise_distance(generated) / max(1e-9, mean_pairwise_distance(held_out)), 4),
+        sample_diversity=round(mean_pairwise_distance(generated) / max(1e-9, mean_pairwise_distance(held_out)), 4)
+        if enough else None,
         copy_rate=round((sample_nn < threshold).float().mean().item(), 4),
         nn_distance_samples_median=round(sample_nn.median().item(), 4),
         nn_distance_held_out_median=round(held_nn.median().item(), 4) if len(held_nn) else math.nan,
-        real_vs_generated_accuracy=round(classifier_accuracy(held_out, generated, classifier_seconds), 4),
+        real_vs_generated_accuracy=round(classifier_accuracy(held_out, generated, classifier_seconds), 4)
+        if enough else None,
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
     )
+    report.not_measurable = [] if enough else ["sample_diversity", "real_vs_generated_accuracy"]
     report.seconds = round(time.monotonic() - started, 1)
     write_json_atomic(run_dir / REPORT_NAME, asdict(report))
     return report
