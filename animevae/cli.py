@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -72,7 +74,8 @@ def reports_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except AnimeVAEError as error:
             if os.environ.get("ANIMEVAE_DEBUG") == "1":
                 raise
@@ -93,6 +96,24 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what schedulers and `kill` send) takes the Ctrl-C path: the same clean stop, exit 130."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: no signal handlers there
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def version_callback(value: bool) -> None:
@@ -136,17 +157,15 @@ def prepare(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Packed set to write (default: FOLDER.safetensors beside the folder).")] = None,
     image_size: Annotated[int, typer.Option("--image-size", min=8, max=1024, help="Side of the square images.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file that is not a set of ours.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Decode, square, resize and deduplicate a folder of images into a packed training set."""
-    from animevae.data import count_images, manifest_path, prepare_images, save_prepared
-
-    from animevae.errors import OutputError
+    from animevae.data import check_prepare_target, count_images, manifest_path, prepare_images, save_prepared
 
     started = time.perf_counter()
     out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
-    if out.is_dir():
-        raise OutputError(f"--out {out} is a folder", "pass a file path such as faces.safetensors")
+    check_prepare_target(out, folder, overwrite)
     reporter = RichReporter(quiet)
     reporter.start(f"preparing {folder}", count_images(folder))
     try:
@@ -198,8 +217,13 @@ def train(
         raise DataError(str(error), "use an image size that is a multiple of 16, such as 64") from None
     train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                denoiser_lr=lr, seed=seed, precision=precision)
+    if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
+        raise DataError(f"--runs-dir {runs_dir} is inside the data folder {data}",
+                        "keep runs outside the images: their sample sheets would join the next preparation")
     result = train_run(data, model_config, train_config, runs_dir, name, device, resume, RichReporter(quiet))
     if not result.is_main:
+        if result.interrupted:
+            raise typer.Exit(130)
         return  # under torchrun, rank 0 reports
     progress, metrics = result.progress, result.metrics
     state = "interrupted; checkpoint saved" if result.interrupted else "finished"
@@ -212,6 +236,7 @@ def train(
     console.print(f"wrote {result.run_dir}/ (config.json, last.safetensors, metrics.jsonl, samples/)")
     if result.interrupted:
         console.print(f"next: animevae train {data} --resume --name {result.run_dir.name}")
+        raise typer.Exit(130)  # not 0: `train && export` must not export a half-trained model
     else:
         console.print(f"next: animevae export --onnx --run {result.run_dir.name}")
 
@@ -349,14 +374,16 @@ def evaluate(
     for sigma, value in report.denoise_psnr.items():
         label = "clean input" if sigma == "0" else f"sigma {sigma}"
         table.add_row(f"denoise PSNR, {label}", f"{value:.2f} dB (input {report.noisy_psnr[sigma]:.2f})")
-    table.add_row("sample diversity (vs held-out)", f"{report.sample_diversity:.3f}")
+    unmeasured = f"not measurable ({report.held_out} held-out image; needs 2)"
+    table.add_row("sample diversity (vs held-out)",
+                  unmeasured if report.sample_diversity is None else f"{report.sample_diversity:.3f}")
     table.add_row("samples copying a training image", f"{100 * report.copy_rate:.2f}%")
     table.add_row("nearest-training distance, samples / held-out",
                   f"{report.nn_distance_samples_median:.4f} / {report.nn_distance_held_out_median:.4f}")
-    table.add_row("real-vs-generated classifier, samples: accuracy / AUC",
-                  f"{report.realism_samples_accuracy:.3f} / {report.realism_samples_auc:.3f}")
-    table.add_row("real-vs-generated classifier, reconstructions: accuracy / AUC",
-                  f"{report.realism_recon_accuracy:.3f} / {report.realism_recon_auc:.3f}")
+    for label, accuracy, auc in (("samples", report.realism_samples_accuracy, report.realism_samples_auc),
+                                 ("reconstructions", report.realism_recon_accuracy, report.realism_recon_auc)):
+        table.add_row(f"real-vs-generated classifier, {label}: accuracy / AUC",
+                      unmeasured if accuracy is None else f"{accuracy:.3f} / {auc:.3f}")
     table.add_row("samples drawn from", report.latents)
     for style, share in report.style_share_train.items():
         table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -62,8 +63,12 @@ def find_images(root: Path) -> ImageListing:
         dirs.sort()
         for name in sorted(names):
             path = Path(folder) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                listing.files.append(path)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.exists() and not path.is_file():  # a FIFO or a device would block or never end a read
+                listing.skipped.append(Skipped(listing.relative(path), "not a regular file"))
+            else:
+                listing.files.append(path)  # (a dangling link is listed: decoding reports it)
     return listing
 
 
@@ -188,6 +193,45 @@ def manifest_path(dataset: Path) -> Path:
     return dataset.with_name(dataset.name.removesuffix(".safetensors") + ".manifest.json")
 
 
+def check_prepare_target(out: Path, source_root: Path, overwrite: bool) -> None:
+    """Refuse an --out inside the source folder (it would join the next preparation, or replace a source
+    image), and, unless `overwrite`, an existing file that is not a data set of ours or its manifest."""
+    out_abs, root_abs = out.resolve(), source_root.resolve()
+    if root_abs == out_abs or root_abs in out_abs.parents:
+        raise OutputError(f"--out {out} is inside the folder {source_root}",
+                          "write the set outside the folder it is made from, such as beside it")
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder", "pass a file path such as faces.safetensors")
+    if overwrite:
+        return
+    if out.exists() and not _is_data_set(out):
+        raise OutputError(f"{out} exists and is not a data set written by `animevae prepare`",
+                          "pick another --out, or pass --overwrite to replace it")
+    manifest = manifest_path(out)
+    if manifest.exists() and not _is_set_manifest(manifest):
+        raise OutputError(f"{manifest} exists and is not the manifest of an animevae data set",
+                          "pick another --out, or pass --overwrite to replace it")
+
+
+def _is_data_set(path: Path) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return (handle.metadata() or {}).get("kind") == DATASET_KIND
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def _is_set_manifest(path: Path) -> bool:
+    try:
+        return path.is_file() and isinstance(json.loads(path.read_text()).get("kept"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
     """Write the packed set and its manifest, each atomically."""
     from safetensors.numpy import save_file
@@ -232,7 +276,11 @@ def load_prepared(path: Path) -> tuple[np.ndarray, list[str]]:
             metadata = handle.metadata() or {}
             if metadata.get("kind") != DATASET_KIND:
                 raise DataError(f"{path} is not a data set written by `animevae prepare`", "run `animevae prepare FOLDER`")
-            if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
+            version = metadata.get("format_version", "0")
+            if not re.fullmatch(r"[0-9]{1,9}", version):
+                raise DataError(f"{path} has a malformed format version {version[:20]!r}",
+                                "prepare the folder again with `animevae prepare`")
+            if int(version) > FORMAT_VERSION:
                 raise DataError(f"{path} was written by a newer animevae", "upgrade animevae, or prepare the folder again")
             images = handle.get_tensor("images")
     except (SafetensorError, OSError, KeyError) as error:
@@ -243,6 +291,8 @@ def load_prepared(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _manifest_hashes(path: Path, count: int) -> list[str]:
+    if not path.is_file():  # before reading: a FIFO would block
+        return []
     try:
         kept = json.loads(path.read_text())["kept"]
         hashes = [entry["sha256"] for entry in kept]

@@ -9,7 +9,7 @@ import numpy as np
 
 from animevae.data import Skipped, decode_rgb, find_images
 from animevae.errors import DataError, OutputError
-from animevae.fileio import remove_stale_temps, to_uint8
+from animevae.fileio import is_complete_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
@@ -36,20 +36,24 @@ def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
 
 
 def plan_outputs(in_dir: Path, out_dir: Path, shard: Shard = Shard()) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
-    """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes."""
+    """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes.
+
+    Clashes are found over the whole listing, before the shard takes its part, so every shard agrees on
+    which file wins; names are compared case-folded, as a case-insensitive disk would."""
     listing = find_images(in_dir)
-    pairs, skipped, claimed = [], list(listing.skipped), {}
+    pairs, skipped, claimed = [], [], {}
     for path in listing.files:
-        relative = path.relative_to(in_dir)
-        if not shard.owns_path(listing.relative(path)):
+        relative = listing.relative(path)
+        target = out_dir / path.relative_to(in_dir).with_suffix(".png")
+        key = str(target).casefold()
+        if key in claimed:
+            clash = Skipped(relative, f"same output name as {claimed[key]}")
+            skipped.extend([clash] if shard.owns_path(relative) else [])
             continue
-        target = out_dir / relative.with_suffix(".png")
-        if target in claimed:
-            skipped.append(Skipped(listing.relative(path), f"same output name as {claimed[target]}"))
-            continue
-        claimed[target] = listing.relative(path)
-        pairs.append((path, target))
-    return pairs, skipped
+        claimed[key] = relative
+        if shard.owns_path(relative):
+            pairs.append((path, target))
+    return pairs, [*listing.skipped, *skipped]
 
 
 def denoise_folder(
@@ -72,10 +76,13 @@ def denoise_folder(
                         "pass the folder that holds the noisy images")
     if out_abs == in_abs or in_abs in out_abs.parents:
         raise OutputError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
-    prepare_output(out_dir, {"model_sha256": file_digest(denoiser.path), "task": "denoise"}, overwrite)
-    remove_stale_temps(out_dir)
+    report = skipped_name(shard.index, shard.count)
+    identity = {"model_sha256": file_digest(denoiser.path), "task": "denoise", "input": str(in_abs)}
+    prepare_output(out_dir, identity, overwrite, old_outputs=lambda folder: folder.rglob("*.png"), report=report)
     pairs, skipped = plan_outputs(in_dir, out_dir, shard)
-    todo = [(src, dst) for src, dst in pairs if overwrite or not dst.exists()]
+    folders = [out_dir, *{dst.parent for _, dst in pairs}]
+    remove_stale_temps(*folders)
+    todo = [(src, dst) for src, dst in pairs if overwrite or not is_complete_png(dst)]
     start = time.perf_counter()
     reporter.start(f"denoising into {out_dir}", len(todo))
     tally = WriteTally(out_dir, skipped, reporter)
@@ -86,8 +93,7 @@ def denoise_folder(
                 _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter)
     finally:
         reporter.stop()
-    remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
-    report = skipped_name(shard.index, shard.count)
+    remove_stale_temps(*folders)  # again: a writer killed just before this run started may only now be gone
     write_skipped(out_dir, skipped, report)
     seconds = time.perf_counter() - start
     return JobResult(out_dir, tally.written, len(pairs) - len(todo), seconds, denoiser.provider, skipped, report)

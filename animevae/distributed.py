@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -88,6 +89,8 @@ def init_distributed(device: str) -> DistContext:
 
 
 def shutdown_distributed() -> None:
-    """Leave the process group, if any."""
+    """Leave the process group, if any, once. Objects that still hold it (DDP reducers, found by a collection)
+    are freed first: one freed after it is gone can abort the process at exit (SIGABRT)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

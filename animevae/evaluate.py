@@ -26,6 +26,8 @@ from animevae.train import load_training_images
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)
 REPORT_NAME = "evaluation.json"
+# Diversity needs a pair of held-out images; the classifier one to train on and one to test on, per side.
+MIN_HELD_OUT = 2
 
 
 @dataclass
@@ -41,22 +43,25 @@ class QualityReport:
     noisy_psnr: dict[str, float]
     samples: int
     # Mean pairwise RMS distance between samples, divided by the same between held-out images (1.0: as varied).
-    sample_diversity: float
+    sample_diversity: float | None
     # Fraction of samples closer to their nearest training image than 99% of held-out images are to theirs.
     copy_rate: float
     nn_distance_samples_median: float
     nn_distance_held_out_median: float
     # A converged CNN telling real from generated (realism.py), scored on images it never saw (0.5: it
     # cannot tell). Samples against held-out faces; reconstructions decode(mu(x)) against their originals.
-    realism_samples_accuracy: float
-    realism_samples_auc: float
-    realism_recon_accuracy: float
-    realism_recon_auc: float
+    # None where too few images are held out to score it.
+    realism_samples_accuracy: float | None
+    realism_samples_auc: float | None
+    realism_recon_accuracy: float | None
+    realism_recon_auc: float | None
     classifier_train_per_class: int
     latents: str = ""
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # Measures the set is too small for (None above): they need at least MIN_HELD_OUT held-out images.
+    not_measurable: list[str] = field(default_factory=list)
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -194,11 +199,14 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)
     denoised, noisy = denoise_scores(denoiser, held_out)
+    enough = len(held_out) >= MIN_HELD_OUT  # sets of 2-19 images hold out one
     real_train = train_images[:classifier_images]
     drawn = as_saved(draw_samples(vae, max(samples, len(real_train) + len(held_out)), sampler=sampler))
-    realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
-    recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
-                                  as_saved(reconstruct(vae, held_out)))
+    realism = recon_realism = None
+    if enough:
+        realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
+        recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
+                                      as_saved(reconstruct(vae, held_out)))
     generated = drawn[:samples]
     sample_nn, sample_where = nearest_distances(generated, train_images)
     held_nn, _ = nearest_distances(held_out, train_images)
@@ -209,17 +217,22 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
         recon_psnr=round(recon_psnr, 3), recon_ssim=round(recon_ssim, 4),
         denoise_psnr=denoised, noisy_psnr=noisy, samples=samples,
-        sample_diversity=round(mean_pairwise_distance(generated) / max(1e-9, mean_pairwise_distance(held_out)), 4),
+        sample_diversity=round(mean_pairwise_distance(generated) / max(1e-9, mean_pairwise_distance(held_out)), 4)
+        if enough else None,
         copy_rate=round((sample_nn < threshold).float().mean().item(), 4),
         nn_distance_samples_median=round(sample_nn.median().item(), 4),
         nn_distance_held_out_median=round(held_nn.median().item(), 4) if len(held_nn) else math.nan,
-        realism_samples_accuracy=realism.accuracy, realism_samples_auc=realism.auc,
-        realism_recon_accuracy=recon_realism.accuracy, realism_recon_auc=recon_realism.auc,
-        classifier_train_per_class=realism.train_per_class,
+        realism_samples_accuracy=realism.accuracy if realism else None,
+        realism_samples_auc=realism.auc if realism else None,
+        realism_recon_accuracy=recon_realism.accuracy if recon_realism else None,
+        realism_recon_auc=recon_realism.auc if recon_realism else None,
+        classifier_train_per_class=len(real_train),
         latents="diffusion prior" if sampler is not None else "Gaussian mixture",
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
     )
+    report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
+                                               "realism_recon_accuracy", "realism_recon_auc"]
     report.seconds = round(time.monotonic() - started, 1)
     write_json_atomic(run_dir / REPORT_NAME, asdict(report))
     return report

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterator
@@ -17,9 +19,28 @@ from PIL import Image
 
 # Level 1 is lossless like every level, encodes ~3x faster than the default 6, and files grow only ~10-20%.
 PNG_COMPRESS_LEVEL = 1
-_TMP_MARK = ".tmp-"
-# This machine's name as it goes into temp file names (no separators, so names parse back).
-_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+_TMP_MARK = ".animevae-tmp-"
+# .NAME.animevae-tmp-HOST-PID-TOKEN, exactly: cleanup removes nothing else, so a user's ".draft.tmp-1-v2" is safe.
+_TMP_PATTERN = re.compile(r"^\..+\.animevae-tmp-(?P<host>[0-9a-f]{12})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}$")
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk every complete PNG ends with
+
+
+def host_tag(hostname: str) -> str:
+    """12 hex digits from the whole host name: names that share a long prefix (pods) still differ."""
+    return hashlib.sha256(hostname.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+_HOST = host_tag(socket.gethostname())
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (other threads may be creating files)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def temp_name(final: Path) -> Path:
@@ -34,6 +55,8 @@ def atomic_path(final: Path, fsync: bool = False) -> Iterator[Path]:
     tmp = temp_name(final)
     try:
         yield tmp
+        # Some writers (safetensors) create 0600 files: give every output the mode a new file gets here.
+        os.chmod(tmp, 0o666 & ~_umask())
         if fsync:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -66,26 +89,40 @@ def save_png_atomic(final: Path, pixels: np.ndarray) -> None:
     write_bytes_atomic(final, encode_png(pixels))
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files left in `folder` (recursively) by writers of this host that are no longer alive;
-    return how many. Another host's temp files are left alone: its writers may still be running."""
+def remove_stale_temps(*folders: Path) -> int:
+    """Delete the temp files that writers of this host, no longer alive, left directly in `folders` (the folders
+    a job writes; not recursive); return how many. Only names of exactly our temp pattern are touched: another
+    host's temp files are left alone (its writers may still be running), and so is anything a user named."""
     removed = 0
-    for path in folder.rglob(f".*{_TMP_MARK}*"):
-        pid = _writer_pid(path.name)
-        if pid is not None and not _pid_alive(pid):
+    for folder in dict.fromkeys(folders):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            match = _TMP_PATTERN.match(entry.name)
+            if match is None or match["host"] != _HOST or _pid_alive(int(match["pid"])):
+                continue
             with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    removed += 1
     return removed
 
 
-def _writer_pid(name: str) -> int | None:
-    """The writer's pid if the temp file is this host's (HOST-PID-HEX, or PID-HEX from older versions)."""
-    parts = name.rsplit(_TMP_MARK, 1)[-1].rsplit("-", 2)
-    if len(parts) == 3 and parts[0] != _HOST:
-        return None
-    pid = parts[-2]
-    return int(pid) if pid.isdigit() else None
+def is_complete_png(path: Path) -> bool:
+    """Whether `path` is a regular file holding a whole PNG (signature and final IEND chunk): a file cut
+    short by a crash or a power loss is not, and a resumed job writes it again."""
+    if not path.is_file():  # before opening: a FIFO would block the open
+        return False
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            handle.seek(-len(_PNG_END), os.SEEK_END)
+            return handle.read() == _PNG_END
+    except OSError:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:

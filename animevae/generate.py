@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno
-import multiprocessing
+import re
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 from animevae.errors import ArgumentError, OutputError
-from animevae.fileio import contact_sheet, encode_png, remove_stale_temps, to_uint8
+from animevae.fileio import contact_sheet, encode_png, is_complete_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, file_digest, prepare_output, write_output_file
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.sampling import LatentSampler, check_temperature, open_sampler, prior_path_for
 from animevae.shard import Shard
-from animevae.writer import PngWriter, WriteFailure, usable_cores, write_pngs, writer_processes
+from animevae.writer import PngWriter, WriteFailure, usable_cores, worker_pool, write_pngs, writer_processes
 
 GRID_LIMIT = 64
 WORKER_DECODE_BATCH = 32
@@ -36,8 +36,14 @@ class GenerateResult(JobResult):
 
 
 def image_name(index: int, count: int) -> str:
-    """000000.png, ...: six digits, more only when the count needs them."""
-    return f"{index:0{max(6, len(str(count - 1)))}d}.png"
+    """000000.png, ...: six digits, more only from index 1,000,000 on. Never wider for a larger `count`, so a
+    rerun with another count finds the files it wrote."""
+    return f"{index:06d}.png"
+
+
+def generated_images(out_dir: Path) -> list[Path]:
+    """The images a generate run wrote into `out_dir` (by their names)."""
+    return [path for path in out_dir.glob("*.png") if re.fullmatch(r"[0-9]{6,}\.png", path.name)]
 
 
 def generate(
@@ -73,10 +79,10 @@ def generate(
         identity["prior_sha256"] = file_digest(prior_path)
     if temperature != 1.0:
         identity["temperature"] = temperature
-    prepare_output(out_dir, identity, overwrite)
+    prepare_output(out_dir, identity, overwrite, old_outputs=generated_images)
     remove_stale_temps(out_dir)
     mine = [i for i in range(count) if shard.owns_index(i)]
-    todo = [i for i in mine if overwrite or not (out_dir / image_name(i, count)).exists()]
+    todo = [i for i in mine if overwrite or not is_complete_png(out_dir / image_name(i, count))]
     start = time.perf_counter()
     reporter.start(f"generating into {out_dir}", len(todo))
     job = _Job(str(decoder.path), seed, count, str(out_dir), temperature)
@@ -156,8 +162,7 @@ def _generate_in_workers(job: _Job, todo: list[int], batch_size: int, workers: i
                          reporter: Reporter) -> list[WriteFailure]:
     failures: list[WriteFailure] = []
     pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(job,)) as pool:
+    with worker_pool(workers, _start_worker, (job,)) as pool:
         try:
             for begin in range(0, len(todo), batch_size):
                 indices = todo[begin : begin + batch_size]

@@ -17,6 +17,7 @@ import hashlib
 import io
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,7 +28,7 @@ from PIL import Image
 
 from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
-from animevae.fileio import (contact_sheet, encode_png, remove_stale_temps, to_uint8)
+from animevae.fileio import contact_sheet, encode_png, is_complete_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, write_output_file, write_skipped
 from animevae.models import choose_model
 from animevae.prior import LatentPrior
@@ -223,9 +224,10 @@ def augment_folder(
     if models.encoder is None:
         raise ModelError("augment needs the encoder", "open the models with need_encoder=True")
     sources, skipped = _plan_sources(src, out)
-    prepare_output(out, _augment_identity(models, seed, strength), overwrite)
-    remove_stale_temps(out)
-    todo = [(s, [k for k in range(per_image) if overwrite or not s.output(k).exists()]) for s in sources]
+    prepare_output(out, _augment_identity(models, src, seed, strength), overwrite,
+                   old_outputs=lambda folder: (p for p in folder.rglob("*.png") if re.search(r"_[0-9]+\.png$", p.name)))
+    remove_stale_temps(out, *{s.stem.parent for s in sources})
+    todo = [(s, [k for k in range(per_image) if overwrite or not is_complete_png(s.output(k))]) for s in sources]
     todo = [(s, ks) for s, ks in todo if ks]
     total = sum(len(ks) for _, ks in todo)
     started = time.perf_counter()
@@ -245,9 +247,9 @@ def augment_folder(
                          sources=len(sources))
 
 
-def _augment_identity(models: LatentModels, seed: int, strength: float) -> dict[str, object]:
+def _augment_identity(models: LatentModels, src: Path, seed: int, strength: float) -> dict[str, object]:
     assert models.encoder is not None
-    return {"task": "augment", "encoder_sha256": file_digest(models.encoder.path),
+    return {"task": "augment", "input": str(src.resolve()), "encoder_sha256": file_digest(models.encoder.path),
             "decoder_sha256": file_digest(models.decoder.path), "seed": seed, "strength": float(strength)}
 
 
@@ -258,10 +260,11 @@ def _plan_sources(src: Path, out: Path) -> tuple[list[_Source], list[Skipped]]:
     for path in listing.files:
         relative = listing.relative(path).replace(os.sep, "/")
         stem = out / path.relative_to(src).with_suffix("")
-        if stem in claimed:
-            skipped.append(Skipped(relative, f"same output names as {claimed[stem]}"))
+        key = str(stem).casefold()  # A.png and a.png would share files on a case-insensitive disk
+        if key in claimed:
+            skipped.append(Skipped(relative, f"same output names as {claimed[key]}"))
             continue
-        claimed[stem] = relative
+        claimed[key] = relative
         sources.append(_Source(path, relative, stem))
     if not listing.files and not listing.skipped:
         raise DataError(f"no images under {src}", "pass a folder of PNG/JPEG/WebP/BMP/GIF images")
@@ -395,6 +398,10 @@ def _write_frames(folder: Path, images: np.ndarray, overwrite: bool) -> list[Pat
     paths = [folder / frame_name(i, len(images)) for i in range(len(images))]
     for path, pixels in zip(paths, images):
         write_output_file(path, encode_png(pixels), overwrite)
+    if overwrite:  # frames of an earlier, longer walk would read as part of this one
+        for stale in set(folder.glob("frame_*.png")) - set(paths):
+            if re.fullmatch(r"frame_[0-9]+\.png", stale.name):
+                stale.unlink()
     return paths
 
 

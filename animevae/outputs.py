@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,13 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool) -> None:
-    """Create `out_dir`, refusing one that holds images of another model or seed unless `overwrite`."""
+def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool,
+                   old_outputs: Callable[[Path], Iterable[Path]] = lambda folder: (), report: str = SKIPPED_NAME) -> None:
+    """Create `out_dir`, refusing one that holds images of another model, seed or input unless `overwrite`.
+
+    With `overwrite`, a folder that animevae wrote for another job loses every output of that job (listed by
+    `old_outputs(out_dir)`) before it is claimed for this one, so no old image is ever taken for a new one.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder path (it is created if missing)")
     try:
@@ -82,8 +88,18 @@ def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool) 
         elif any(out_dir.rglob("*.png")):
             raise OutputError(f"{out_dir} already holds PNG files that animevae did not generate",
                               "use a new --out folder, or pass --overwrite to replace them")
-    if stored != identity:  # a rerun leaves the manifest untouched, like every finished file
-        write_json_atomic(manifest, identity)
+        if (out_dir / report).exists() and not _is_skipped_list(out_dir / report):
+            raise OutputError(f"{out_dir / report} is not a list animevae wrote, and this job writes one there",
+                              "move it away, use a new --out folder, or pass --overwrite to replace it")
+    if stored == identity:
+        return  # a rerun leaves the manifest untouched, like every finished file
+    if stored is not None:
+        # The manifest goes first: a cleanup cut short leaves a folder a plain rerun refuses, never a mix.
+        manifest.unlink(missing_ok=True)
+        for path in [*old_outputs(out_dir), *out_dir.glob("skipped*.json")]:
+            if path.suffix == ".png" or _is_skipped_list(path):
+                path.unlink(missing_ok=True)
+    write_json_atomic(manifest, identity)
 
 
 def _describe(stored: dict[str, object], identity: dict[str, object]) -> str:
@@ -121,5 +137,16 @@ def write_skipped(out_dir: Path, skipped: list[Skipped], name: str = SKIPPED_NAM
     path = out_dir / name
     if skipped:
         write_json_atomic(path, [{"path": s.path, "reason": s.reason} for s in skipped])
-    else:
+    elif _is_skipped_list(path):  # a file of that name that we did not write is not ours to remove
         path.unlink(missing_ok=True)
+
+
+def _is_skipped_list(path: Path) -> bool:
+    """Whether `path` is a failure list as write_skipped writes it."""
+    if not path.is_file():
+        return False
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(entries, list) and all(isinstance(e, dict) and set(e) == {"path", "reason"} for e in entries)

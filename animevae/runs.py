@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from animevae.errors import ModelError
+from animevae.errors import ModelError, OutputError
 
 DEFAULT_RUNS_DIR = Path("runs")
 CONFIG_NAME = "config.json"
@@ -30,6 +30,31 @@ def next_free_name(runs_dir: Path) -> str:
     while (runs_dir / f"run-{index}").exists():
         index += 1
     return f"run-{index}"
+
+
+def claim_run_dir(runs_dir: Path, name: str | None) -> Path:
+    """Create the folder of a new run: `name`, else the first free of run, run-2, ... The folder is made
+    without exist_ok, so it is claimed atomically: two runs started together never share one."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {runs_dir}: {error.strerror}", "pick a --runs-dir you can write to") from None
+    while True:
+        run_name = check_name(name) if name else next_free_name(runs_dir)
+        try:
+            (runs_dir / run_name).mkdir()
+        except FileExistsError:
+            if name is None:
+                continue  # another run took this name since we looked: take the next one
+            if (runs_dir / run_name / CONFIG_NAME).exists():
+                raise ModelError(f"run {run_name!r} already exists in {runs_dir}",
+                                 f"continue it with `--resume --name {run_name}`, or pick another --name") from None
+            raise ModelError(f"{runs_dir / run_name} already exists (another run is starting there, or one "
+                             "stopped before it began)", "pick another --name, or remove that folder") from None
+        except OSError as error:
+            raise OutputError(f"cannot create {runs_dir / run_name}: {error.strerror}",
+                              "pick a --runs-dir you can write to") from None
+        return runs_dir / run_name
 
 
 def list_runs(runs_dir: Path) -> list[Path]:

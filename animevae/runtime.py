@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ def check_ran_as_asked(device: str, asked: list[str], actual: str) -> str | None
 def default_threads() -> int:
     """onnxruntime intra-op threads: OMP_NUM_THREADS when set, else one per usable core."""
     raw = os.environ.get("OMP_NUM_THREADS", "")
-    if raw.isdigit() and int(raw) > 0:
+    if re.fullmatch(r"[0-9]{1,4}", raw) and int(raw) > 0:  # ASCII digits: int() refuses "²", isdigit() does not
         return int(raw)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -164,6 +165,7 @@ def open_model(path: Path, role: str, device: str = "auto", threads: int | None 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not path.is_file():
         raise ModelError(f"no ONNX file at {path}", "export a run with `animevae export --onnx`")
+    refuse_external_data(path)
     try:
         session = ort.InferenceSession(str(path), options, providers=asked)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types for bad files
@@ -178,6 +180,71 @@ def open_model(path: Path, role: str, device: str = "auto", threads: int | None 
     return OnnxModel(path, role, metadata, session, device, note)
 
 
+def refuse_external_data(path: Path) -> None:
+    """Refuse a model that keeps any tensor outside the file (external data): onnxruntime would read whatever
+    path the file names. Our exports hold every weight inside. Checked before onnxruntime opens the file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ModelError(f"{path} is not a loadable ONNX model ({first})",
+                         "it may be truncated or not ONNX at all; export again with `animevae export --onnx`") from None
+    function_nodes = [node for function in model.functions for node in function.node]
+    found = _external_tensors(model.graph) + [name for node in function_nodes for name in _external_in_node(node)]
+    if found:
+        raise ModelError(f"{path} keeps tensors as external data ({', '.join(found[:3])}), which animevae never writes",
+                         "use a model written by `animevae export --onnx`, or --model builtin")
+
+
+def _external_tensors(graph: "onnx.GraphProto") -> list[str]:  # noqa: F821 - onnx is imported lazily
+    """Names of the tensors in `graph` (initializers, constants, subgraphs) stored as external data."""
+    tensors = [*graph.initializer, *(t for s in graph.sparse_initializer for t in (s.values, s.indices))]
+    found = [t.name or "?" for t in tensors if _is_external(t)]
+    for node in graph.node:
+        found += _external_in_node(node)
+    return found
+
+
+def _external_in_node(node: "onnx.NodeProto") -> list[str]:  # noqa: F821
+    found = []
+    for attribute in node.attribute:
+        tensors = [attribute.t, *attribute.tensors, attribute.sparse_tensor.values, attribute.sparse_tensor.indices,
+                   *(t for s in attribute.sparse_tensors for t in (s.values, s.indices))]
+        found += [f"{node.name or node.op_type}.{attribute.name}" for t in tensors if _is_external(t)]
+        for graph in [attribute.g, *attribute.graphs]:
+            found += _external_tensors(graph)
+    return found
+
+
+def _is_external(tensor: "onnx.TensorProto") -> bool:  # noqa: F821
+    return tensor.data_location == 1 or len(tensor.external_data) > 0  # TensorProto.EXTERNAL
+
+
+def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
+    """The numbers every command reads from a model's metadata must parse; one clear error if not."""
+    from animevae.prior import LatentPrior
+
+    keys = ("animevae.image_size", "animevae.latent_dim") if role in ("encoder", "decoder") else ()
+    for key in keys:
+        if not re.fullmatch(r"[0-9]{1,6}", metadata.get(key, "")) or int(metadata[key]) < 1:
+            raise ModelError(f"{path} has a malformed {key.split('.')[1]} in its metadata ({metadata.get(key, '')[:20]!r})",
+                             "export the model again with `animevae export --onnx`")
+    if role == "decoder":
+        try:
+            prior = LatentPrior.from_metadata(metadata)
+            usable = all(np.isfinite(a).all() for a in (prior.weights, prior.means, prior.scale_trils))
+            usable = usable and len(prior.weights) > 0 and (prior.weights >= 0).all() and prior.weights.sum() > 0
+        except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
+            raise ModelError(f"{path} has a malformed latent prior in its metadata ({str(error)[:120]})",
+                             "export the model again with `animevae export --onnx`") from None
+        if not usable:
+            raise ModelError(f"{path} has a latent prior with invalid numbers in its metadata",
+                             "export the model again with `animevae export --onnx`")
+
+
 def _check_contract(path: Path, role: str, session: ort.InferenceSession, metadata: dict[str, str]) -> None:
     inputs = tuple(i.name for i in session.get_inputs())
     outputs = tuple(o.name for o in session.get_outputs())
@@ -187,5 +254,9 @@ def _check_contract(path: Path, role: str, session: ort.InferenceSession, metada
             f"use a {role}.onnx written by `animevae export --onnx`, or --model builtin",
         )
     version = metadata.get("animevae.format_version", "0")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
+    if not re.fullmatch(r"[0-9]{1,9}", version):
+        raise ModelError(f"{path} has a malformed format version in its metadata ({version[:20]!r})",
+                         "export the model again with `animevae export --onnx`")
+    if int(version) > FORMAT_VERSION:
         raise ModelError(f"{path} was written by a newer animevae (format {version})", "upgrade animevae")
+    _check_metadata(path, role, metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from animevae.errors import OutputError
@@ -21,7 +22,8 @@ class Shard:
         if text is None:
             return cls()
         head, sep, tail = text.partition("/")
-        if not sep or not head.strip().isdigit() or not tail.strip().isdigit():
+        # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+        if not sep or not re.fullmatch(r"[0-9]+", head.strip()) or not re.fullmatch(r"[0-9]+", tail.strip()):
             raise OutputError(f"--shard {text!r} is not of the form i/K", "pass for example --shard 0/4 (i from 0 to K-1)")
         index, count = int(head), int(tail)
         if count < 1 or index >= count:

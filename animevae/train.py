@@ -28,7 +28,7 @@ from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
 from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
 from animevae.progress import Reporter, SilentReporter
-from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, check_name, next_free_name, resolve_run
+from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, claim_run_dir, resolve_run
 
 EVAL_SIGMAS = (25, 50)
 EVAL_NOISE_SEED = 1234
@@ -368,14 +368,10 @@ class Trainer:
         return contact_sheet(to_uint8(torch.cat(rows).float().cpu().numpy()))
 
 
-def _new_run_dir(runs_dir: Path, name: str | None) -> Path:
-    """The folder for a new run (created only once its data has loaded, so a failed start leaves nothing)."""
-    run_name = check_name(name) if name else next_free_name(runs_dir)
-    run_dir = runs_dir / run_name
-    if (run_dir / CONFIG_NAME).exists():
-        raise ModelError(f"run {run_name!r} already exists in {runs_dir}",
-                         f"continue it with `--resume --name {run_name}`, or pick another --name")
-    return run_dir
+def _release_run_dir(run_dir: Path) -> None:
+    """Give back a new run's folder when the run fails before writing anything there."""
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only if still empty
 
 
 def _append_metrics(path: Path, record: dict[str, float | int | bool]) -> None:
@@ -410,7 +406,12 @@ def train(
     try:
         if ctx.is_main:
             run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume, ctx, reporter)
-            images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+            try:
+                images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+            except BaseException:
+                if checkpoint is None:
+                    _release_run_dir(run_dir)
+                raise
             (run_dir / "samples").mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(run_dir / CONFIG_NAME, (config.to_json() + "\n").encode())
         run_name = ctx.share_text(run_dir.name if ctx.is_main else "")
@@ -422,7 +423,10 @@ def train(
         trainer = Trainer(config, images, hashes, ctx)
         if checkpoint is not None:
             trainer.restore(checkpoint)
-        return _run_loop(trainer, run_dir, reporter)
+        result = _run_loop(trainer, run_dir, reporter)
+        del trainer  # its DDP wrappers use the process group: they go before it does
+        ctx.barrier()  # an orderly end: every rank has left the last collective while rank 0 wrote the run
+        return result
     finally:
         shutdown_distributed()
 
@@ -443,7 +447,7 @@ def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, 
     model_config.check()
     train_config = replace(train_config, precision=choose_precision(train_config.precision, ctx.device),
                            data_source=str(data), world_size=ctx.world_size)
-    run_dir = _new_run_dir(runs_dir, name)
+    run_dir = claim_run_dir(runs_dir, name)  # now, not once the data has loaded: two runs never share a folder
     config = RunConfig(name=run_dir.name, model=model_config, train=train_config,
                        created=time.time(), version=__version__, format_version=FORMAT_VERSION)
     return run_dir, config, None
@@ -547,24 +551,26 @@ def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partia
 
 @contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag checked between steps, so the checkpoint is taken at a clean point.
+    """Turn the first Ctrl-C or SIGTERM (what schedulers send) into a flag checked between steps, so the
+    checkpoint is taken at a clean point.
 
-    A second Ctrl-C interrupts at once. Outside the main thread (no signal handlers there) this does nothing.
+    A second one interrupts at once. Outside the main thread (no signal handlers there) this does nothing.
     """
     requested = False
 
-    def on_sigint(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
         nonlocal requested
         if requested:
             raise KeyboardInterrupt
         requested = True
 
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:
         yield lambda: False
         return
     try:
         yield lambda: requested
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +29,31 @@ def write_pngs(paths: Sequence[Path], images: Sequence[np.ndarray]) -> list[Writ
         except OSError as error:
             failures.append((path, f"cannot write: {error.strerror or error}"))
     return failures
+
+
+def die_with_parent(parent: int) -> None:
+    """Run first in every worker process: end it when `parent` (the job) ends, however it ends (SIGTERM,
+    SIGKILL by the OOM killer), so no worker goes on writing for a job that is gone. Ctrl-C is the job's to
+    handle: it stops the pool in order, so a worker ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the kernel was asked to tell us
+        os._exit(1)
+
+
+def worker_pool(workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    """A pool of `workers` spawned processes that die with this one; `initializer(*initargs)` runs in each."""
+    # spawn, not fork: the parent holds onnxruntime threads, which do not survive a fork safely.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(os.getpid(), initializer, initargs))
+
+
+def _start_worker(parent: int, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def usable_cores() -> int:
@@ -52,8 +80,7 @@ class PngWriter:
         self.pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
         self.pool: ProcessPoolExecutor | None = None
         if workers > 0:
-            # spawn, not fork: the parent holds onnxruntime threads, which do not survive a fork safely.
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = worker_pool(workers)
 
     def submit(self, paths: Sequence[Path], images: Sequence[np.ndarray]) -> None:
         """Queue images for writing; blocks while the queue is full, so memory stays bounded."""

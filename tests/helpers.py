@@ -59,8 +59,8 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def temp_leftovers(folder: Path) -> list[Path]:
-    """Temp files of animevae's atomic writes (`.NAME.tmp-PID-HEX`) under `folder`."""
-    return [p for p in folder.rglob("*") if ".tmp-" in p.name]
+    """Temp files of animevae's atomic writes (`.NAME.animevae-tmp-HOST-PID-HEX`) under `folder`."""
+    return [p for p in folder.rglob("*") if ".animevae-tmp-" in p.name]
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ def test_temp_name_is_a_hidden_sibling_naming_this_process(tmp_path: Path) -> No
     final = tmp_path / "000001.png"
     first, second = temp_name(final), temp_name(final)
     assert first.parent == tmp_path
-    assert first.name.startswith(".000001.png.tmp-") and f"-{os.getpid()}-" in first.name
+    assert first.name.startswith(".000001.png.animevae-tmp-") and f"-{os.getpid()}-" in first.name
     assert first != second
 
 
@@ -69,14 +69,20 @@ def test_write_helpers(tmp_path: Path) -> None:
 # --- stale temps -------------------------------------------------------------------------------
 
 
+def _temp_of(pid: object, final: str = "000001.png", host: str | None = None) -> str:
+    from animevae.fileio import _HOST
+
+    return f".{final}.animevae-tmp-{host or _HOST}-{pid}-0123abcd"
+
+
 def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path: Path) -> None:
     dead = dead_pid()
-    (tmp_path / "deep" / "er").mkdir(parents=True)
-    stale = [tmp_path / f".000001.png.tmp-{dead}-abcd", tmp_path / "deep" / "er" / f".x.json.tmp-{dead}-00ff"]
+    stale = [tmp_path / _temp_of(dead), tmp_path / _temp_of(dead, "x.json")]
     kept = [
-        tmp_path / f".000002.png.tmp-{os.getpid()}-beef",        # this process: alive
-        tmp_path / f".000003.png.tmp-{os.getppid()}-beef",       # our parent: alive
-        tmp_path / ".000004.png.tmp-notapid-beef",               # not ours to judge
+        tmp_path / _temp_of(os.getpid(), "000002.png"),          # this process: alive
+        tmp_path / _temp_of(os.getppid(), "000003.png"),         # our parent: alive
+        tmp_path / _temp_of("notapid", "000004.png"),            # not our pattern
+        tmp_path / f".000006.png.tmp-{dead}-abcd",               # an older pattern, or a user's name: not ours
         tmp_path / "000005.png",                                 # a finished file
         tmp_path / ".hidden",
     ]
@@ -89,7 +95,7 @@ def test_remove_stale_temps_removes_only_dead_writers_leftovers(tmp_path: Path) 
 
 
 def test_remove_stale_temps_survives_an_absurd_pid(tmp_path: Path) -> None:
-    odd = tmp_path / ".000001.png.tmp-99999999999999-abcd"
+    odd = tmp_path / _temp_of(9999999999)
     odd.write_bytes(b"x")
     remove_stale_temps(tmp_path)  # must not raise; no process can have this id
 
@@ -164,9 +170,9 @@ def test_temp_files_of_another_host_are_left_alone(tmp_path) -> None:
     from animevae.fileio import _HOST, remove_stale_temps, temp_name
 
     mine = temp_name(tmp_path / "a.png")
-    assert f".tmp-{_HOST}-{os.getpid()}-" in mine.name
-    foreign = tmp_path / ".b.png.tmp-otherhost-1-abcd"  # pid 1 is alive here, but it is not that host's pid 1
-    dead_here = tmp_path / f".c.png.tmp-{_HOST}-999999999-abcd"
+    assert f".animevae-tmp-{_HOST}-{os.getpid()}-" in mine.name
+    foreign = tmp_path / _temp_of(1, "b.png", host="0123456789ab")  # pid 1 is alive here, not that host's pid 1
+    dead_here = tmp_path / _temp_of(999999999, "c.png")
     for path in (foreign, dead_here):
         path.write_bytes(b"partial")
     assert remove_stale_temps(tmp_path) == 1

@@ -12,7 +12,7 @@ import pytest
 from animevae import models
 from animevae.cli import app
 from animevae.errors import OutputError
-from animevae.fileio import to_uint8
+from animevae.fileio import temp_name, to_uint8
 from animevae.generate import generate, image_name
 from animevae.outputs import MANIFEST_NAME
 from animevae.prior import LatentPrior
@@ -72,7 +72,7 @@ def test_session_decoder_carries_a_fitted_prior(onnx_models) -> None:
 def test_image_names_are_zero_padded() -> None:
     assert image_name(0, 1000) == "000000.png"
     assert image_name(123, 1000) == "000123.png"
-    assert image_name(5, 10_000_001) == "00000005.png"
+    assert image_name(5, 10_000_001) == "000005.png"  # the count never widens the names
 
 
 # --- determinism -------------------------------------------------------------------------------
@@ -230,16 +230,17 @@ def test_stale_temps_of_dead_writers_are_removed(runner, trained_run, tmp_path: 
     out = tmp_path / "synth"
     assert_ok(_generate(runner, trained_run, out, "--count", "3"))
     dead = dead_pid()
-    stale = out / f".000001.png.tmp-{dead}-abcd"
-    stale_deep = out / "sub" / f".x.png.tmp-{dead}-0123"
-    live = out / f".000002.png.tmp-{os.getpid()}-beef"
+    stale = temp_name(out / "000001.png")
+    stale = stale.with_name(stale.name.replace(f"-{os.getpid()}-", f"-{dead}-"))
+    stale_deep = out / "sub" / stale.name  # generate writes no subfolder: not its to clean
+    live = temp_name(out / "000002.png")
     unrelated = out / ".keep"
     stale_deep.parent.mkdir()
     for path in (stale, stale_deep, live, unrelated):
         path.write_bytes(b"partial")
     assert_ok(_generate(runner, trained_run, out, "--count", "3"))
-    assert not stale.exists() and not stale_deep.exists()
-    assert live.exists() and unrelated.exists()
+    assert not stale.exists()
+    assert stale_deep.exists() and live.exists() and unrelated.exists()
 
 
 # --- which model -------------------------------------------------------------------------------
