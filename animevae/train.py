@@ -36,6 +36,9 @@ SAMPLE_COUNT = 16
 DENOISER_CROP = 32
 SKIPPED_SHOWN = 20
 PRIOR_BATCH = 256
+# A diffusion-prior run refits the mixture (about 8 s on 2 cores) at most this often, and at its end: between
+# refits its sample sheets draw from the last fit.
+MIXTURE_REFIT_S = 120.0
 
 
 @dataclass
@@ -122,6 +125,7 @@ class Trainer:
         self.sample_z = torch.randn(SAMPLE_COUNT, config.model.latent_dim, generator=self.generator.manual_seed(config.train.seed))
         self.sample_u = torch.rand(SAMPLE_COUNT, generator=self.generator)
         self.progress = Progress()
+        self.mixture_fitted_at: float | None = None
         self.autocast_dtype = torch.bfloat16 if config.train.precision == "bf16" else None
 
     @property
@@ -311,6 +315,14 @@ class Trainer:
     def fit_prior(self) -> None:
         """Fit the Gaussian mixture to the posteriors of the whole training split."""
         self.ema.fit_prior(*self.posteriors(), seed=self.config.train.seed)
+        self.mixture_fitted_at = time.monotonic()
+
+    def mixture_due(self, final: bool) -> bool:
+        """Whether an epoch's end should refit the mixture: always where samples come from it, else at the
+        end of the run, the first time, or when the last fit is MIXTURE_REFIT_S old."""
+        if final or self.config.model.prior == "mixture" or self.mixture_fitted_at is None:
+            return True
+        return time.monotonic() - self.mixture_fitted_at >= MIXTURE_REFIT_S
 
     def train_prior(self, seconds: float | None, reporter: Reporter,
                     stop_requested: Callable[[], bool] = lambda: False) -> dict[str, float]:
@@ -520,7 +532,7 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                 prior_stats = trainer.train_prior(prior_seconds(), reporter, stop_requested)
                 progress.elapsed_s = elapsed()
                 # The report of the last (possibly partial) epoch, made again with samples from the new prior.
-                metrics = _end_epoch(trainer, run_dir, {**losses, **prior_stats}, partial=progress.batch > 0,
+                metrics = _end_epoch(trainer, run_dir, {**losses, **prior_stats}, partial=progress.batch > 0, final=True,
                                      epoch=progress.epoch + (1 if progress.batch > 0 else 0))
         except KeyboardInterrupt:
             interrupted = True
@@ -533,14 +545,15 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
 
 
 def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: bool,
-               epoch: int | None = None) -> dict[str, float]:
-    """Fit the mixture, evaluate, write metrics and samples for epoch number `epoch` (default: the one
-    running): rank 0 only (the others wait at the next step)."""
+               epoch: int | None = None, final: bool = False) -> dict[str, float]:
+    """Fit the mixture when due, evaluate, write metrics and samples for epoch number `epoch` (default: the
+    one running): rank 0 only (the others wait at the next step)."""
     if not trainer.ctx.is_main:
         return {}
     progress = trainer.progress
     epoch = progress.epoch + 1 if epoch is None else epoch
-    trainer.fit_prior()
+    if trainer.mixture_due(final):
+        trainer.fit_prior()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
     record = {"epoch": epoch, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}
