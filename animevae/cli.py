@@ -348,7 +348,7 @@ def evaluate(
     table.add_column("value", justify="right")
     table.add_row("reconstruction PSNR / SSIM", f"{report.recon_psnr:.2f} dB / {report.recon_ssim:.3f}")
     for sigma, value in report.denoise_psnr.items():
-        label = "clean input" if sigma == "0" else f"sigma {sigma}"
+        label = "clean input" if sigma == "0" else f"sigma {sigma}" if sigma.isdigit() else f"JPEG quality {sigma[4:]}"
         table.add_row(f"denoise PSNR, {label}", f"{value:.2f} dB (input {report.noisy_psnr[sigma]:.2f})")
     table.add_row("sample diversity (vs held-out)", f"{report.sample_diversity:.3f}")
     table.add_row("samples copying a training image", f"{100 * report.copy_rate:.2f}%")

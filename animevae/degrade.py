@@ -112,6 +112,13 @@ def jpeg_bytes_roundtrip(pixels: np.ndarray, quality: int, subsampling: int = CH
         return np.asarray(decoded.convert("RGB"))
 
 
+def jpeg_batch(images: torch.Tensor, quality: int, subsampling: int = CHROMA_420) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> each saved as JPEG at `quality` by Pillow and decoded (a fixed, not drawn, case)."""
+    pixels = (images.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    decoded = np.stack([jpeg_bytes_roundtrip(image, quality, subsampling) for image in pixels])
+    return torch.from_numpy(decoded.astype(np.float32) / 255.0).permute(0, 3, 1, 2).to(images.device, images.dtype)
+
+
 def multiscale_crop(batch: torch.Tensor, size: int, generator: torch.Generator,
                     scales: dict[float, float] = SCALES) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 3, size, size): per image a random window of scale * size pixels (at most S), resized to

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from animevae.degrade import (CHROMA_420, CHROMA_444, REAL, RECIPES, Recipe, degrade_batch, jpeg_bytes_roundtrip,
-                              multiscale_crop)
+from animevae.degrade import (CHROMA_420, CHROMA_444, REAL, RECIPES, Recipe, degrade_batch, jpeg_batch,
+                              jpeg_bytes_roundtrip, multiscale_crop)
 from helpers import blob_image
 
 ONLY_GAUSSIAN = Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0)
@@ -123,3 +123,10 @@ def test_crops_mix_scales_deterministically() -> None:
     downscaled = sum(torch.allclose(crop, image, atol=1e-6) for crop, image in zip(first, whole))
     assert 0 < downscaled < len(batch)  # some whole images downscaled, not all
     assert multiscale_crop(batch, 16, _gen(0)) is batch  # nothing to crop
+
+
+def test_jpeg_batch_is_pillow_at_a_fixed_quality() -> None:
+    clean = _blobs(3, size=24)
+    pixels = (clean.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
+    expected = np.stack([jpeg_bytes_roundtrip(image, 20) for image in pixels])
+    assert torch.equal(jpeg_batch(clean, 20), torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255.0)
