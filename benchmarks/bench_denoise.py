@@ -16,6 +16,7 @@ timing `animevae denoise` on a big image:
 
     pip install opencv-python-headless   # benchmark only, never a runtime dependency
     python benchmarks/bench_denoise.py --data faces-dev [--model builtin|PATH] [--count 500] [--no-nlm]
+                                       [--write-example docs/denoise-jpeg20.png]
     python benchmarks/bench_denoise.py --data faces-dev --write-mosaic big/mosaic.png --mosaic-size 4000x3000
     /usr/bin/time -v animevae denoise big --out big-denoised   # "Maximum resident set size"
 """
@@ -84,11 +85,19 @@ def degraded_cases(clean: np.ndarray) -> dict[str, np.ndarray]:
     return cases
 
 
-def quality_table(denoiser, faces: np.ndarray) -> None:
-    """Input and output PSNR of each case on the faces one by one, and on their mosaic denoised tiled."""
+def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> None:
+    """Input and output PSNR of each case on the faces one by one, and on their mosaic denoised tiled; with
+    `example`, a before/after picture of the JPEG q20 case there (clean | JPEG | denoised, 256x256 at 2x)."""
     columns = 25
     mosaic = make_mosaic(faces, columns, len(faces) // columns)
     face_cases, mosaic_cases = degraded_cases(faces), degraded_cases(mosaic)
+    if example:
+        crop = np.s_[:128, :128]
+        jpeg = mosaic_cases["jpeg q20"]
+        panels = [mosaic[crop], jpeg[crop], denoise_image(denoiser, jpeg)[crop]]
+        picture = np.concatenate([np.pad(p, ((0, 0), (0, 2), (0, 0)), constant_values=255) for p in panels], axis=1)
+        example.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).resize((picture.shape[1] * 2, 256), Image.Resampling.NEAREST).save(example)
     size = "x".join(map(str, mosaic.shape[1::-1]))
     print(f"{'case':<10} {'faces: input':>13} {'ours':>7} {'gain':>6}   {'mosaic ' + size:>18} {'ours':>7} {'gain':>6}"
           f"   tiled vs untiled, max |diff|")
@@ -117,6 +126,7 @@ def main() -> None:
     parser.add_argument("--no-nlm", action="store_true", help="skip the speed comparison with OpenCV's NLM")
     parser.add_argument("--write-mosaic", type=Path, help="also write one large mosaic PNG of faces here")
     parser.add_argument("--mosaic-size", default="4000x3000", help="WIDTHxHEIGHT of --write-mosaic")
+    parser.add_argument("--write-example", type=Path, help="write a before/after picture of JPEG q20 here (PNG)")
     args = parser.parse_args()
 
     # The held-out split of `animevae train` (by content hash): for faces-dev these are faces the built-in
@@ -138,7 +148,7 @@ def main() -> None:
 
     cores = usable_cores()
     denoiser = open_model(choose_model(Path("runs"), None, args.model).path("denoiser"), "denoiser", "cpu", cores)
-    quality_table(denoiser, clean)
+    quality_table(denoiser, clean, args.write_example)
     if args.no_nlm:
         return
     ours_out = np.concatenate([denoise_array(denoiser, noisy[b : b + 64]) for b in range(0, len(noisy), 64)])
