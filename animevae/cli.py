@@ -329,7 +329,10 @@ def generate(
 def denoise(
     folder: Annotated[Path, typer.Argument(help="Folder of noisy images, searched recursively.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: FOLDER-denoised beside it).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per denoiser call.")] = 64,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Images decoded at a time (a denoiser call holds at most 1M pixels).")] = 64,
+    strength: Annotated[float, typer.Option(
+        "--strength", min=0.0, max=1.0, help="1: fully denoised; less blends in the input (less smoothing).")] = 1.0,
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
@@ -345,7 +348,8 @@ def denoise(
     part = Shard.parse(shard)
     out = out or default_out_dir(folder)
     denoiser = _open("denoiser", runs_dir, run, model, device)
-    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet), shard=part)
+    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet), shard=part,
+                            strength=strength)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
     _exit_if_files_failed(result)
@@ -372,7 +376,7 @@ def evaluate(
     table.add_column("value", justify="right")
     table.add_row("reconstruction PSNR / SSIM", f"{report.recon_psnr:.2f} dB / {report.recon_ssim:.3f}")
     for sigma, value in report.denoise_psnr.items():
-        label = "clean input" if sigma == "0" else f"sigma {sigma}"
+        label = "clean input" if sigma == "0" else f"sigma {sigma}" if sigma.isdigit() else f"JPEG quality {sigma[4:]}"
         table.add_row(f"denoise PSNR, {label}", f"{value:.2f} dB (input {report.noisy_psnr[sigma]:.2f})")
     unmeasured = f"not measurable ({report.held_out} held-out image; needs 2)"
     table.add_row("sample diversity (vs held-out)",

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -23,6 +24,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".
 # Larger than any real face picture, small enough that a "decompression bomb" header is refused before decoding.
 MAX_PIXELS = 40_000_000
 DATASET_KIND = "animevae-dataset"
+T = TypeVar("T")
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -82,6 +84,35 @@ def decode_rgb(path: Path) -> np.ndarray:
 
     Raises DataError with a short reason for anything that is not a readable image.
     """
+    return _decode(path, _to_rgb_array)
+
+
+@dataclass
+class ImageLayers:
+    """A decoded image split for denoising: colour to denoise, and what to give back unchanged."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8; a greyscale image's grey in all three channels
+    alpha: np.ndarray | None  # (H, W) uint8, or None for an opaque image
+    grey: bool  # the file holds greyscale (1-bit, 8-bit, 16-bit or 32-bit), so the output is greyscale too
+
+
+def decode_layers(path: Path) -> ImageLayers:
+    """Decode one image file keeping its alpha channel and greyness (first frame, 16-bit scaled to 8 bits,
+    palette, CMYK and other colour modes converted to RGB). Raises DataError as decode_rgb does."""
+    return _decode(path, _to_layers)
+
+
+def _to_layers(image: Image.Image) -> ImageLayers:
+    grey = image.mode in ("1", "L", "LA", "La", "I;16", "I;16B", "I;16L", "I", "F")
+    has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+    if not has_alpha:
+        return ImageLayers(_to_rgb_array(image), None, grey)
+    rgba = np.asarray(image.convert("RGBA"))  # transparency keys and palette alpha become a real alpha channel
+    return ImageLayers(np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), grey)
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], T]) -> T:
+    """Open `path`'s first frame (size-checked, EXIF-rotated) and `convert` it; DataError for anything unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -91,7 +122,7 @@ def decode_rgb(path: Path) -> np.ndarray:
                     raise DataError(f"image claims {width}x{height} pixels (over {MAX_PIXELS:,}); not decoded")
                 image.seek(0)
                 image.load()
-                return _to_rgb_array(ImageOps.exif_transpose(image))
+                return convert(ImageOps.exif_transpose(image))
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from animevae.data import Skipped, decode_rgb, find_images
-from animevae.errors import DataError, OutputError
+from animevae.data import ImageLayers, Skipped, decode_layers, find_images
+from animevae.errors import ArgumentError, DataError, OutputError
 from animevae.fileio import is_complete_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
+from animevae.tiling import Tiling, run_tiled
 from animevae.writer import PngWriter, writer_processes
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
@@ -26,13 +27,44 @@ def default_out_dir(in_dir: Path) -> Path:
 
 
 def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8, padding H and W by edge replication to a multiple of 4."""
-    _, height, width, _ = images.shape
+    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 in one model call (untiled)."""
+    return to_uint8(run_padded(denoiser, images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
+
+
+def run_padded(denoiser: OnnxModel, batch: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] -> the same denoised, padding H and W by edge replication to a multiple of 4."""
+    height, width = batch.shape[2:]
     pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
-    batch = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (B, 3, H, W)
     if pad_h or pad_w:
         batch = np.pad(batch, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-    return to_uint8(denoiser.run(batch)[0][:, :, :height, :width])
+    return denoiser.run(batch)[0][:, :, :height, :width]
+
+
+def denoise_image(denoiser: OnnxModel, rgb: np.ndarray, tiling: Tiling = Tiling()) -> np.ndarray:
+    """(H, W, 3) uint8 of any size -> denoised (H, W, 3) uint8: whole when it fits one tile, else tiled."""
+    height, width, _ = rgb.shape
+    if tiling.fits(height, width):
+        return denoise_array(denoiser, rgb[None])[0]
+    # Padded as a whole, as an untiled run pads it: the tiles at the bottom and right then see the same border.
+    pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
+    padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else rgb
+    return np.ascontiguousarray(run_tiled(lambda tiles: denoiser.run(tiles)[0], padded, tiling)[:height, :width])
+
+
+def compose_output(layers: ImageLayers, denoised: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """The array to save: `denoised` (H, W, 3) blended with the input by `strength` (1: all denoised, 0: the input),
+    back to grey for a grey file, with the file's alpha channel unchanged. (H, W), (H, W, 2), (H, W, 3) or
+    (H, W, 4) uint8."""
+    if strength < 1.0:
+        source = layers.rgb.astype(np.float32)
+        denoised = np.round(source + strength * (denoised.astype(np.float32) - source)).astype(np.uint8)
+    channels = [denoised]
+    if layers.grey:  # the three channels of a grey input come out nearly equal: their mean is the grey
+        channels = [((denoised.astype(np.uint16).sum(axis=2, keepdims=True) + 1) // 3).astype(np.uint8)]
+    if layers.alpha is not None:
+        channels.append(layers.alpha[:, :, None])
+    out = np.concatenate(channels, axis=2) if len(channels) > 1 else channels[0]
+    return out[:, :, 0] if out.shape[2] == 1 else out
 
 
 def plan_outputs(in_dir: Path, out_dir: Path, shard: Shard = Shard()) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
@@ -65,11 +97,17 @@ def denoise_folder(
     workers: int | None = None,
     reporter: Reporter | None = None,
     shard: Shard = Shard(),
+    strength: float = 1.0,
+    tiling: Tiling = Tiling(),
 ) -> JobResult:
-    """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish."""
+    """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish.
+    `batch_size` images are decoded at a time; `strength` blends input (0) and denoised output (1)."""
     reporter = reporter or SilentReporter()
     if batch_size < 1:
         raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 64, for example")
+    if not 0.0 <= strength <= 1.0:
+        raise ArgumentError(f"--strength must be between 0 and 1 (got {strength})", "pass --strength 0.5, for example")
+    tiling.check()
     in_abs, out_abs = in_dir.resolve(), out_dir.resolve()
     if not in_dir.is_dir():
         raise DataError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist",
@@ -77,7 +115,9 @@ def denoise_folder(
     if out_abs == in_abs or in_abs in out_abs.parents:
         raise OutputError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
     report = skipped_name(shard.index, shard.count)
-    identity = {"model_sha256": file_digest(denoiser.path), "task": "denoise", "input": str(in_abs)}
+    identity: dict[str, object] = {"model_sha256": file_digest(denoiser.path), "task": "denoise", "input": str(in_abs)}
+    if strength != 1.0:  # part of what the files are: a rerun at another strength must not mix with them
+        identity["strength"] = strength
     prepare_output(out_dir, identity, overwrite, old_outputs=lambda folder: folder.rglob("*.png"), report=report)
     pairs, skipped = plan_outputs(in_dir, out_dir, shard)
     folders = [out_dir, *{dst.parent for _, dst in pairs}]
@@ -90,7 +130,8 @@ def denoise_folder(
     try:
         with PngWriter(pool_size, tally) as writer:
             for begin in range(0, len(todo), batch_size):
-                _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter)
+                _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter, tiling,
+                               strength)
     finally:
         reporter.stop()
     remove_stale_temps(*folders)  # again: a writer killed just before this run started may only now be gone
@@ -100,18 +141,35 @@ def denoise_folder(
 
 
 def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,
-                   skipped: list[Skipped], reporter: Reporter) -> None:
-    by_shape: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
+                   skipped: list[Skipped], reporter: Reporter, tiling: Tiling, strength: float) -> None:
+    """Images that fit one tile go through the model in same-size groups of at most tiling.pixel_budget pixels;
+    larger ones are tiled at once, so at most one large image is held decoded."""
+    by_shape: dict[tuple[int, int], list[tuple[Path, ImageLayers]]] = {}
+
+    def write(group: list[tuple[Path, ImageLayers]], outputs: list[np.ndarray]) -> None:
+        for dst, _ in group:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        writer.submit([dst for dst, _ in group],
+                      [compose_output(layers, out, strength) for (_, layers), out in zip(group, outputs)])
+
+    def flush(shape: tuple[int, int]) -> None:
+        group = by_shape.pop(shape)
+        write(group, list(denoise_array(denoiser, np.stack([layers.rgb for _, layers in group]))))
+
     for src, dst in chunk:
         try:
-            pixels = decode_rgb(src)
+            layers = decode_layers(src)
         except DataError as error:
             skipped.append(Skipped(str(src.relative_to(in_dir)), error.message))
             reporter.advance(1)
             continue
-        by_shape.setdefault(pixels.shape, []).append((dst, pixels))
-    for group in by_shape.values():
-        outputs = denoise_array(denoiser, np.stack([pixels for _, pixels in group]))
-        for dst, _ in group:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        writer.submit([dst for dst, _ in group], list(outputs))
+        height, width, _ = layers.rgb.shape
+        if not tiling.fits(height, width):
+            write([(dst, layers)], [denoise_image(denoiser, layers.rgb, tiling)])
+            continue
+        group = by_shape.setdefault((height, width), [])
+        group.append((dst, layers))
+        if (len(group) + 1) * height * width > tiling.pixel_budget:
+            flush((height, width))
+    for shape in list(by_shape):
+        flush(shape)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from animevae.data import split_holdout
+from animevae.degrade import jpeg_batch
 from animevae.diffusion import DDIMSampler
 from animevae.errors import DataError
 from animevae.export import load_run_models, load_run_sampler
@@ -25,6 +26,7 @@ from animevae.train import load_training_images
 
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)
+JPEG_QUALITIES = (20, 40)
 REPORT_NAME = "evaluation.json"
 # Diversity needs a pair of held-out images; the classifier one to train on and one to test on, per side.
 MIN_HELD_OUT = 2
@@ -107,17 +109,20 @@ def reconstruction_scores(vae: VAE, held_out: torch.Tensor) -> tuple[float, floa
 
 @torch.no_grad()
 def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
-    """Denoised and noisy PSNR at each sigma (0-255 scale; 0 = clean input), noise clipped to [0, 1]."""
+    """Denoised and degraded-input PSNR at each sigma (0-255 scale; 0 = clean input), noise clipped to [0, 1],
+    and at each JPEG quality (keys "jpeg20", "jpeg40": saved by Pillow with 4:2:0 chroma)."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
+    cases = [(str(s), lambda clean, s=s: add_noise(clean, float(s), generator)) for s in SIGMAS]
+    cases += [(f"jpeg{q}", lambda clean, q=q: jpeg_batch(clean, q)) for q in JPEG_QUALITIES]
     denoised, noisy_scores = {}, {}
-    for sigma in SIGMAS:
+    for key, degrade in cases:
         outs, ins = [], []
         for clean in _batches(held_out):
-            noisy = add_noise(clean, float(sigma), generator)
+            noisy = degrade(clean)
             outs.append(psnr(denoiser(noisy), clean))
             ins.append(psnr(noisy, clean))
-        denoised[str(sigma)] = round(torch.cat(outs).mean().item(), 3)
-        noisy_scores[str(sigma)] = round(min(torch.cat(ins).mean().item(), 100.0), 3)
+        denoised[key] = round(torch.cat(outs).mean().item(), 3)
+        noisy_scores[key] = round(min(torch.cat(ins).mean().item(), 100.0), 3)
     return denoised, noisy_scores
 
 

@@ -78,14 +78,15 @@ def write_json_atomic(final: Path, obj: Any) -> None:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) uint8 array as a lossless PNG."""
+    """Encode an (H, W, 3) uint8 array (or (H, W) grey, (H, W, 2) grey + alpha, (H, W, 4) RGBA) as a lossless PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    mode = "L" if pixels.ndim == 2 else {2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    Image.fromarray(pixels, mode).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
 def save_png_atomic(final: Path, pixels: np.ndarray) -> None:
-    """Encode (H, W, 3) uint8 `pixels` and write them to `final` atomically."""
+    """Encode uint8 `pixels` (as encode_png takes them) and write them to `final` atomically."""
     write_bytes_atomic(final, encode_png(pixels))
 
 

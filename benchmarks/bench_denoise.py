@@ -7,8 +7,18 @@ to uint8 as a saved PNG would be. Compared (images/s, all cores, medians of --re
         strength h tuned on the very images it is scored on, one process per core
 and prints ours/nlm for both.
 
+Then the quality cases, ours only: Gaussian sigma 25 and 50, JPEG quality 20, 40 and 90 (Pillow, its default
+4:2:0 chroma) and clean input, PSNR of input and output; once on the faces one by one, once on a mosaic of all
+of them (25 x 20 faces, 1600 x 1280 pixels) denoised tiled, as a large real image would be, and compared
+with the same mosaic denoised untiled in one call.
+`--write-mosaic PATH --mosaic-size 4000x3000` also writes one large mosaic PNG (faces repeated to fill it), for
+timing `animevae denoise` on a big image:
+
     pip install opencv-python-headless   # benchmark only, never a runtime dependency
-    python benchmarks/bench_denoise.py --data faces-dev [--model builtin|PATH] [--count 500]
+    python benchmarks/bench_denoise.py --data faces-dev [--model builtin|PATH] [--count 500] [--no-nlm]
+                                       [--write-example docs/denoise-jpeg20.png]
+    python benchmarks/bench_denoise.py --data faces-dev --write-mosaic big/mosaic.png --mosaic-size 4000x3000
+    /usr/bin/time -v animevae denoise big --out big-denoised   # "Maximum resident set size"
 """
 
 from __future__ import annotations
@@ -25,8 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from PIL import Image
+
 from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
-from animevae.denoise import denoise_array
+from animevae.degrade import jpeg_bytes_roundtrip
+from animevae.denoise import denoise_array, denoise_image
 from animevae.models import choose_model
 from animevae.runtime import open_model
 from animevae.writer import usable_cores
@@ -53,12 +66,67 @@ def nlm_all(images: np.ndarray, h: float, pool: ProcessPoolExecutor, workers: in
     return np.concatenate(list(pool.map(nlm, [(chunk, h) for chunk in chunks])))
 
 
+def make_mosaic(faces: np.ndarray, columns: int, rows: int) -> np.ndarray:
+    """(N, S, S, 3) faces -> one (rows * S, columns * S, 3) image, row by row, faces repeated if N is short."""
+    count, side = len(faces), faces.shape[1]
+    picks = faces[np.arange(rows * columns) % count].reshape(rows, columns, side, side, 3)
+    return np.ascontiguousarray(picks.transpose(0, 2, 1, 3, 4).reshape(rows * side, columns * side, 3))
+
+
+def degraded_cases(clean: np.ndarray) -> dict[str, np.ndarray]:
+    """The quality cases of uint8 images (any leading shape ending in (H, W, 3)); noise from a fixed seed."""
+    rng = np.random.default_rng(0)
+    cases = {f"sigma {s}": np.clip(np.round(clean + rng.standard_normal(clean.shape) * s), 0, 255).astype(np.uint8)
+             for s in (25, 50)}
+    flat = clean.reshape(-1, *clean.shape[-3:])
+    for quality in (20, 40, 90):
+        cases[f"jpeg q{quality}"] = np.stack([jpeg_bytes_roundtrip(i, quality) for i in flat]).reshape(clean.shape)
+    cases["clean"] = clean
+    return cases
+
+
+def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> None:
+    """Input and output PSNR of each case on the faces one by one, and on their mosaic denoised tiled; with
+    `example`, a before/after picture of the JPEG q20 case there (clean | JPEG | denoised, 256x256 at 2x)."""
+    columns = 25
+    mosaic = make_mosaic(faces, columns, len(faces) // columns)
+    face_cases, mosaic_cases = degraded_cases(faces), degraded_cases(mosaic)
+    if example:
+        crop = np.s_[:128, :128]
+        jpeg = mosaic_cases["jpeg q20"]
+        panels = [mosaic[crop], jpeg[crop], denoise_image(denoiser, jpeg)[crop]]
+        picture = np.concatenate([np.pad(p, ((0, 0), (0, 2), (0, 0)), constant_values=255) for p in panels], axis=1)
+        example.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).resize((picture.shape[1] * 2, 256), Image.Resampling.NEAREST).save(example)
+    size = "x".join(map(str, mosaic.shape[1::-1]))
+    print(f"{'case':<10} {'faces: input':>13} {'ours':>7} {'gain':>6}   {'mosaic ' + size:>18} {'ours':>7} {'gain':>6}"
+          f"   tiled vs untiled, max |diff|")
+    for name in face_cases:
+        noisy = face_cases[name]
+        out = np.concatenate([denoise_array(denoiser, noisy[b : b + 64]) for b in range(0, len(noisy), 64)])
+        big_in = mosaic_cases[name]
+        big_out = denoise_image(denoiser, big_in)
+        untiled = denoise_array(denoiser, big_in[None])[0]
+        a_in, a_out = psnr(noisy, faces), psnr(out, faces)
+        b_in, b_out = psnr(big_in[None], mosaic[None]), psnr(big_out[None], mosaic[None])
+        diff = np.abs(big_out.astype(int) - untiled.astype(int)).max()
+        if name == "clean":  # the input is exact: no PSNR, no gain
+            print(f"{name:<10} {'exact':>13} {a_out:7.2f} {'':>6}   {'exact':>18} {b_out:7.2f} {'':>6}   {diff}/255")
+            continue
+        print(f"{name:<10} {a_in:13.2f} {a_out:7.2f} {a_out - a_in:+6.2f}   {b_in:18.2f} {b_out:7.2f} {b_out - b_in:+6.2f}"
+              f"   {diff}/255")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a folder of clean faces")
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--count", type=int, default=500, help="held-out faces (at most 10%% of the folder)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-nlm", action="store_true", help="skip the speed comparison with OpenCV's NLM")
+    parser.add_argument("--write-mosaic", type=Path, help="also write one large mosaic PNG of faces here")
+    parser.add_argument("--mosaic-size", default="4000x3000", help="WIDTHxHEIGHT of --write-mosaic")
+    parser.add_argument("--write-example", type=Path, help="write a before/after picture of JPEG q20 here (PNG)")
     args = parser.parse_args()
 
     # The held-out split of `animevae train` (by content hash): for faces-dev these are faces the built-in
@@ -69,8 +137,20 @@ def main() -> None:
     noise = np.random.default_rng(0).standard_normal(clean.shape) * SIGMA
     noisy = np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
 
+    if args.write_mosaic:
+        width, height = (int(v) for v in args.mosaic_size.split("x"))
+        every = np.stack([square_resize(p, 64) for p in decoded])
+        big = make_mosaic(every, -(-width // 64), -(-height // 64))[:height, :width]
+        args.write_mosaic.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(big).save(args.write_mosaic)
+        print(f"wrote {args.write_mosaic} ({width}x{height}, {len(every)} faces)")
+        return
+
     cores = usable_cores()
     denoiser = open_model(choose_model(Path("runs"), None, args.model).path("denoiser"), "denoiser", "cpu", cores)
+    quality_table(denoiser, clean, args.write_example)
+    if args.no_nlm:
+        return
     ours_out = np.concatenate([denoise_array(denoiser, noisy[b : b + 64]) for b in range(0, len(noisy), 64)])
     with ProcessPoolExecutor(cores) as pool:
         tuned = {h: psnr(nlm_all(noisy, h, pool, cores), clean) for h in (6, 8, 10, 12, 14)}

@@ -52,8 +52,9 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
     saved = json.loads((trained_run.run_dir / REPORT_NAME).read_text())
     (trained_run.run_dir / REPORT_NAME).unlink()  # the session run stays as the fixture made it
     assert saved["recon_psnr"] == report.recon_psnr and saved["held_out"] == report.held_out > 0
-    assert set(report.denoise_psnr) == {"0", "15", "25", "50"}
+    assert set(report.denoise_psnr) == {"0", "15", "25", "50", "jpeg20", "jpeg40"}
     assert report.noisy_psnr["50"] < report.noisy_psnr["25"] < report.noisy_psnr["15"]
+    assert report.noisy_psnr["jpeg20"] < report.noisy_psnr["jpeg40"] < report.noisy_psnr["0"]
     assert 0.0 <= report.copy_rate <= 1.0 and report.classifier_train_per_class == 20
     assert report.latents == "diffusion prior"
     assert report.sample_diversity > 0 and -1.0 <= report.recon_ssim <= 1.0
@@ -66,4 +67,5 @@ def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:
     (trained_run.run_dir / REPORT_NAME).unlink(missing_ok=True)
     assert_ok(result)
     assert "reconstruction PSNR" in result.output and "denoise PSNR, sigma 25" in result.output
+    assert "denoise PSNR, JPEG quality 20" in result.output
     assert "wrote" in result.output
