@@ -195,28 +195,34 @@ def train(
     seed: Seed = 0,
     device: Device = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
+    prior: Annotated[str, typer.Option(
+        "--prior", help="Latent prior to sample from: mixture (Gaussian mixture) or diffusion (prior.onnx).")] = "mixture",
+    adversarial_weight: Annotated[float, typer.Option(
+        "--adversarial-weight", min=0.0, help="Weight of the patch-discriminator loss on the decoder (0: off).")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Train a convolutional VAE and a blind denoiser on the same faces."""
     from animevae.config import ModelConfig, TrainConfig
-    from animevae.errors import DataError
+    from animevae.errors import ArgumentError, DataError
     from animevae.train import train as train_run
 
     if not data.exists():
         raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
+    if prior not in ("mixture", "diffusion"):
+        raise ArgumentError(f"--prior must be mixture or diffusion (got {prior!r})", "pass --prior mixture")
     channels = ModelConfig().channels
     # One stride-2 level fewer until the size divides and the base grid keeps at least 4x4 pixels.
     while len(channels) > 1 and (image_size % 2 ** len(channels) or image_size // 2 ** len(channels) < 4):
         channels = channels[:-1]
-    model_config = ModelConfig(image_size=image_size, latent_dim=latent_dim, channels=channels)
+    model_config = ModelConfig(image_size=image_size, latent_dim=latent_dim, channels=channels, prior=prior)
     try:
         model_config.check()
     except ValueError as error:
         raise DataError(str(error), "use an image size that is a multiple of 16, such as 64") from None
     train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-                               denoiser_lr=lr, seed=seed, precision=precision)
+                               denoiser_lr=lr, seed=seed, precision=precision, adversarial_weight=adversarial_weight)
     if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
         raise DataError(f"--runs-dir {runs_dir} is inside the data folder {data}",
                         "keep runs outside the images: their sample sheets would join the next preparation")
