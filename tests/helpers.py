@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,30 @@ def evil_pickle(marker: Path) -> bytes:
     import pickle
 
     return pickle.dumps(_Payload(marker))
+
+
+_WRITE_OPENS: list[list[str]] = []
+
+
+def _record_write_opens(event: str, args: tuple[Any, ...]) -> None:
+    # Audit hook (cannot be removed once added): records files opened for writing while a recorder is active.
+    if event != "open" or not _WRITE_OPENS or args[0] is None or isinstance(args[0], int):
+        return
+    path, mode, flags = args
+    writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+    if writing:
+        _WRITE_OPENS[-1].append(os.fsdecode(path))
+
+
+sys.addaudithook(_record_write_opens)
+
+
+@contextlib.contextmanager
+def opened_for_writing() -> Iterator[list[str]]:
+    """The paths this process opens for writing inside the block (through Python's open, os.open or pathlib)."""
+    opened: list[str] = []
+    _WRITE_OPENS.append(opened)
+    try:
+        yield opened
+    finally:
+        _WRITE_OPENS.pop()
