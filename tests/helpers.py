@@ -114,6 +114,11 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+def evil_object(marker: Path) -> object:
+    """An object whose unpickling (torch.save of it, then torch.load without weights_only) creates `marker`."""
+    return _Payload(marker)
+
+
 def evil_pickle(marker: Path) -> bytes:
     """Pickle bytes whose loading creates `marker` (a stand-in for arbitrary code execution)."""
     import pickle
