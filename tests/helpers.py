@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # The tiny model every API-level test trains: fast on 2 CPU cores, still every code path.
+# The diffusion prior (an option, off by default) so that the session run exercises prior.onnx end to end.
 TINY_MODEL = {"image_size": 16, "latent_dim": 8, "channels": (8, 16), "denoiser_width": 8, "denoiser_blocks": 1,
-              "prior_width": 16, "prior_blocks": 1, "disc_channels": 4}
+              "prior_width": 16, "prior_blocks": 1, "disc_channels": 4, "prior": "diffusion"}
 # Common CLI flags that keep a command on the CPU and quiet.
 CPU = ["--device", "cpu", "-q"]
 
@@ -113,8 +116,40 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+def evil_object(marker: Path) -> object:
+    """An object whose unpickling (torch.save of it, then torch.load without weights_only) creates `marker`."""
+    return _Payload(marker)
+
+
 def evil_pickle(marker: Path) -> bytes:
     """Pickle bytes whose loading creates `marker` (a stand-in for arbitrary code execution)."""
     import pickle
 
     return pickle.dumps(_Payload(marker))
+
+
+_WRITE_OPENS: list[list[str]] = []
+
+
+def _record_write_opens(event: str, args: tuple[Any, ...]) -> None:
+    # Audit hook (cannot be removed once added): records files opened for writing while a recorder is active.
+    if event != "open" or not _WRITE_OPENS or args[0] is None or isinstance(args[0], int):
+        return
+    path, mode, flags = args
+    writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & (os.O_WRONLY | os.O_RDWR))
+    if writing:
+        _WRITE_OPENS[-1].append(os.fsdecode(path))
+
+
+sys.addaudithook(_record_write_opens)
+
+
+@contextlib.contextmanager
+def opened_for_writing() -> Iterator[list[str]]:
+    """The paths this process opens for writing inside the block (through Python's open, os.open or pathlib)."""
+    opened: list[str] = []
+    _WRITE_OPENS.append(opened)
+    try:
+        yield opened
+    finally:
+        _WRITE_OPENS.pop()

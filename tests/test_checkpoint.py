@@ -15,7 +15,7 @@ from animevae.checkpoint import CHECKPOINT_KIND, Progress, load_checkpoint, read
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.errors import ModelError
 from animevae.model import VAE, Denoiser, VAELoss
-from helpers import evil_pickle, temp_leftovers
+from helpers import evil_object, evil_pickle, temp_leftovers
 
 
 def _trained_state(config: ModelConfig) -> tuple[RunConfig, dict, dict]:
@@ -170,3 +170,26 @@ def test_failed_save_keeps_the_previous_checkpoint(saved, monkeypatch: pytest.Mo
     assert path.read_bytes() == before
     assert temp_leftovers(path.parent) == []
     assert load_checkpoint(path).progress.step == 7
+
+
+@pytest.mark.parametrize("name", ["last.pt", "last.pth", "last.bin", "model.ckpt"])
+@pytest.mark.parametrize("fmt", ["torch.save", "raw pickle"])
+def test_a_hostile_file_is_refused_without_running_it_whatever_its_name(tmp_path: Path, name: str, fmt: str) -> None:
+    """Protects "checkpoints load without pickle": no fallback to torch.load(weights_only=False) or pickle for
+    .pt/.bin files, whether they hold torch's zip format or bare pickle bytes."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    if fmt == "torch.save":
+        probe = tmp_path / "probe"
+        torch.save({"state": evil_object(probe)}, path)
+        torch.load(path, weights_only=False)
+        assert probe.exists(), "the payload must be live for this test to mean anything"
+        torch.save({"state": evil_object(marker)}, path)
+    else:
+        path.write_bytes(evil_pickle(marker))
+    with pytest.raises(ModelError, match="cannot read checkpoint|is not an animevae checkpoint") as caught:
+        load_checkpoint(path)
+    assert caught.value.hint
+    with pytest.raises(ModelError):
+        read_config(path)
+    assert not marker.exists()

@@ -75,10 +75,14 @@ def test_every_command_has_help(runner, name: str) -> None:
         assert getattr(param, "help", None), f"{name}: {param.name} has no help text"
 
 
-def test_usage_errors_exit_2(runner) -> None:
-    assert runner.invoke(app, ["generate", "--no-such-option"]).exit_code == 2
-    assert runner.invoke(app, ["prepare", "x", "--image-size", "4"]).exit_code == 2
-    assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+def test_usage_errors_exit_2(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for args, complaint in ((["generate", "--no-such-option"], "No such option: --no-such-option"),
+                            (["prepare", "x", "--image-size", "4"], "Invalid value for '--image-size'"),
+                            (["no-such-command"], "No such command 'no-such-command'")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and complaint in result.output, result.output
+    assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
 # --- prepare -----------------------------------------------------------------------------------
@@ -164,7 +168,10 @@ def test_prepare_out_is_a_folder(runner, tmp_path: Path) -> None:
     folder = tmp_path / "faces"
     write_blobs(folder, count=2)
     (tmp_path / "outdir").mkdir()
-    assert_cli_error(runner.invoke(app, ["prepare", str(folder), "--out", str(tmp_path / "outdir"), "-q"]))
+    result = runner.invoke(app, ["prepare", str(folder), "--out", str(tmp_path / "outdir"), "-q"])
+    assert_cli_error(result, f"error: --out {tmp_path / 'outdir'} is a folder", "hint: pass a file path")
+    assert list((tmp_path / "outdir").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "outdir"]
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -248,14 +255,14 @@ def test_prepare_train_export_generate_denoise(runner, image_dir: Path, tmp_path
 
     exported = runner.invoke(app, ["export", "--onnx"])
     assert_ok(exported)
-    assert exported.output.count("max abs difference from PyTorch") == 4  # encoder, decoder, denoiser, prior
+    assert exported.output.count("max abs difference from PyTorch") == 3  # a mixture run has no prior.onnx
 
     info = runner.invoke(app, ["info", "--device", "cpu"])
     assert_ok(info)
     assert "model: run 'run'" in info.output
     assert "latent_dim: 8" in info.output and "image_size: 16" in info.output
     assert "--device cpu runs on: CPUExecutionProvider" in info.output
-    assert "latents: diffusion prior (prior.onnx)" in info.output
+    assert "latents: Gaussian mixture (decoder metadata)" in info.output
 
     generated = runner.invoke(app, ["generate", "--count", "6", *CPU])
     assert_ok(generated)
@@ -294,5 +301,38 @@ def test_animevae_debug_shows_the_exception(runner, tmp_path: Path, monkeypatch:
 def test_train_refuses_an_image_size_the_denoiser_cannot_take(runner, image_dir, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", str(image_dir), "--image-size", "10", "--epochs", "1", "--device", "cpu"])
-    assert result.exit_code == 1 and "multiple of 4" in result.output and "hint:" in result.output
-    assert not (tmp_path / "runs" / "run").exists()
+    assert_cli_error(result, "error: image size 10 must be a multiple of 4", "hint: use an image size that is a multiple of 16")
+    assert not (tmp_path / "runs").exists()  # refused before anything is prepared or created
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_a_resume_command_that_finishes_the_run(runner, image_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Protects the README's Ctrl-C promise: the step finishes, a checkpoint is saved, and the printed
+    `--resume` command continues the same run to its end."""
+    import os
+    import shlex
+    import signal
+
+    import animevae.train as train_module
+
+    real_step = train_module.Trainer.step
+
+    def step_then_ctrl_c(self, indices):
+        losses = real_step(self, indices)
+        if self.progress.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module.Trainer, "step", step_then_ctrl_c)
+    interrupted = runner.invoke(app, ["train", "faces", *TRAIN_FAST])
+    monkeypatch.setattr(train_module.Trainer, "step", real_step)
+    assert_ok(interrupted)
+    assert "interrupted; checkpoint saved: run run, epoch 0, step 1" in interrupted.output
+    (command,) = [line[len("next: "):] for line in interrupted.output.splitlines() if line.startswith("next: ")]
+    assert command == "animevae train faces --resume --name run"
+    resumed = runner.invoke(app, [*shlex.split(command)[1:], "-q"])
+    assert_ok(resumed)
+    assert "finished: run run, epoch 1, step 3" in resumed.output
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "runs" / "run" / "metrics.jsonl")] == [1]

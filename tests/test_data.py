@@ -354,3 +354,18 @@ def test_folder_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert added != first
     paths[0].write_bytes(paths[0].read_bytes() + b"\x00")
     assert folder_fingerprint(folder, 16) != added
+
+
+def test_tiff_files_are_found_and_decoded(tmp_path: Path) -> None:
+    """Protects TIFF as an accepted format (README: PNG, JPEG, WebP, BMP, GIF and TIFF), both suffixes, any case."""
+    rng = np.random.default_rng(11)
+    root = tmp_path / "tiffs"
+    root.mkdir()
+    pictures = {name: rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for name in ("a.tif", "b.tiff", "c.TIF")}
+    for name, pixels in pictures.items():
+        Image.fromarray(pixels).save(root / name, format="TIFF")
+    assert [p.name for p in find_images(root).files] == ["a.tif", "b.tiff", "c.TIF"]
+    prepared = prepare_images(root, 16)
+    assert prepared.sources == ["a.tif", "b.tiff", "c.TIF"] and prepared.skipped == []
+    for index, pixels in enumerate(pictures.values()):
+        assert np.array_equal(prepared.images[index], pixels)  # lossless, and no resize at the same size

@@ -41,6 +41,38 @@ def test_two_process_gloo_run_writes_one_run_and_resumes(tmp_path: Path) -> None
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
 
 
+@pytest.mark.slow
+def test_ranks_average_their_gradients_and_stay_one_model(tmp_path: Path) -> None:
+    """Protects DDP training: the ranks' gradients are averaged (each rank's equals the mean of what each
+    computed alone), so after a step every rank holds the same weights, not separate replicas."""
+    import torch
+    from safetensors.torch import load_file
+
+    write_blobs(tmp_path / "faces", count=40)
+    probe = Path(__file__).with_name("ddp_probe.py")
+    env = {**environ_without_debug(), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(probe), str(tmp_path), str(tmp_path / "faces")],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+
+    grads = [k for k in ranks[0] if k.startswith("ddp_grad.")]
+    assert grads
+    for key in grads:
+        local = [rank["local_grad." + key.split(".", 1)[1]] for rank in ranks]
+        assert not torch.allclose(local[0], local[1]), f"{key}: the ranks saw the same images"
+        mean = (local[0] + local[1]) / 2
+        for rank in ranks:
+            torch.testing.assert_close(rank[key], mean, rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
+
+    after = [k for k in ranks[0] if k.startswith("after.")]
+    assert any(".denoiser." in k for k in after) and any(".vae." in k for k in after)
+    different = [k for k in after if not torch.equal(ranks[0][k], ranks[1][k]) and "running_" not in k
+                 and "num_batches" not in k]
+    assert different == [], f"the ranks' weights differ after a step: {different[:5]}"
+
+
 def test_a_plain_process_is_world_size_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     context = init_distributed("cpu")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
 from animevae.cli import app
 from animevae.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances, ssim,
                                style_of)
+from animevae.data import split_holdout
+from animevae.export import load_run_models
+from animevae.progress import SilentReporter
+from animevae.train import load_training_images
 from helpers import assert_ok
 
 
@@ -51,13 +57,20 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
                           classifier_images=20)
     saved = json.loads((trained_run.run_dir / REPORT_NAME).read_text())
     (trained_run.run_dir / REPORT_NAME).unlink()  # the session run stays as the fixture made it
-    assert saved["recon_psnr"] == report.recon_psnr and saved["held_out"] == report.held_out > 0
+    assert saved == {**asdict(report), "seconds": saved["seconds"]}
+    # 40 images: 4 held out (10%), 36 for training, as in training's own split.
+    assert (report.held_out, report.train_images, report.samples) == (4, 36, 40)
     assert set(report.denoise_psnr) == {"0", "15", "25", "50", "jpeg20", "jpeg40"}
-    assert report.noisy_psnr["50"] < report.noisy_psnr["25"] < report.noisy_psnr["15"]
+    assert report.noisy_psnr["0"] == 100.0  # clean input: PSNR capped at 100 dB
+    # sigma 25 noise on [0, 1] images is about 20 dB, sigma 50 about 14 dB (a bit more: clipping removes some).
+    assert 19.0 < report.noisy_psnr["25"] < 23.0 and 13.0 < report.noisy_psnr["50"] < report.noisy_psnr["25"]
+    assert report.noisy_psnr["25"] < report.noisy_psnr["15"] < 30.0
     assert report.noisy_psnr["jpeg20"] < report.noisy_psnr["jpeg40"] < report.noisy_psnr["0"]
-    assert 0.0 <= report.copy_rate <= 1.0 and report.classifier_train_per_class == 20
-    assert report.latents == "diffusion prior"
-    assert report.sample_diversity > 0 and -1.0 <= report.recon_ssim <= 1.0
+    # The classifier learns from 20 training images per class and is scored on the 4 held-out images against
+    # 4 unseen samples (or their 4 reconstructions): accuracies in eighths.
+    assert report.classifier_train_per_class == 20 and report.latents == "diffusion prior"
+    for accuracy in (report.realism_samples_accuracy, report.realism_recon_accuracy):
+        assert accuracy * 8 == pytest.approx(round(accuracy * 8))
     assert report.style_share_train == {"face": 1.0}  # the blob files are face000.png, face001.png, ...
 
 
@@ -69,3 +82,92 @@ def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:
     assert "reconstruction PSNR" in result.output and "denoise PSNR, sigma 25" in result.output
     assert "denoise PSNR, JPEG quality 20" in result.output
     assert "wrote" in result.output
+
+
+# --- known inputs, reference implementations ----------------------------------------------------
+
+
+def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM of two (3, H, W) images by the definition: an 11x11 Gaussian window (sigma 1.5) at every valid
+    position, averaged over positions and channels. Loops, float64."""
+    coords = np.arange(11) - 5.0
+    g = np.exp(-(coords**2) / (2 * 1.5**2))
+    w = np.outer(g, g) / g.sum() ** 2
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for channel in range(x.shape[0]):
+        for top in range(x.shape[1] - 10):
+            for left in range(x.shape[2] - 10):
+                a, b = x[channel, top : top + 11, left : left + 11], y[channel, top : top + 11, left : left + 11]
+                mu_a, mu_b = (w * a).sum(), (w * b).sum()
+                var_a, var_b = (w * (a - mu_a) ** 2).sum(), (w * (b - mu_b) ** 2).sum()
+                cov = (w * (a - mu_a) * (b - mu_b)).sum()
+                values.append(((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_matches_the_definition() -> None:
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 14, 13, generator=generator)
+    y = (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    expected = [_reference_ssim(x[i].double().numpy(), y[i].double().numpy()) for i in range(2)]
+    assert ssim(y, x).tolist() == pytest.approx(expected, abs=1e-5)
+    # Flat images a and b: no variance, SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1) alone.
+    flat = ssim(torch.full((1, 3, 11, 11), 0.6), torch.full((1, 3, 11, 11), 0.2)).item()
+    assert flat == pytest.approx((2 * 0.6 * 0.2 + 1e-4) / (0.36 + 0.04 + 1e-4), abs=1e-4)  # float32 variances
+
+
+def _rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(((a - b) ** 2).mean()))
+
+
+def _nearest(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Reference nearest-neighbour RMS distance, one pair at a time."""
+    return np.array([min(_rms(q, r) for r in references) for q in queries])
+
+
+def _mean_pairwise(images: np.ndarray) -> float:
+    return float(np.mean([_rms(a, b) for i, a in enumerate(images) for j, b in enumerate(images) if i != j]))
+
+
+def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_percentile(
+        trained_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Protects the two numbers a reader trusts most: the scores are of images training never saw (not of the
+    training split), and copy_rate counts samples closer to a training image than 99% of held-out images are
+    to theirs (the 1st percentile of held-out distances, not the 99th)."""
+    import animevae.evaluate as evaluate
+
+    config, vae, denoiser = load_run_models(trained_run.run_dir)
+    images, hashes = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    held, train_set = pixels[val_idx], pixels[train_idx]
+    held_nn = _nearest(held.double().numpy(), train_set.double().numpy())
+    assert len(set(held_nn.tolist())) == 4, "distinct held-out distances, so the percentiles are apart"
+    # 6 exact copies of training images (distance 0) and 4 copies of the held-out image whose distance is the
+    # second largest: above the 1st percentile of held-out distances, below the 99th.
+    middle = int(np.argsort(held_nn)[2])
+    samples = torch.cat([train_set[:6], held[middle].expand(4, -1, -1, -1)])
+    monkeypatch.setattr(evaluate, "draw_samples", lambda vae, count, seed=0, **options: samples)
+
+    report = evaluate_run(trained_run.run_dir, trained_run.data_dir, trained_run.runs_dir, samples=len(samples),
+                          classifier_images=4)
+    (trained_run.run_dir / REPORT_NAME).unlink()
+
+    assert (report.held_out, report.train_images) == (len(val_idx), len(train_idx)) == (4, 36)
+    sample_nn = np.array([0.0] * 6 + [held_nn[middle]] * 4)
+    assert report.copy_rate == pytest.approx(np.mean(sample_nn < np.percentile(held_nn, 1))) == 0.6
+    with torch.no_grad():
+        recon = vae.decoder(vae.encode(held).mode()).double().numpy()
+        den = denoiser(held).double().numpy()
+    reference_psnr = np.mean([10 * np.log10(1 / ((recon[i] - held[i].numpy()) ** 2).mean()) for i in range(4)])
+    assert report.recon_psnr == pytest.approx(reference_psnr, abs=2e-3)
+    assert report.recon_ssim == pytest.approx(
+        np.mean([_reference_ssim(recon[i], held[i].double().numpy()) for i in range(4)]), abs=2e-4)
+    assert report.denoise_psnr["0"] == pytest.approx(
+        np.mean([10 * np.log10(1 / ((den[i] - held[i].numpy()) ** 2).mean()) for i in range(4)]), abs=2e-3)
+    assert report.nn_distance_held_out_median == pytest.approx(np.sort(held_nn)[1], abs=1e-4)  # lower median
+    assert report.nn_distance_samples_median == pytest.approx(0.0, abs=1e-4)
+    assert report.sample_diversity == pytest.approx(
+        _mean_pairwise(samples.double().numpy()) / _mean_pairwise(held.double().numpy()), abs=1e-4)
+    assert report.style_share_samples == {"face": 1.0}

@@ -18,7 +18,7 @@ from animevae.denoise import denoise_array
 from animevae.errors import ModelError
 from animevae.export import MAX_ABS_DIFF, export_run, load_run_models
 from animevae.fileio import to_uint8
-from helpers import assert_cli_error, assert_ok, temp_leftovers
+from helpers import assert_cli_error, assert_ok, snapshot, temp_leftovers
 
 ROLES = ("encoder", "decoder", "denoiser", "prior")
 
@@ -201,3 +201,53 @@ def test_cli_export_errors(runner, tmp_path: Path, runs_copy: Path) -> None:
     (runs_copy / "run" / "last.safetensors").unlink()
     assert_cli_error(runner.invoke(app, ["export", "--onnx", "--run", "run", "--runs-dir", str(runs_copy)]),
                      "no checkpoint at")
+
+
+class _Shifted(torch.nn.Module):
+    """A module's output plus a constant: PyTorch and ONNX then differ by exactly that much."""
+
+    def __init__(self, inner: torch.nn.Module, by: float) -> None:
+        super().__init__()
+        self.inner, self.by = inner, by
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner(z) + self.by
+
+
+def test_parity_limit_is_1e_4_refusing_above_and_keeping_below(trained_run, tmp_path: Path) -> None:
+    """Protects the README's promise that export fails when onnxruntime and PyTorch differ by more than 1e-4
+    (tested against the literal, not the module's own constant)."""
+    from animevae.export import _compare
+
+    _, vae, _ = load_run_models(trained_run.run_dir)
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
+    path = tmp_path / "decoder.onnx"
+    shutil.copy(trained_run.export_dir / "decoder.onnx", path)
+    assert _compare(_Shifted(vae.decoder, 0.6e-4), z, path, "decoder", "cpu") == pytest.approx(0.6e-4, abs=1e-5)
+    assert path.is_file()
+    with pytest.raises(ModelError, match=r"decoder.onnx differs from PyTorch by 1\.[3-7]\de-04 \(limit 1e-04\)"):
+        _compare(_Shifted(vae.decoder, 1.5e-4), z, path, "decoder", "cpu")
+    assert not path.exists()
+
+
+def test_half_is_refused_without_cuda_and_writes_nothing(runner, runs_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Protects the README: on a machine where onnxruntime cannot run CUDA, `--half` is refused rather than
+    silently ignored (export writes nothing; generate --half stops before any output)."""
+    import animevae.runtime as runtime
+    from animevae.models import HALF_DECODER
+
+    monkeypatch.setattr(runtime, "available_providers", lambda: [runtime.CPU])
+    export = runs_copy / "run" / "export"
+    before = snapshot(runs_copy)
+    with pytest.raises(ModelError, match="--half needs a CUDA GPU"):
+        export_run(runs_copy / "run", half=True)
+    assert snapshot(runs_copy) == before  # not even rewritten with the same bytes: refused before any work
+
+    out = runs_copy.parent / "out"
+    common = ["generate", "--count", "2", "--out", str(out), "--half", "--runs-dir", str(runs_copy), "-q"]
+    assert_cli_error(runner.invoke(app, [*common, "--device", "cpu"]), "--half runs only on CUDA")
+    assert_cli_error(runner.invoke(app, [*common, "--device", "auto"]), f"no fp16 decoder at {export / HALF_DECODER}")
+    shutil.copy(export / "decoder.onnx", export / HALF_DECODER)  # a stand-in: the CPU must still refuse it
+    assert_cli_error(runner.invoke(app, [*common, "--device", "auto"]), "--half needs CUDA")
+    assert_cli_error(runner.invoke(app, [*common, "--device", "cuda"]), "no CUDA provider")
+    assert not out.exists()

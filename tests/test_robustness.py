@@ -245,3 +245,42 @@ def test_a_run_killed_before_its_first_epoch_ends_can_be_resumed(tmp_path) -> No
     assert not (tmp_path / "runs" / "early" / "metrics.jsonl").exists(), "killed too late to test this"
     subprocess.run([*command, "--resume", "--epochs", "1"], check=True, env=environ_without_debug())
     assert load_checkpoint(checkpoint).progress.epoch == 1
+
+
+_PREPARE_AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+
+from PIL import Image
+
+from animevae.data import prepare_images
+
+Image.init()  # load Pillow's plugins before giving up root's rights to read them
+if os.geteuid() == 0:  # root reads anything: drop to an ordinary user for the check
+    os.setgid(65534)
+    os.setuid(65534)
+prepared = prepare_images(Path(sys.argv[1]), 16)
+print(json.dumps({"sources": prepared.sources, "skipped": [[s.path, s.reason] for s in prepared.skipped]}))
+"""
+
+
+def test_an_unreadable_file_is_skipped_as_no_read_permission_even_for_root_ci() -> None:
+    """Protects the skip reason for a file the user cannot read. As root (as CI runs) a child process drops
+    to user nobody first, so the case is checked there too instead of being skipped."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="animevae-perm-"))  # not under pytest's private (0700) tmp
+    try:
+        folder.chmod(0o755)
+        write_blobs(folder, count=2)
+        locked = folder / "locked.png"
+        locked.write_bytes(_encoded(Image.new("RGB", (16, 16), (90, 9, 9)), "PNG"))
+        locked.chmod(0)
+        done = subprocess.run([sys.executable, "-c", _PREPARE_AS_NOBODY, str(folder)], capture_output=True,
+                              text=True, timeout=120, env=environ_without_debug())
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout) == {"sources": ["face000.png", "face001.png"],
+                                           "skipped": [["locked.png", "no read permission"]]}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -65,10 +66,36 @@ def test_check_ran_as_asked() -> None:
 def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
-    assert default_threads() >= 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "0")
-    assert default_threads() >= 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for ignored in ("zero", "0", "-2", ""):
+        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        assert default_threads() == usable
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == usable
+
+
+@pytest.mark.parametrize("threads, expected", [(None, "default"), (3, 3)])
+def test_sessions_never_busy_wait_and_use_the_asked_threads(trained_run, monkeypatch: pytest.MonkeyPatch,
+                                                            threads: int | None, expected: object) -> None:
+    """Protects the README's "does not busy-wait": spinning onnxruntime threads would steal the cores that
+    PNG encoding needs on small machines. The thread count is the caller's, else default_threads()."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    opened = open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="cpu", threads=threads)
+    options = opened.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == (2 if expected == "default" else expected)
+
+
+def test_the_cli_makes_openmp_threads_sleep_when_idle() -> None:
+    """Protects the other half of no busy-waiting: OMP_WAIT_POLICY=PASSIVE is set before torch or onnxruntime
+    load (libgomp spins by default)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", "import os, animevae.cli; print(os.environ['OMP_WAIT_POLICY'])"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "PASSIVE", done.stderr
 
 
 # --- opening real files ------------------------------------------------------------------------
@@ -95,8 +122,17 @@ def test_open_model_on_cpu(trained_run) -> None:
     assert opened.fallback_note is None
     assert opened.input_name == "z" and opened.output_names == ["image"]
     assert opened.metadata["animevae.role"] == "decoder"
-    (images,) = opened.run(np.zeros((2, 8), np.float64))  # cast to float32 on the way in
+    z = np.random.default_rng(0).standard_normal((2, 8))
+    (images,) = opened.run(z)  # float64, cast to float32 on the way in
     assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32
+    import torch
+
+    from animevae.export import load_run_models
+
+    _, vae, _ = load_run_models(trained_run.run_dir)
+    with torch.no_grad():
+        expected = vae.decoder(torch.from_numpy(z.astype(np.float32))).numpy()
+    np.testing.assert_allclose(images, expected, atol=1e-4)  # the same function as the PyTorch decoder
 
 
 def test_auto_falls_back_to_cpu_with_a_note(trained_run, cuda_listed_but_broken) -> None:

@@ -15,10 +15,13 @@ import torch
 
 from animevae.checkpoint import load_checkpoint
 from animevae.config import ModelConfig, TrainConfig
-from animevae.data import prepare_images, save_prepared
+from animevae.data import prepare_images, save_prepared, split_holdout
 from animevae.errors import DataError, DeviceError, ModelError
+from animevae.export import load_run_models
+from animevae.model import add_noise
+from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
-from animevae.train import train
+from animevae.train import load_training_images, train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
@@ -80,7 +83,22 @@ def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> 
     # sigma 25 noise on [0, 1] images is about 20 dB, sigma 50 about 14 dB (a bit more: clipping removes some).
     assert 19.0 < record["noisy_psnr_25"] < 23.0
     assert 13.0 < record["noisy_psnr_50"] < record["noisy_psnr_25"]
-    assert record["val_psnr"] > 0 and record["denoise_psnr_25"] > 0
+    # The same numbers from the saved weights on the held-out images, by a separate computation.
+    config, vae, denoiser = load_run_models(trained_run.run_dir)
+    images, hashes = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    clean = torch.from_numpy(images[split_holdout(hashes, len(images), config.train.val_size)[1]])
+    clean = clean.permute(0, 3, 1, 2).double() / 255.0  # (4, 3, 16, 16)
+    noise = torch.Generator().manual_seed(1234)  # the fixed evaluation noise: sigma 25, then sigma 50
+    noisy = {sigma: add_noise(clean.float(), float(sigma), noise).double() for sigma in (25, 50)}
+
+    def mean_psnr(images: torch.Tensor) -> float:
+        return (10 * torch.log10(1 / (images.double() - clean).pow(2).flatten(1).mean(1))).mean().item()
+
+    with torch.no_grad():
+        assert record["val_psnr"] == pytest.approx(mean_psnr(vae.decoder(vae.encode(clean.float()).mode())), abs=2e-3)
+        for sigma in (25, 50):
+            assert record[f"noisy_psnr_{sigma}"] == pytest.approx(mean_psnr(noisy[sigma]), abs=2e-3)
+            assert record[f"denoise_psnr_{sigma}"] == pytest.approx(mean_psnr(denoiser(noisy[sigma].float())), abs=2e-3)
 
 
 def test_sample_sheet_shows_validation_reconstructions_and_samples(trained_run) -> None:
@@ -310,6 +328,32 @@ def test_time_budget_stops_with_a_partial_epoch_record(image_dir: Path, tmp_path
     assert load_checkpoint(result.run_dir / "last.safetensors").progress.step == 1
 
 
+class CheckpointWatcher(RecordingReporter):
+    """Reads the step of the checkpoint on disk at every training step (what a kill at that moment would keep)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path, self.on_disk = path, []
+
+    def advance(self, steps: int = 1, **fields: Any) -> None:
+        if "epoch" in fields:
+            self.on_disk.append(load_checkpoint(self.path).progress.step)
+
+
+@pytest.mark.parametrize("minutes, on_disk", [(0.0, [0, 1, 2]), (2.0, [0, 0, 0])])
+def test_a_checkpoint_is_written_every_checkpoint_minutes_within_an_epoch(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, minutes: float, on_disk: list[int]) -> None:
+    """Protects the periodic checkpoint: a run killed in the middle of a long epoch loses at most
+    checkpoint_minutes (2 by default) of work, not the whole epoch."""
+    assert TrainConfig().checkpoint_minutes == 2.0  # the README's "every 2 minutes"
+    watcher = CheckpointWatcher(tmp_path / "runs" / "run" / "last.safetensors")
+    config = TrainConfig(epochs=1, batch_size=16, precision="fp32", checkpoint_minutes=minutes)
+    train(image_dir, tiny_model_config, config, tmp_path / "runs", device="cpu", reporter=watcher)
+    # Seen at steps 1, 2, 3: the checkpoint of the step before (saved after every step when the interval is 0),
+    # or still the one taken at the start (a 2-minute interval does not pass in a tiny run).
+    assert watcher.on_disk == on_disk
+
+
 # --- devices -----------------------------------------------------------------------------------
 
 
@@ -341,6 +385,39 @@ def test_train_on_cuda_without_a_gpu_fails_before_creating_anything(
 def test_training_writes_nothing_into_the_data_folder(trained_run) -> None:
     # The data folder is read, never written (the prepared copy goes to runs/.cache, not beside the folder).
     assert sorted(p.name for p in trained_run.data_dir.iterdir()) == [f"face{i:03d}.png" for i in range(40)]
+
+
+@pytest.mark.parametrize("speedup, expected", [(1.0, "fp32"), (1.29, "fp32"), (1.31, "bf16"), (3.0, "bf16")])
+def test_precision_auto_on_the_cpu_takes_bf16_only_when_measured_faster(
+        monkeypatch: pytest.MonkeyPatch, speedup: float, expected: str) -> None:
+    """Protects --precision auto: CPUs that emulate bf16 slowly keep fp32 (bf16 only when clearly faster)."""
+    import animevae.devices as devices
+
+    monkeypatch.setattr(devices, "_cpu_bf16_speedup", lambda: speedup)
+    assert devices.choose_precision("auto", torch.device("cpu")) == expected
+    assert devices.choose_precision("fp32", torch.device("cpu")) == "fp32"
+    assert devices.choose_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_on_cuda_follows_bf16_support(monkeypatch: pytest.MonkeyPatch, supported: bool,
+                                                     expected: str) -> None:
+    from animevae.devices import choose_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+    assert choose_precision("auto", torch.device("cuda")) == expected
+
+
+def test_precision_auto_is_resolved_before_it_is_stored(image_dir: Path, tmp_path: Path,
+                                                        tiny_model_config: ModelConfig,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.devices as devices
+
+    monkeypatch.setattr(devices, "_cpu_bf16_speedup", lambda: 1.0)
+    result = train(image_dir, tiny_model_config, TrainConfig(epochs=1, batch_size=16, precision="auto"),
+                   tmp_path / "runs", device="cpu")
+    assert result.precision == "fp32"
+    assert json.loads((result.run_dir / "config.json").read_text())["train"]["precision"] == "fp32"
 
 
 # --- adversarial loss, weight averaging, latent prior --------------------------------------------------

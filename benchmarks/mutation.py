@@ -1,0 +1,95 @@
+"""Mutation score of the modules where a silent bug loses data or misleads (mutmut; slow, not part of CI).
+
+For each module named, mutmut (`pip install -e ".[mutation]"`) writes many small bugs into a copy of the
+project, one at a time, and runs the tests of that module that reach the mutated function; a mutant the tests
+do not fail on "survived". The score is killed / all mutants (a mutant no test reaches counts as survived).
+
+    nice -n 19 python benchmarks/mutation.py fileio checkpoint   # or no names: all of MODULE_TESTS
+    nice -n 19 python benchmarks/mutation.py shard --show        # also print each survivor's diff
+
+Each module runs in its own copy of the project (a temp folder), limited to the test files listed for it
+below, with --max-children processes (default 1: the machine is shared). The working tree is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Each module's own test files: the ones written to protect it.
+MODULE_TESTS = {
+    "fileio": ["tests/test_fileio.py"],
+    "outputs": ["tests/test_generate.py", "tests/test_denoise.py"],
+    "shard": ["tests/test_generate.py"],
+    "checkpoint": ["tests/test_checkpoint.py"],
+    "runtime": ["tests/test_runtime.py"],
+    "prior": ["tests/test_generate.py"],
+    "evaluate": ["tests/test_evaluate.py"],
+}
+KILLED = {"killed", "timeout", "segfault"}
+
+
+def run_module(module: str, max_children: int, show: bool, tests_dir: Path) -> Counter[str]:
+    """Run mutmut on animevae/MODULE.py in a private copy of the project; return the count of each status."""
+    with tempfile.TemporaryDirectory(prefix=f"mutation-{module}-") as tmp:
+        work = Path(tmp)
+        shutil.copytree(REPO / "animevae", work / "animevae", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(tests_dir, work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        tests = [t for t in MODULE_TESTS[module] if (work / t).is_file()]
+        (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + f"""
+[tool.mutmut]
+source_paths = ["animevae"]
+only_mutate = ["animevae/{module}.py"]
+pytest_add_cli_args_test_selection = {json.dumps(tests)}
+""")
+        mutmut = [sys.executable, "-m", "mutmut"]
+        started = time.monotonic()
+        subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=work, stdout=subprocess.DEVNULL)
+        listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True,
+                                 text=True).stdout
+        statuses = {name: status for name, status in re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", listing, re.M)}
+        counts = Counter(statuses.values())
+        killed = sum(counts[s] for s in KILLED)
+        total = sum(counts.values())
+        score = f"{killed / total:.1%}" if total else "n/a"
+        print(f"{module}: {killed}/{total} killed ({score}) in {time.monotonic() - started:.0f}s  "
+              + ", ".join(f"{status} {count}" for status, count in sorted(counts.items())), flush=True)
+        for name, status in sorted(statuses.items()):
+            if status not in KILLED:
+                print(f"  {status}: {name}")
+                if show:
+                    diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
+                    print("    " + "\n    ".join(diff.strip().splitlines()))
+        return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help=f"modules of animevae: {', '.join(MODULE_TESTS)} (default: all)")
+    parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once")
+    parser.add_argument("--show", action="store_true", help="print the diff of every survivor")
+    parser.add_argument("--tests", type=Path, default=REPO / "tests",
+                        help="the tests folder to score (say, an older one from `git archive REV tests`)")
+    args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in MODULE_TESTS]
+    if unknown:
+        parser.error(f"unknown module(s): {', '.join(unknown)}; choose from {', '.join(MODULE_TESTS)}")
+    total: Counter[str] = Counter()
+    for module in args.modules or list(MODULE_TESTS):
+        total += run_module(module, args.max_children, args.show, args.tests)
+    if len(args.modules or MODULE_TESTS) > 1 and sum(total.values()):
+        killed = sum(total[s] for s in KILLED)
+        print(f"all: {killed}/{sum(total.values())} killed ({killed / sum(total.values()):.1%})")
+
+
+if __name__ == "__main__":
+    main()
