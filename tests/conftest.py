@@ -62,7 +62,7 @@ def tiny_train_config():
     """One epoch, batches of 16, fp32 (no bf16 measurement), on a fixed seed."""
     from animevae.config import TrainConfig
 
-    return TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32", adversarial_weight=0.5)
+    return TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +76,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     data_dir = base / "faces"
     write_blobs(data_dir, count=40)
     runs_dir = base / "runs"
-    result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32",
-                                                                    adversarial_weight=0.5),
+    result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"),
                    runs_dir, device="cpu")
     report = export_run(result.run_dir)
     return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)

@@ -228,7 +228,7 @@ def test_atomic_writers_never_open_the_final_name_for_writing(tmp_path: Path) ->
         write_json_atomic(tmp_path / "j.json", {"a": 1})
         save_png_atomic(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8))
     assert len(opened) == 3, opened
-    assert all(Path(p).parent == tmp_path and Path(p).name.startswith(".") and ".tmp-" in p for p in opened), opened
+    assert all(Path(p).parent == tmp_path and Path(p).name.startswith(".") and ".animevae-tmp-" in p for p in opened), opened
     assert final.read_bytes() == b"new" and temp_leftovers(tmp_path) == []
 
 
@@ -270,5 +270,5 @@ def test_json_and_fsync_requests_reach_the_disk(tmp_path: Path, monkeypatch: pyt
     write_bytes_atomic(tmp_path / "synced.bin", b"x", fsync=True)
     write_bytes_atomic(tmp_path / "plain.bin", b"x")
     save_png_atomic(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8))
-    assert [Path(p).name.split(".tmp-")[0] for p in synced] == [".j.json", ".synced.bin"]
+    assert [Path(p).name.split(".animevae-tmp-")[0] for p in synced] == [".j.json", ".synced.bin"]
     assert (tmp_path / "j.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'

@@ -185,7 +185,8 @@ def test_interpolate_seeds_starts_and_ends_at_the_prior_draws(tiny: Tiny, models
     assert_ok(result)
     assert "from seed 3 to seed 11" in result.output
     assert read_rgb(strip).shape == (TILE + 2, 4 * TILE + 2, 3)
-    ends = decode_latents(models.decoder, np.stack([models.prior.latent(3, 0), models.prior.latent(11, 0)]))
+    # The ends are image 0 of `generate --seed 3` and of `--seed 11`: the sampler's draws (prior.onnx here).
+    ends = decode_latents(models.decoder, np.concatenate([models.sampler(3, [0]), models.sampler(11, [0])]))
     assert np.array_equal(read_rgb(frames / "frame_000.png"), ends[0])
     assert np.array_equal(read_rgb(frames / "frame_003.png"), ends[1])
 

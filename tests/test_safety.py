@@ -234,8 +234,8 @@ def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path
 
     real_step = train_module.Trainer.step
 
-    def step_then_ctrl_c(self, indices):
-        losses = real_step(self, indices)
+    def step_then_ctrl_c(self, indices, **options):
+        losses = real_step(self, indices, **options)
         if self.progress.step == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return losses

@@ -442,7 +442,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_adversarial_steps_train_the_discriminator_and_plain_steps_leave_it(tiny_model_config: ModelConfig) -> None:
-    trainer = _trainer(tiny_model_config)
+    trainer = _trainer(tiny_model_config, adversarial_weight=0.5)
     before = _weights(trainer.discriminator)
     losses = trainer.step(torch.arange(8), adversarial=False)
     assert "d_loss" not in losses and all(torch.equal(before[k], v) for k, v in trainer.discriminator.state_dict().items())
