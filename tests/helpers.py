@@ -153,3 +153,21 @@ def opened_for_writing() -> Iterator[list[str]]:
         yield opened
     finally:
         _WRITE_OPENS.pop()
+
+
+def ctrl_c_after_step(monkeypatch: Any, step: int) -> None:
+    """Make training send itself SIGINT right after optimiser step `step` (as a user's Ctrl-C would arrive)."""
+    import os
+    import signal
+
+    import animevae.train as train_module
+
+    real_step = train_module.Trainer.step
+
+    def step_then_ctrl_c(self: Any, indices: Any, **options: Any) -> dict[str, float]:
+        losses = real_step(self, indices, **options)
+        if self.progress.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return losses
+
+    monkeypatch.setattr(train_module.Trainer, "step", step_then_ctrl_c)

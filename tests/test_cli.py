@@ -20,6 +20,7 @@ from helpers import (
     assert_cli_error,
     assert_ok,
     blob_image,
+    ctrl_c_after_step,
     environ_without_debug,
     read_jsonl,
     temp_leftovers,
@@ -310,24 +311,13 @@ def test_ctrl_c_prints_a_resume_command_that_finishes_the_run(runner, image_dir:
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Protects the README's Ctrl-C promise: the step finishes, a checkpoint is saved, and the printed
     `--resume` command continues the same run to its end."""
-    import os
     import shlex
-    import signal
-
-    import animevae.train as train_module
-
-    real_step = train_module.Trainer.step
-
-    def step_then_ctrl_c(self, indices, **options):
-        losses = real_step(self, indices, **options)
-        if self.progress.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module.Trainer, "step", step_then_ctrl_c)
+    ctrl_c_after_step(monkeypatch, 1)
     interrupted = runner.invoke(app, ["train", "faces", *TRAIN_FAST])
-    monkeypatch.setattr(train_module.Trainer, "step", real_step)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     assert interrupted.exit_code == 130, interrupted.output  # so `train && export` stops
     assert "interrupted; checkpoint saved: run run, epoch 0, step 1" in interrupted.output
     (command,) = [line[len("next: "):] for line in interrupted.output.splitlines() if line.startswith("next: ")]

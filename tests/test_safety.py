@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from animevae.cli import app
-from helpers import CPU, TINY_MODEL, assert_cli_error, assert_ok, dead_pid, environ_without_debug, read_rgb, write_blobs
+from helpers import (CPU, TINY_MODEL, assert_cli_error, assert_ok, ctrl_c_after_step, dead_pid, environ_without_debug,
+                     read_rgb, write_blobs)
 
 
 def _model_flags(trained_run) -> list[str]:
@@ -229,18 +230,9 @@ def test_shards_report_the_clashes_of_the_whole_listing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    import animevae.train as train_module
     from animevae.checkpoint import load_checkpoint
 
-    real_step = train_module.Trainer.step
-
-    def step_then_ctrl_c(self, indices, **options):
-        losses = real_step(self, indices, **options)
-        if self.progress.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return losses
-
-    monkeypatch.setattr(train_module.Trainer, "step", step_then_ctrl_c)
+    ctrl_c_after_step(monkeypatch, 2)
     result = runner.invoke(app, ["train", str(image_dir), "--image-size", "16", "--latent-dim", "8", "--batch-size", "8",
                                  "--precision", "fp32", "--epochs", "50", "--runs-dir", str(tmp_path / "runs"), *CPU])
     assert result.exit_code == 130, result.output
