@@ -56,6 +56,11 @@ class TrainResult:
     is_main: bool = True
 
 
+def cosine_decay(fraction: float) -> float:
+    """Learning-rate scale when `fraction` of a run is done: cosine from 1 down to 5%, then flat."""
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0)))
+
+
 class Stop(Exception):
     """Raised inside the loop when the time budget is spent."""
 
@@ -181,7 +186,7 @@ class Trainer:
     def set_lr(self, fraction: float) -> None:
         """Short linear warm-up, then cosine decay to 5% over the run (`fraction` of it done)."""
         warm = min(1.0, fraction / 0.02) if fraction < 0.02 else 1.0
-        scale = warm * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0))))
+        scale = warm * cosine_decay(fraction)
         for optimizer, base in ((self.opt_vae, self.config.train.lr), (self.opt_den, self.config.train.denoiser_lr),
                                 (self.opt_disc, self.config.train.lr)):
             for group in optimizer.param_groups:
@@ -335,7 +340,7 @@ class Trainer:
             by_time = (time.monotonic() - start) / max(seconds, 1e-9) if seconds is not None else 0.0
             done = max(steps / config.prior_steps, by_time)
             for group in self.opt_prior.param_groups:
-                group["lr"] = config.prior_lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))))
+                group["lr"] = config.prior_lr * cosine_decay(done)
             batch = latents[torch.randint(len(latents), (PRIOR_BATCH,), generator=generator).to(latents.device)]
             loss = self.prior.loss(batch, generator)
             self.opt_prior.zero_grad(set_to_none=True)
