@@ -35,9 +35,16 @@ class ModelConfig:
     prior_sampling_steps: int = 10
     # Patch discriminator width (adversarial.py); its FLOPs are about a third of the decoder's at 32.
     disc_channels: int = 32
+    # Class names of a labelled set (sorted; empty: unlabelled) and each one's image count in it. The latent
+    # prior then holds one mixture of prior_components per class; `generate --balance` tops classes up to the
+    # counts. Set from the data when a run starts.
+    classes: tuple[str, ...] = ()
+    class_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "class_counts", tuple(int(c) for c in self.class_counts))
 
     @property
     def base_size(self) -> int:

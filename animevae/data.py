@@ -19,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from animevae import FORMAT_VERSION
 from animevae.errors import DataError, OutputError
 from animevae.fileio import atomic_path, write_json_atomic
+from animevae.labels import METADATA_FILES, ClassInfo, Labels, check_label, folder_label, metadata_table, read_metadata_labels
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Larger than any real face picture, small enough that a "decompression bomb" header is refused before decoding.
@@ -176,24 +177,41 @@ class PreparedSet:
     hashes: list[str]
     duplicates: list[dict[str, str]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # One label per kept image (empty for an unlabelled set), and where the labels came from.
+    label_names: list[str] = field(default_factory=list)
+    layout: str = "flat folder: one unlabelled class"
 
     @property
     def image_size(self) -> int:
         """Side of the square images."""
         return int(self.images.shape[1])
 
+    @property
+    def labels(self) -> Labels | None:
+        """The kept images' classes, or None for an unlabelled set."""
+        return Labels.from_names(self.label_names) if self.label_names else None
+
 
 def prepare_images(
     root: Path, image_size: int, on_file: Callable[[], None] | None = None
 ) -> PreparedSet:
-    """Decode, square, resize and deduplicate every image under `root`; bad files are skipped with a reason."""
+    """Decode, square, resize and deduplicate every image under `root`; bad files are skipped with a reason.
+
+    Labels come from a metadata table at the top of `root`, else from class folders (see `image_labels`)."""
     listing = find_images(root)
+    labels, layout = image_labels(listing)
     images: list[np.ndarray] = []
-    prepared = PreparedSet(images=np.empty((0, image_size, image_size, 3), np.uint8), sources=[], hashes=[])
+    prepared = PreparedSet(images=np.empty((0, image_size, image_size, 3), np.uint8), sources=[], hashes=[],
+                           layout=layout)
     prepared.skipped.extend(listing.skipped)
     first_seen: dict[str, str] = {}
     for path in listing.files:
         relative = listing.relative(path)
+        if labels is not None and relative not in labels:
+            prepared.skipped.append(Skipped(relative, f"no label in {layout.split()[-1]}"))
+            if on_file is not None:
+                on_file()
+            continue
         try:
             pixels = decode_rgb(path)
         except DataError as error:
@@ -207,11 +225,30 @@ def prepare_images(
                 images.append(square_resize(pixels, image_size))
                 prepared.sources.append(relative)
                 prepared.hashes.append(digest)
+                if labels is not None:
+                    prepared.label_names.append(labels[relative])
         if on_file is not None:
             on_file()
     if images:
         prepared.images = np.stack(images)
     return prepared
+
+
+def image_labels(listing: ImageListing) -> tuple[dict[str, str] | None, str]:
+    """Each listed image's label by its relative path (None: unlabelled), and a line saying where they came from.
+
+    A metadata.csv or metadata.jsonl at the top wins; else, when every image sits in a folder below the top,
+    each top folder is a class (ImageFolder); else the set is one unlabelled class, as a flat folder always was."""
+    table = metadata_table(listing.root)
+    relatives = [listing.relative(path) for path in listing.files]
+    if table is not None:
+        return read_metadata_labels(table), f"labelled by {table.name}"
+    by_folder = {relative: folder_label(relative) for relative in relatives}
+    if relatives and all(by_folder.values()):
+        return {k: check_label(v, f"folder {v}") for k, v in by_folder.items() if v}, "labelled by class folders"
+    if any(by_folder.values()):
+        return None, "one unlabelled class (images at the top level beside folders; put every image in a class folder to label them)"
+    return None, "flat folder: one unlabelled class"
 
 
 def count_images(root: Path) -> int:
@@ -280,9 +317,14 @@ def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
         "source": str(source_root),
         "created": str(time.time()),
     }
+    tensors = {"images": prepared.images}
+    labels = prepared.labels
+    if labels is not None:
+        tensors["labels"] = labels.index
+        metadata["classes"] = labels.classes.to_json()
     try:
         with atomic_path(out, fsync=True) as tmp:
-            save_file({"images": prepared.images}, str(tmp), metadata=metadata)
+            save_file(tensors, str(tmp), metadata=metadata)
         write_json_atomic(manifest_path(out), _manifest(prepared, source_root))
     except OSError as error:
         raise OutputError(f"cannot write {out}: {error.strerror or error}", "check the path and free disk space") from None
@@ -292,7 +334,9 @@ def _manifest(prepared: PreparedSet, source_root: Path) -> dict[str, object]:
     return {
         "source": str(source_root),
         "image_size": prepared.image_size,
-        "kept": [{"path": p, "sha256": h} for p, h in zip(prepared.sources, prepared.hashes)],
+        "layout": prepared.layout,
+        "kept": [{"path": p, "sha256": h} | ({"label": prepared.label_names[i]} if prepared.label_names else {})
+                 for i, (p, h) in enumerate(zip(prepared.sources, prepared.hashes))],
         "duplicates": prepared.duplicates,
         "skipped": [{"path": s.path, "reason": s.reason} for s in prepared.skipped],
     }
@@ -321,6 +365,24 @@ def load_prepared(path: Path) -> tuple[np.ndarray, list[str]]:
     return images, _manifest_hashes(manifest_path(path), len(images))
 
 
+def load_prepared_labels(path: Path) -> Labels | None:
+    """The labels of a packed set, or None for an unlabelled one (or one written before labels existed)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            text = (handle.metadata() or {}).get("classes")
+            if not text or "labels" not in handle.keys():
+                return None
+            index = handle.get_tensor("labels")
+    except (SafetensorError, OSError) as error:
+        raise DataError(f"cannot read data set {path}: {error}", "prepare it again with `animevae prepare`") from None
+    classes = ClassInfo.from_json(text)
+    if index.ndim != 1 or index.dtype != np.int64 or (len(index) and not 0 <= index.min() <= index.max() < len(classes.names)):
+        raise DataError(f"{path} holds labels that do not match its class list", "prepare the folder again")
+    return Labels(classes, index)
+
+
 def _manifest_hashes(path: Path, count: int) -> list[str]:
     if not path.is_file():  # before reading: a FIFO would block
         return []
@@ -333,9 +395,12 @@ def _manifest_hashes(path: Path, count: int) -> list[str]:
 
 
 def folder_fingerprint(root: Path, image_size: int) -> str:
-    """A key that changes when any image under `root` is added, removed or modified (by size and mtime)."""
-    digest = hashlib.sha256(f"{root.resolve()}|{image_size}|{FORMAT_VERSION}".encode())
-    for path in find_images(root).files:
+    """A key that changes when any image under `root`, or its metadata table, is added, removed or modified (by
+    size and mtime)."""
+    # "labels": sets cached before labels were read must not stand in for a labelled folder.
+    digest = hashlib.sha256(f"{root.resolve()}|{image_size}|{FORMAT_VERSION}|labels".encode())
+    table = [path for path in (root / name for name in METADATA_FILES) if path.is_file()]
+    for path in [*table, *find_images(root).files]:
         try:
             stat = path.stat()
         except OSError:

@@ -195,7 +195,8 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     started = time.monotonic()
     config, vae, denoiser = load_run_models(run_dir)
     sampler = load_run_sampler(run_dir)
-    images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
+    loaded = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
+    images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",

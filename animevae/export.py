@@ -20,6 +20,7 @@ from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, load_checkpoint
 from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
+from animevae.labels import CLASSES_KEY, ClassInfo
 from animevae.diffusion import DDIMSampler, LatentDiffusion
 from animevae.model import VAE, Denoiser
 from animevae.models import HALF_DECODER
@@ -144,10 +145,14 @@ def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int,
 
 
 def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
+    labelled = bool(config.model.classes)
     prior = {} if role != "decoder" else LatentPrior(
-        vae.prior_weights.numpy(), vae.prior_means.numpy(), vae.prior_scale_trils.numpy()).to_metadata()
+        vae.prior_weights.numpy(), vae.prior_means.numpy(), vae.prior_scale_trils.numpy(),
+        vae.prior_classes.numpy() if labelled else None).to_metadata()
+    classes = {CLASSES_KEY: ClassInfo(config.model.classes, config.model.class_counts).to_json()} if labelled else {}
     return {
         **prior,
+        **classes,
         "animevae.role": role,
         "animevae.version": __version__,
         "animevae.format_version": str(FORMAT_VERSION),

@@ -90,28 +90,49 @@ class VAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         # Gaussian mixture fitted to the training latents after each epoch (see prior.py); N(0, I) until then.
-        k, d = config.prior_components, config.latent_dim
-        self.register_buffer("prior_weights", torch.nn.functional.one_hot(torch.tensor(0), k).float())
-        self.register_buffer("prior_means", torch.zeros(k, d))
-        self.register_buffer("prior_scale_trils", torch.eye(d).repeat(k, 1, 1))
+        # A labelled set gets one mixture of k components per class: components c*k .. c*k+k-1 are class c's.
+        k, d, classes = config.prior_components, config.latent_dim, max(1, len(config.classes))
+        weights = torch.zeros(k * classes)
+        weights[::k] = 1.0 / classes
+        self.register_buffer("prior_weights", weights)
+        self.register_buffer("prior_means", torch.zeros(k * classes, d))
+        self.register_buffer("prior_scale_trils", torch.eye(d).repeat(k * classes, 1, 1))
+        if config.classes:  # only then: checkpoints of unlabelled runs keep the keys they always had
+            self.register_buffer("prior_classes", torch.arange(classes).repeat_interleave(k))
 
     def encode(self, image: torch.Tensor) -> DiagonalGaussian:
         """(B, 3, S, S) in [0, 1] -> posterior over (B, latent)."""
         return DiagonalGaussian(*self.encoder(image))
 
     @torch.no_grad()
-    def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int = 0) -> None:
+    def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int = 0, labels: torch.Tensor | None = None) -> None:
         """Fit the sampling prior to (N, latent) posteriors: a full-covariance Gaussian mixture on mu by EM,
-        each covariance widened by the mean posterior variance (moment matching the aggregate posterior)."""
-        weights, means, trils = fit_gaussian_mixture(
-            mu.double(), logvar.double().exp().mean(0), len(self.prior_weights), seed=seed)
-        self.prior_weights.copy_(weights)
-        self.prior_means.copy_(means)
-        self.prior_scale_trils.copy_(trils)
+        each covariance widened by the mean posterior variance (moment matching the aggregate posterior).
 
-    def sample_latent(self, eps: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        """(B, latent) standard-normal draws and (B,) uniform draws -> (B, latent) latents from the prior."""
-        component = torch.searchsorted(self.prior_weights.cumsum(0)[:-1].contiguous(), uniform.contiguous(), right=True)
+        With (N,) class `labels`, one mixture per class on that class's posteriors, weighted by the class's share,
+        so that the whole mixture still follows the data. A class with no image here gets the whole set's."""
+        k = self.config.prior_components
+        classes = max(1, len(self.config.classes))
+        for c in range(classes):
+            rows = torch.ones(len(mu), dtype=torch.bool) if labels is None else labels == c
+            share = rows.float().mean() if labels is not None else torch.tensor(1.0)
+            if not rows.any():
+                rows = torch.ones(len(mu), dtype=torch.bool)
+            weights, means, trils = fit_gaussian_mixture(
+                mu[rows].double(), logvar[rows].double().exp().mean(0), k, seed=seed + c)
+            self.prior_weights[c * k : (c + 1) * k] = weights * share
+            self.prior_means[c * k : (c + 1) * k] = means
+            self.prior_scale_trils[c * k : (c + 1) * k] = trils
+
+    def sample_latent(self, eps: torch.Tensor, uniform: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, latent) standard-normal draws and (B,) uniform draws -> (B, latent) latents from the prior; with
+        (B,) class indices `label`, each from its class's mixture."""
+        if label is None:
+            cumulative = self.prior_weights.cumsum(0)[:-1].expand(len(uniform), -1)  # (B, K-1)
+        else:
+            weights = self.prior_weights * (self.prior_classes[None, :] == label[:, None])  # (B, K)
+            cumulative = (weights.cumsum(1) / weights.sum(1, keepdim=True))[:, :-1]
+        component = torch.searchsorted(cumulative.contiguous(), uniform[:, None].contiguous(), right=True).squeeze(1)
         return self.prior_means[component] + (self.prior_scale_trils[component] @ eps.unsqueeze(2)).squeeze(2)
 
     def forward(

@@ -17,6 +17,8 @@ import numpy as np
 WEIGHTS_KEY = "animevae.prior_weights"
 MEANS_KEY = "animevae.prior_means"
 TRILS_KEY = "animevae.prior_scale_trils"
+# Labelled models only: the class of each component, (K,) (one mixture per class).
+CLASSES_KEY = "animevae.prior_classes"
 
 
 def pack_array(values: np.ndarray) -> str:
@@ -31,11 +33,15 @@ def unpack_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """sum_k weights[k] N(means[k], scale_trils[k] scale_trils[k]^T): weights (K,), means (K, D), trils (K, D, D)."""
+    """sum_k weights[k] N(means[k], scale_trils[k] scale_trils[k]^T): weights (K,), means (K, D), trils (K, D, D).
+
+    A labelled model's prior also has `classes` (K,): the class each component belongs to, so that the
+    components of class c, their weights renormalised, are that class's own mixture."""
 
     weights: np.ndarray
     means: np.ndarray
     scale_trils: np.ndarray
+    classes: np.ndarray | None = None
 
     @classmethod
     def standard(cls, latent_dim: int) -> "LatentPrior":
@@ -53,20 +59,31 @@ class LatentPrior:
             return cls.standard(latent_dim)
         weights = unpack_array(metadata[WEIGHTS_KEY], (-1,))
         k = len(weights)
+        classes = unpack_array(metadata[CLASSES_KEY], (k,)).astype(np.int64) if CLASSES_KEY in metadata else None
         return cls(weights, unpack_array(metadata[MEANS_KEY], (k, latent_dim)),
-                   unpack_array(metadata[TRILS_KEY], (k, latent_dim, latent_dim)))
+                   unpack_array(metadata[TRILS_KEY], (k, latent_dim, latent_dim)), classes)
 
     def to_metadata(self) -> dict[str, str]:
         """The metadata entries that `from_metadata` reads."""
+        classes = {} if self.classes is None else {CLASSES_KEY: pack_array(self.classes)}
         return {WEIGHTS_KEY: pack_array(self.weights), MEANS_KEY: pack_array(self.means),
-                TRILS_KEY: pack_array(self.scale_trils)}
+                TRILS_KEY: pack_array(self.scale_trils), **classes}
 
     def latent(self, seed: int, index: int, temperature: float = 1.0) -> np.ndarray:
         """The latent of image `index`: (D,) float32, from a generator seeded by (seed, index) alone, so an
         image never depends on the batch size, the shard or what was generated before it. `temperature`
         scales the draw within its component."""
         rng = np.random.default_rng([seed, index])
-        component = min(int(np.searchsorted(self.cumulative, rng.random(), side="right")), len(self.weights) - 1)
+        return self._draw(rng, self.cumulative, temperature)
+
+    def class_latent(self, seed: int, label: int, index: int, temperature: float = 1.0) -> np.ndarray:
+        """The latent of image `index` of class `label`: (D,) float32 from class `label`'s mixture, with a
+        generator seeded by (seed, label, index) alone (three numbers: never the stream of an unlabelled draw)."""
+        rng = np.random.default_rng([seed, label, index])
+        return self._draw(rng, self.class_cumulative[label], temperature)
+
+    def _draw(self, rng: np.random.Generator, cumulative: np.ndarray, temperature: float) -> np.ndarray:
+        component = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(self.weights) - 1)
         eps = rng.standard_normal(self.means.shape[1], dtype=np.float32)
         if temperature != 1.0:
             eps *= np.float32(temperature)
@@ -77,6 +94,15 @@ class LatentPrior:
     def cumulative(self) -> np.ndarray:
         """Cumulative component weights, (K,)."""
         return np.cumsum(self.weights.astype(np.float64))
+
+    @cached_property
+    def class_cumulative(self) -> np.ndarray:
+        """Each class's cumulative component weights over all K components (others weigh 0), (C, K)."""
+        if self.classes is None:
+            raise ValueError("this prior has no classes")
+        count = int(self.classes.max()) + 1
+        weights = self.weights.astype(np.float64)[None, :] * (self.classes[None, :] == np.arange(count)[:, None])
+        return np.cumsum(weights, axis=1) / weights.sum(axis=1, keepdims=True)
 
     @cached_property
     def mean(self) -> np.ndarray:

@@ -243,6 +243,25 @@ def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
         if not usable:
             raise ModelError(f"{path} has a latent prior with invalid numbers in its metadata",
                              "export the model again with `animevae export --onnx`")
+        _check_classes(path, metadata, prior)
+
+
+def _check_classes(path: Path, metadata: dict[str, str], prior: "LatentPrior") -> None:  # noqa: F821
+    """A labelled decoder's class list must parse, and each class must own prior components of positive weight."""
+    from animevae.errors import DataError
+    from animevae.labels import ClassInfo
+
+    try:
+        classes = ClassInfo.from_metadata(metadata)
+    except DataError as error:
+        raise ModelError(f"{path}: {error.message}", "export the model again with `animevae export --onnx`") from None
+    if classes is None:
+        return
+    owners = prior.classes
+    if owners is None or len(owners) != len(prior.weights) or not all(
+            prior.weights[owners == c].sum() > 0 for c in range(len(classes.names))) or owners.max() >= len(classes.names):
+        raise ModelError(f"{path} lists classes its latent prior does not cover",
+                         "export the model again with `animevae export --onnx`")
 
 
 def _check_contract(path: Path, role: str, session: ort.InferenceSession, metadata: dict[str, str]) -> None:

@@ -20,13 +20,15 @@ from animevae import FORMAT_VERSION, __version__
 from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.data import folder_fingerprint, load_prepared, manifest_path, prepare_images, save_prepared, split_holdout
+from animevae.data import (folder_fingerprint, load_prepared, load_prepared_labels, manifest_path, prepare_images,
+                           save_prepared, split_holdout)
 from animevae.degrade import degrade_batch, multiscale_crop
 from animevae.devices import choose_precision
 from animevae.diffusion import DDIMSampler, LatentDiffusion
 from animevae.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
+from animevae.labels import Labels
 from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
 from animevae.progress import Reporter, SilentReporter
 from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, claim_run_dir, resolve_run
@@ -65,8 +67,17 @@ class Stop(Exception):
     """Raised inside the loop when the time budget is spent."""
 
 
-def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter: Reporter) -> tuple[np.ndarray, list[str]]:
-    """(N, S, S, 3) uint8 images and their hashes from a prepared set, or a folder (prepared once and cached)."""
+@dataclass
+class TrainingData:
+    """A loaded training set: (N, S, S, 3) uint8 images, their content hashes, their labels (None: unlabelled)."""
+
+    images: np.ndarray
+    hashes: list[str]
+    labels: Labels | None = None
+
+
+def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter: Reporter) -> TrainingData:
+    """Images, hashes and labels from a prepared set, or a folder (prepared once and cached)."""
     if data.is_file():
         images, hashes = load_prepared(data)
         if images.shape[1] != image_size:
@@ -74,29 +85,29 @@ def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter:
                 f"{data} holds {images.shape[1]}x{images.shape[1]} images, not {image_size}x{image_size}",
                 f"pass --image-size {images.shape[1]}, or prepare the folder again with --image-size {image_size}",
             )
-        return images, hashes
+        return TrainingData(images, hashes, load_prepared_labels(data))
     cached = cache_dir / f"{data.resolve().name}-{folder_fingerprint(data, image_size)}.safetensors"
     if cached.is_file():
         reporter.log(f"using the prepared copy of {data} in {cached}")
-        return load_prepared(cached)
+        return TrainingData(*load_prepared(cached), load_prepared_labels(cached))
     reporter.start(f"preparing {data}", None)
     prepared = prepare_images(data, image_size, on_file=reporter.advance)
     reporter.stop()
     save_prepared(prepared, cached, data)
     reporter.log(f"prepared {len(prepared.sources)} images ({len(prepared.skipped)} skipped, "
-                 f"{len(prepared.duplicates)} duplicates) into {cached}")
+                 f"{len(prepared.duplicates)} duplicates; {prepared.layout}) into {cached}")
     for item in prepared.skipped[:SKIPPED_SHOWN]:
         reporter.log(f"  skipped {item.path}: {item.reason}")
     if prepared.skipped:
         more = len(prepared.skipped) - SKIPPED_SHOWN
         reporter.log(f"  {f'and {more} more; ' if more > 0 else ''}all listed in {manifest_path(cached)}")
-    return prepared.images, prepared.hashes
+    return TrainingData(prepared.images, prepared.hashes, prepared.labels)
 
 
 class Trainer:
     """Holds the models, optimisers and data of one run and steps them."""
 
-    def __init__(self, config: RunConfig, images: np.ndarray, hashes: list[str], ctx: DistContext) -> None:
+    def __init__(self, config: RunConfig, data: TrainingData, ctx: DistContext) -> None:
         self.config, self.ctx, self.device = config, ctx, ctx.device
         device = ctx.device
         torch.manual_seed(config.train.seed)
@@ -121,12 +132,14 @@ class Trainer:
         # VQGAN's discriminator betas: a short momentum keeps up with a moving generator.
         self.opt_disc = torch.optim.Adam(self.discriminator.parameters(), lr=config.train.lr, betas=(0.5, 0.9))
         self.opt_prior = torch.optim.Adam(self.prior.parameters(), lr=config.train.prior_lr)
-        train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
+        train_idx, val_idx = split_holdout(data.hashes, len(data.images), config.train.val_size)
         if len(train_idx) == 0:
             raise DataError("the data set has no images left for training", "add more images")
-        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
+        pixels = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
         self.train_pixels = pixels[torch.from_numpy(train_idx)].to(device)
         self.val_pixels = pixels[torch.from_numpy(val_idx)].to(device)
+        # (N_train,) class indices for the per-class mixtures; None for an unlabelled set.
+        self.train_labels = torch.from_numpy(data.labels.subset(train_idx)) if data.labels is not None else None
         self.generator = torch.Generator()
         self.sample_z = torch.randn(SAMPLE_COUNT, config.model.latent_dim, generator=self.generator.manual_seed(config.train.seed))
         self.sample_u = torch.rand(SAMPLE_COUNT, generator=self.generator)
@@ -312,7 +325,7 @@ class Trainer:
 
     def fit_prior(self) -> None:
         """Fit the Gaussian mixture to the posteriors of the whole training split."""
-        self.ema.fit_prior(*self.posteriors(), seed=self.config.train.seed)
+        self.ema.fit_prior(*self.posteriors(), seed=self.config.train.seed, labels=self.train_labels)
         self.mixture_fitted_at = time.monotonic()
 
     def mixture_due(self, final: bool) -> bool:
@@ -417,7 +430,8 @@ def train(
         if ctx.is_main:
             run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume, ctx, reporter)
             try:
-                images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+                data_set = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+                config = _with_classes(config, data_set.labels, data, resumed=checkpoint is not None)
             except BaseException:
                 if checkpoint is None:
                     _release_run_dir(run_dir)
@@ -429,8 +443,8 @@ def train(
             run_dir = runs_dir / run_name
             config = RunConfig.from_dict(json.loads((run_dir / CONFIG_NAME).read_text()))
             checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
-            images, hashes = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
-        trainer = Trainer(config, images, hashes, ctx)
+            data_set = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+        trainer = Trainer(config, data_set, ctx)
         if checkpoint is not None:
             trainer.restore(checkpoint)
         result = _run_loop(trainer, run_dir, reporter)
@@ -461,6 +475,17 @@ def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, 
     config = RunConfig(name=run_dir.name, model=model_config, train=train_config,
                        created=time.time(), version=__version__, format_version=FORMAT_VERSION)
     return run_dir, config, None
+
+
+def _with_classes(config: RunConfig, labels: Labels | None, data: Path, resumed: bool) -> RunConfig:
+    """The run config with the data's classes; a resumed run must see the classes it started with."""
+    names, counts = (labels.classes.names, labels.classes.counts) if labels is not None else ((), ())
+    if not resumed:
+        return replace(config, model=replace(config.model, classes=names, class_counts=counts))
+    if names != config.model.classes:
+        raise DataError(f"{data} has classes {list(names) or 'none'}, the run was started on {list(config.model.classes) or 'none'}",
+                        "resume with the data the run started on, or start a new run")
+    return config
 
 
 def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResult:

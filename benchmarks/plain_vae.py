@@ -79,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    images, hashes = load_training_images(args.data, 64, Path("runs") / ".cache", SilentReporter())
+    loaded = load_training_images(args.data, 64, Path("runs") / ".cache", SilentReporter())
+    images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), 500)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     train_x, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]

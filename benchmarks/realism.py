@@ -45,7 +45,8 @@ def main() -> None:
     encoder = open_model(choice.path("encoder"), "encoder", "cpu")
     decoder = open_model(choice.path("decoder"), "decoder", "cpu")
     size = int(decoder.metadata["animevae.image_size"])
-    images, hashes = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
+    loaded = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
+    images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), args.val_size)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     real_train, real_test = pixels[torch.from_numpy(train_idx[: args.per_class])], pixels[torch.from_numpy(val_idx)]

@@ -50,8 +50,9 @@ def main() -> None:
     for run_dir in args.run:
         config, ema_vae, _ = load_run_models(run_dir)
         sampler = load_run_sampler(run_dir)
-        images, hashes = load_training_images(args.data, config.model.image_size, run_dir.parent / ".cache",
-                                              SilentReporter())
+        loaded = load_training_images(args.data, config.model.image_size, run_dir.parent / ".cache",
+                                      SilentReporter())
+        images, hashes = loaded.images, loaded.hashes
         train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         train_images, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]

@@ -138,7 +138,8 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     import animevae.evaluate as evaluate
 
     config, vae, denoiser = load_run_models(trained_run.run_dir)
-    images, hashes = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    loaded = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     held, train_set = pixels[val_idx], pixels[train_idx]

@@ -85,7 +85,8 @@ def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> 
     assert 13.0 < record["noisy_psnr_50"] < record["noisy_psnr_25"]
     # The same numbers from the saved weights on the held-out images, by a separate computation.
     config, vae, denoiser = load_run_models(trained_run.run_dir)
-    images, hashes = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    loaded = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    images, hashes = loaded.images, loaded.hashes
     clean = torch.from_numpy(images[split_holdout(hashes, len(images), config.train.val_size)[1]])
     clean = clean.permute(0, 3, 1, 2).double() / 255.0  # (4, 3, 16, 16)
     noise = torch.Generator().manual_seed(1234)  # the fixed evaluation noise: sigma 25, then sigma 50
