@@ -206,7 +206,7 @@ def train(
     """Train a convolutional VAE and a blind denoiser on the same faces."""
     from animevae.config import ModelConfig, TrainConfig
     from animevae.errors import ArgumentError, DataError
-    from animevae.train import train as train_run
+    from animevae.training.train import train as train_run
 
     if not data.exists():
         raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
@@ -257,8 +257,8 @@ def export(
 ) -> None:
     """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
     from animevae.errors import ModelError
-    from animevae.export import MAX_ABS_DIFF, export_run
-    from animevae.models import HALF_DECODER
+    from animevae.training.export import MAX_ABS_DIFF, export_run
+    from animevae.model_files import HALF_DECODER
     from animevae.runs import resolve_run
 
     if not onnx:
@@ -277,7 +277,7 @@ def export(
 
 def _open(role: str, runs_dir: Path, run: str | None, model: str | None, device: str, half: bool = False) -> Any:
     from animevae.errors import DeviceError
-    from animevae.models import HALF_DECODER, choose_model
+    from animevae.model_files import HALF_DECODER, choose_model
     from animevae.runtime import CUDA, open_model
 
     choice = choose_model(runs_dir, run, model)
@@ -372,7 +372,7 @@ def evaluate(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
-    from animevae.evaluate import REPORT_NAME, evaluate_run
+    from animevae.training.evaluate import REPORT_NAME, evaluate_run
     from animevae.runs import resolve_run
 
     run_dir = resolve_run(runs_dir, run)
@@ -410,7 +410,7 @@ def info(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
-    from animevae.models import choose_model
+    from animevae.model_files import choose_model
     from animevae.runtime import available_providers, open_model
     from animevae.sampling import prior_path_for
 

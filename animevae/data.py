@@ -20,6 +20,9 @@ from animevae import FORMAT_VERSION
 from animevae.errors import DataError, OutputError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.labels import METADATA_FILES, ClassInfo, Labels, check_label, folder_label, metadata_table, read_metadata_labels
+from animevae.progress import Reporter
+
+SKIPPED_SHOWN = 20  # skipped files listed one per line when a folder is prepared for training
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Larger than any real face picture, small enough that a "decompression bomb" header is refused before decoding.
@@ -423,3 +426,40 @@ def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.
     validation = np.array(sorted(ranks[:held]), dtype=np.int64)
     train = np.array(sorted(ranks[held:]), dtype=np.int64)
     return train, validation
+
+
+@dataclass
+class TrainingData:
+    """A loaded training set: (N, S, S, 3) uint8 images, their content hashes, their labels (None: unlabelled)."""
+
+    images: np.ndarray
+    hashes: list[str]
+    labels: Labels | None = None
+
+
+def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter: Reporter) -> TrainingData:
+    """Images, hashes and labels from a prepared set, or a folder (prepared once and cached)."""
+    if data.is_file():
+        images, hashes = load_prepared(data)
+        if images.shape[1] != image_size:
+            raise DataError(
+                f"{data} holds {images.shape[1]}x{images.shape[1]} images, not {image_size}x{image_size}",
+                f"pass --image-size {images.shape[1]}, or prepare the folder again with --image-size {image_size}",
+            )
+        return TrainingData(images, hashes, load_prepared_labels(data))
+    cached = cache_dir / f"{data.resolve().name}-{folder_fingerprint(data, image_size)}.safetensors"
+    if cached.is_file():
+        reporter.log(f"using the prepared copy of {data} in {cached}")
+        return TrainingData(*load_prepared(cached), load_prepared_labels(cached))
+    reporter.start(f"preparing {data}", None)
+    prepared = prepare_images(data, image_size, on_file=reporter.advance)
+    reporter.stop()
+    save_prepared(prepared, cached, data)
+    reporter.log(f"prepared {len(prepared.sources)} images ({len(prepared.skipped)} skipped, "
+                 f"{len(prepared.duplicates)} duplicates; {prepared.layout}) into {cached}")
+    for item in prepared.skipped[:SKIPPED_SHOWN]:
+        reporter.log(f"  skipped {item.path}: {item.reason}")
+    if prepared.skipped:
+        more = len(prepared.skipped) - SKIPPED_SHOWN
+        reporter.log(f"  {f'and {more} more; ' if more > 0 else ''}all listed in {manifest_path(cached)}")
+    return TrainingData(prepared.images, prepared.hashes, prepared.labels)

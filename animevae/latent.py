@@ -30,7 +30,7 @@ from animevae.data import Skipped, decode_rgb, find_images, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.fileio import contact_sheet, encode_png, is_complete_png, remove_stale_temps, to_uint8
 from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, write_output_file, write_skipped
-from animevae.models import choose_model
+from animevae.model_files import choose_model
 from animevae.prior import LatentPrior
 from animevae.progress import Reporter, SilentReporter
 from animevae.runtime import OnnxModel, open_model

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from animevae.config import ModelConfig, TrainConfig
-from animevae.export import export_run
+from animevae.training.export import export_run
 from animevae.runtime import open_model
-from animevae.train import train
+from animevae.training.train import train
 
 DESIGNS = ("transpose", "resize")
 

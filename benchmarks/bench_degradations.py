@@ -3,7 +3,7 @@
 Each recipe trains a fresh denoiser (the built-in architecture, same seed, same batches, same steps) on the
 training split of a face folder, then scores it on the held-out split (the split of `animevae train`):
 Gaussian sigma 25 and 50, JPEG quality 20, 40 and 90 (Pillow, 4:2:0) and clean input, PSNR in dB.
-Recipes: those of animevae.degrade.RECIPES ("gaussian" is what the denoiser trained on before), plus "real"
+Recipes: those of animevae.training.degrade.RECIPES ("gaussian" is what the denoiser trained on before), plus "real"
 without multi-scale crops ("real/1x"). Equal steps, not equal minutes, so a busy machine does not bias it.
 
     python benchmarks/bench_degradations.py --data faces-dev --steps 300 [--recipes gaussian,real] [--threads 2]
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from animevae.config import ModelConfig
 from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
-from animevae.degrade import RECIPES, SCALES, degrade_batch, jpeg_bytes_roundtrip, multiscale_crop
-from animevae.model import Denoiser, add_noise, psnr
+from animevae.training.degrade import RECIPES, SCALES, degrade_batch, jpeg_bytes_roundtrip, multiscale_crop
+from animevae.training.model import Denoiser, add_noise, psnr
 
 CROP = 32
 CASES = ("sigma 25", "sigma 50", "jpeg q20", "jpeg q40", "jpeg q90", "clean")

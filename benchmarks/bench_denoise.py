@@ -38,9 +38,9 @@ import numpy as np
 from PIL import Image
 
 from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
-from animevae.degrade import jpeg_bytes_roundtrip
+from animevae.training.degrade import jpeg_bytes_roundtrip
 from animevae.denoise import denoise_array, denoise_image
-from animevae.models import choose_model
+from animevae.model_files import choose_model
 from animevae.runtime import open_model
 from animevae.writer import usable_cores
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from animevae.fileio import to_uint8
-from animevae.models import choose_model
+from animevae.model_files import choose_model
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
 from animevae.writer import usable_cores, write_pngs

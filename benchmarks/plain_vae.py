@@ -3,7 +3,7 @@
 Configuration (AntixK/PyTorch-VAE's VanillaVAE): 5 stride-2 conv layers 32..512 with BatchNorm and LeakyReLU,
 latent 128, a mirrored transposed-conv decoder, loss = mean MSE + 0.00025 * KL, Adam 5e-3, batch 64, fp32,
 samples from N(0, I). Trained for --minutes of wall clock on the same split as `animevae train` (the same
-held-out images by content hash), then scored with animevae.evaluate's own functions, and the numbers of an
+held-out images by content hash), then scored with animevae.training.evaluate's own functions, and the numbers of an
 animevae run (its evaluation.json, from `animevae evaluate`) are printed beside it when --run is given.
 
     python benchmarks/plain_vae.py --data faces-dev --minutes 10 [--run runs/builtin]
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from animevae.data import split_holdout
-from animevae.evaluate import classifier_accuracy, mean_pairwise_distance, nearest_distances, reconstruction_scores
+from animevae.training.evaluate import classifier_accuracy, mean_pairwise_distance, nearest_distances, reconstruction_scores
 from animevae.progress import SilentReporter
-from animevae.train import load_training_images
+from animevae.data import load_training_images
 
 HIDDEN = (32, 64, 128, 256, 512)
 
@@ -60,7 +60,7 @@ class PlainVAE(nn.Module):
 
 
 class _Adapter:
-    """Lets animevae.evaluate.reconstruction_scores score the plain VAE (encode(x).mode(), decoder(z))."""
+    """Lets animevae.training.evaluate.reconstruction_scores score the plain VAE (encode(x).mode(), decoder(z))."""
 
     def __init__(self, model: PlainVAE) -> None:
         self.model = model

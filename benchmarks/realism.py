@@ -1,4 +1,4 @@
-"""Realism of an exported model, scored by a converged real-vs-generated CNN (animevae.realism).
+"""Realism of an exported model, scored by a converged real-vs-generated CNN (animevae.training.realism).
 
 Samples and reconstructions come through onnxruntime, exactly as `generate` and `augment` make them, so this
 scores what users get. Real images: the training split for the classifier to learn from, the held-out split
@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from animevae.data import split_holdout
-from animevae.models import choose_model
+from animevae.model_files import choose_model
 from animevae.progress import SilentReporter
-from animevae.realism import realism_score
+from animevae.training.realism import realism_score
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
-from animevae.train import load_training_images
+from animevae.data import load_training_images
 
 
 def _decode(decoder, z: np.ndarray) -> torch.Tensor:

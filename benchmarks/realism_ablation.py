@@ -1,5 +1,5 @@
 """What each piece of the realism recipe buys, on one trained run: raw or averaged (EMA) weights, mixture or
-diffusion prior, temperature. Every row is scored by the converged real-vs-generated CNN (animevae.realism) on
+diffusion prior, temperature. Every row is scored by the converged real-vs-generated CNN (animevae.training.realism) on
 the held-out split, plus sample diversity and copying, exactly as `animevae evaluate` computes them.
 
     python benchmarks/realism_ablation.py --data faces-dev --run runs/NAME [--temperatures 1.0 0.8]
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from animevae.checkpoint import load_checkpoint
+from animevae.training.checkpoint import load_checkpoint
 from animevae.data import split_holdout
-from animevae.evaluate import (as_saved, draw_samples, mean_pairwise_distance, nearest_distances, reconstruct,
+from animevae.training.evaluate import (as_saved, draw_samples, mean_pairwise_distance, nearest_distances, reconstruct,
                                reconstruction_scores)
-from animevae.export import load_run_models, load_run_sampler
-from animevae.model import VAE
+from animevae.training.export import load_run_models, load_run_sampler
+from animevae.training.model import VAE
 from animevae.progress import SilentReporter
-from animevae.realism import realism_score
-from animevae.train import load_training_images
+from animevae.training.realism import realism_score
+from animevae.data import load_training_images
 
 
 def _raw_vae(run_dir: Path) -> VAE:

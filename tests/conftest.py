@@ -69,8 +69,8 @@ def tiny_train_config():
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """Train the tiny model for 1 epoch on 40 blob images and export it, once for the whole session."""
     from animevae.config import ModelConfig, TrainConfig
-    from animevae.export import export_run
-    from animevae.train import train
+    from animevae.training.export import export_run
+    from animevae.training.train import train
 
     base = tmp_path_factory.mktemp("session_run")
     data_dir = base / "faces"

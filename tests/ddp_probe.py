@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from animevae.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from animevae.data import prepare_images  # noqa: E402
-from animevae.distributed import init_distributed, shutdown_distributed  # noqa: E402
-from animevae.train import Trainer  # noqa: E402
+from animevae.training.distributed import init_distributed, shutdown_distributed  # noqa: E402
+from animevae.training.train import Trainer  # noqa: E402
 from helpers import TINY_MODEL  # noqa: E402
 
 

@@ -160,7 +160,7 @@ def ctrl_c_after_step(monkeypatch: Any, step: int) -> None:
     import os
     import signal
 
-    import animevae.train as train_module
+    import animevae.training.train as train_module
 
     real_step = train_module.Trainer.step
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from animevae.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
+from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig
 
 

@@ -1,4 +1,4 @@
-"""animevae.checkpoint: safetensors checkpoints (weights, optimiser state, progress), never pickle."""
+"""animevae.training.checkpoint: safetensors checkpoints (weights, optimiser state, progress), never pickle."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from animevae import FORMAT_VERSION
-from animevae.checkpoint import CHECKPOINT_KIND, Progress, load_checkpoint, read_config, save_checkpoint
+from animevae.training.checkpoint import CHECKPOINT_KIND, Progress, load_checkpoint, read_config, save_checkpoint
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.errors import ModelError
-from animevae.model import VAE, Denoiser, VAELoss
+from animevae.training.model import VAE, Denoiser, VAELoss
 from helpers import evil_object, evil_pickle, temp_leftovers
 
 
@@ -155,7 +155,7 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path, saved) -> None:
 
 
 def test_failed_save_keeps_the_previous_checkpoint(saved, monkeypatch: pytest.MonkeyPatch) -> None:
-    import animevae.checkpoint as checkpoint_module
+    import animevae.training.checkpoint as checkpoint_module
 
     path, run_config, modules, optimizers, _, rng = saved
     before = path.read_bytes()

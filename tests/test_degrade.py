@@ -1,4 +1,4 @@
-"""animevae.degrade: seeded, per-kind degradations of training crops, and crops at several scales."""
+"""animevae.training.degrade: seeded, per-kind degradations of training crops, and crops at several scales."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from animevae.degrade import (CHROMA_420, CHROMA_444, REAL, RECIPES, Recipe, degrade_batch, jpeg_batch,
+from animevae.training.degrade import (CHROMA_420, CHROMA_444, REAL, RECIPES, Recipe, degrade_batch, jpeg_batch,
                               jpeg_bytes_roundtrip, multiscale_crop)
 from helpers import blob_image
 

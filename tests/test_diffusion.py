@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from animevae.config import ModelConfig
-from animevae.diffusion import DDIMSampler, LatentDiffusion, alpha_sigma
+from animevae.training.diffusion import DDIMSampler, LatentDiffusion, alpha_sigma
 
 
 def _config(latent_dim: int = 2, width: int = 32, blocks: int = 2) -> ModelConfig:

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import environ_without_debug, read_jsonl, write_blobs
 
-from animevae.distributed import DistContext, init_distributed
+from animevae.training.distributed import DistContext, init_distributed
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from animevae.cli import app
-from animevae.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances, ssim,
+from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances, ssim,
                                style_of)
 from animevae.data import split_holdout
-from animevae.export import load_run_models
+from animevae.training.export import load_run_models
 from animevae.progress import SilentReporter
-from animevae.train import load_training_images
+from animevae.data import load_training_images
 from helpers import assert_ok
 
 
@@ -135,7 +135,7 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     """Protects the two numbers a reader trusts most: the scores are of images training never saw (not of the
     training split), and copy_rate counts samples closer to a training image than 99% of held-out images are
     to theirs (the 1st percentile of held-out distances, not the 99th)."""
-    import animevae.evaluate as evaluate
+    import animevae.training.evaluate as evaluate
 
     config, vae, denoiser = load_run_models(trained_run.run_dir)
     loaded = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())

@@ -1,4 +1,4 @@
-"""animevae.export: the ONNX file contract (names, shapes, dynamic axes, metadata) and the PyTorch check."""
+"""animevae.training.export: the ONNX file contract (names, shapes, dynamic axes, metadata) and the PyTorch check."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from animevae import FORMAT_VERSION, __version__
 from animevae.cli import app
 from animevae.denoise import denoise_array
 from animevae.errors import ModelError
-from animevae.export import MAX_ABS_DIFF, export_run, load_run_models
+from animevae.training.export import MAX_ABS_DIFF, export_run, load_run_models
 from animevae.fileio import to_uint8
 from helpers import assert_cli_error, assert_ok, snapshot, temp_leftovers
 
@@ -162,7 +162,7 @@ def test_export_refuses_a_run_without_checkpoint(tmp_path: Path) -> None:
 
 
 def test_a_model_that_differs_from_pytorch_is_removed(runs_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import animevae.export as export_module
+    import animevae.training.export as export_module
 
     shutil.rmtree(runs_copy / "run" / "export")
     monkeypatch.setattr(export_module, "MAX_ABS_DIFF", -1.0)  # any difference (even 0) is now too much
@@ -217,7 +217,7 @@ class _Shifted(torch.nn.Module):
 def test_parity_limit_is_1e_4_refusing_above_and_keeping_below(trained_run, tmp_path: Path) -> None:
     """Protects the README's promise that export fails when onnxruntime and PyTorch differ by more than 1e-4
     (tested against the literal, not the module's own constant)."""
-    from animevae.export import _compare
+    from animevae.training.export import _compare
 
     _, vae, _ = load_run_models(trained_run.run_dir)
     z = torch.randn(3, 8, generator=torch.Generator().manual_seed(5))
@@ -234,7 +234,7 @@ def test_half_is_refused_without_cuda_and_writes_nothing(runner, runs_copy: Path
     """Protects the README: on a machine where onnxruntime cannot run CUDA, `--half` is refused rather than
     silently ignored (export writes nothing; generate --half stops before any output)."""
     import animevae.runtime as runtime
-    from animevae.models import HALF_DECODER
+    from animevae.model_files import HALF_DECODER
 
     monkeypatch.setattr(runtime, "available_providers", lambda: [runtime.CPU])
     export = runs_copy / "run" / "export"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animevae import models
+from animevae import model_files as models
 from animevae.cli import app
 from animevae.errors import OutputError
 from animevae.fileio import temp_name, to_uint8

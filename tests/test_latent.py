@@ -36,8 +36,8 @@ class Tiny:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     from animevae.config import ModelConfig, TrainConfig
-    from animevae.export import export_run
-    from animevae.train import train
+    from animevae.training.export import export_run
+    from animevae.training.train import train
 
     base = tmp_path_factory.mktemp("latent")
     faces = base / "faces"

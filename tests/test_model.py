@@ -1,4 +1,4 @@
-"""animevae.model (VAE, denoiser, losses), animevae.config and animevae.models (which ONNX files to use)."""
+"""animevae.training.model (VAE, denoiser, losses), animevae.config and animevae.model_files (which ONNX files to use)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.errors import ModelError
-from animevae.model import VAE, Denoiser, DiagonalGaussian, VAELoss, add_noise, psnr
+from animevae.training.model import VAE, Denoiser, DiagonalGaussian, VAELoss, add_noise, psnr
 from helpers import TINY_MODEL as TINY
 
 
@@ -183,7 +183,7 @@ def _fake_run(runs_dir: Path, name: str, created: float, exported: bool) -> Path
 
 
 def test_choose_model_prefers_newest_exported_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from animevae import models
+    from animevae import model_files as models
 
     monkeypatch.setattr(models, "builtin_available", lambda: False)
     runs = tmp_path / "runs"
@@ -201,7 +201,7 @@ def test_choose_model_prefers_newest_exported_run(tmp_path: Path, monkeypatch: p
 
 
 def test_choose_model_explicit_paths_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from animevae import models
+    from animevae import model_files as models
 
     monkeypatch.setattr(models, "builtin_available", lambda: False)
     folder = tmp_path / "exp"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from animevae.realism import classifier_net, realism_score, roc_auc
+from animevae.training.realism import classifier_net, realism_score, roc_auc
 
 
 def test_roc_auc_matches_hand_counted_pairs() -> None:

@@ -217,7 +217,7 @@ def test_train_killed_then_resumed(tmp_path) -> None:
     time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    from animevae.checkpoint import load_checkpoint
+    from animevae.training.checkpoint import load_checkpoint
 
     saved = load_checkpoint(checkpoint).progress
     assert saved.step > 0
@@ -228,7 +228,7 @@ def test_train_killed_then_resumed(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_before_its_first_epoch_ends_can_be_resumed(tmp_path) -> None:
-    from animevae.checkpoint import load_checkpoint
+    from animevae.training.checkpoint import load_checkpoint
 
     faces = tmp_path / "faces"
     write_blobs(faces, count=40)

@@ -127,7 +127,7 @@ def test_open_model_on_cpu(trained_run) -> None:
     assert images.shape == (2, 3, 16, 16) and images.dtype == np.float32
     import torch
 
-    from animevae.export import load_run_models
+    from animevae.training.export import load_run_models
 
     _, vae, _ = load_run_models(trained_run.run_dir)
     with torch.no_grad():

@@ -116,7 +116,7 @@ def test_a_users_skipped_json_is_neither_removed_nor_replaced(runner, trained_ru
 
 def test_two_runs_started_together_get_their_own_folders(tiny_model_config, tiny_train_config, image_dir: Path,
                                                           tmp_path: Path, monkeypatch) -> None:
-    import animevae.train as train_module
+    import animevae.training.train as train_module
 
     runs = tmp_path / "runs"
     real_load, nested, started = train_module.load_training_images, [], []
@@ -136,7 +136,7 @@ def test_two_runs_started_together_get_their_own_folders(tiny_model_config, tiny
 
 def test_a_failed_start_leaves_no_run_folder(tiny_model_config, tiny_train_config, tmp_path: Path) -> None:
     from animevae.errors import DataError
-    from animevae.train import train
+    from animevae.training.train import train
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -230,7 +230,7 @@ def test_shards_report_the_clashes_of_the_whole_listing(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from animevae.checkpoint import load_checkpoint
+    from animevae.training.checkpoint import load_checkpoint
 
     ctrl_c_after_step(monkeypatch, 2)
     result = runner.invoke(app, ["train", str(image_dir), "--image-size", "16", "--latent-dim", "8", "--batch-size", "8",
@@ -247,7 +247,7 @@ def _train_command(faces: Path, runs: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_sigterm_to_train_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
-    from animevae.checkpoint import load_checkpoint
+    from animevae.training.checkpoint import load_checkpoint
 
     faces, runs = tmp_path / "faces", tmp_path / "runs"
     write_blobs(faces, count=40)
@@ -467,7 +467,7 @@ def test_a_fifo_is_not_an_input(onnx_models, tmp_path: Path) -> None:
 def test_sets_and_checkpoints_follow_the_umask(image_dir: Path, tmp_path: Path, tiny_model_config,
                                                tiny_train_config) -> None:
     from animevae.data import prepare_images, save_prepared
-    from animevae.train import train
+    from animevae.training.train import train
 
     old = os.umask(0o022)
     try:

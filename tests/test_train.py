@@ -1,4 +1,4 @@
-"""animevae.train (runs, metrics, samples, cache, resume), animevae.runs and animevae.devices."""
+"""animevae.training.train (runs, metrics, samples, cache, resume), animevae.runs and animevae.training.devices."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from typing import Any
 import pytest
 import torch
 
-from animevae.checkpoint import load_checkpoint
+from animevae.training.checkpoint import load_checkpoint
 from animevae.config import ModelConfig, TrainConfig
 from animevae.data import prepare_images, save_prepared, split_holdout
 from animevae.errors import DataError, DeviceError, ModelError
-from animevae.export import load_run_models
-from animevae.model import add_noise
+from animevae.training.export import load_run_models
+from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
-from animevae.train import load_training_images, train
+from animevae.data import load_training_images
+from animevae.training.train import train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
@@ -359,7 +360,7 @@ def test_a_checkpoint_is_written_every_checkpoint_minutes_within_an_epoch(
 
 
 def test_torch_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    from animevae.devices import resolve_torch_device
+    from animevae.training.devices import resolve_torch_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_torch_device("cpu").type == "cpu"
@@ -392,7 +393,7 @@ def test_training_writes_nothing_into_the_data_folder(trained_run) -> None:
 def test_precision_auto_on_the_cpu_takes_bf16_only_when_measured_faster(
         monkeypatch: pytest.MonkeyPatch, speedup: float, expected: str) -> None:
     """Protects --precision auto: CPUs that emulate bf16 slowly keep fp32 (bf16 only when clearly faster)."""
-    import animevae.devices as devices
+    import animevae.training.devices as devices
 
     monkeypatch.setattr(devices, "_cpu_bf16_speedup", lambda: speedup)
     assert devices.choose_precision("auto", torch.device("cpu")) == expected
@@ -403,7 +404,7 @@ def test_precision_auto_on_the_cpu_takes_bf16_only_when_measured_faster(
 @pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
 def test_precision_auto_on_cuda_follows_bf16_support(monkeypatch: pytest.MonkeyPatch, supported: bool,
                                                      expected: str) -> None:
-    from animevae.devices import choose_precision
+    from animevae.training.devices import choose_precision
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
     assert choose_precision("auto", torch.device("cuda")) == expected
@@ -412,7 +413,7 @@ def test_precision_auto_on_cuda_follows_bf16_support(monkeypatch: pytest.MonkeyP
 def test_precision_auto_is_resolved_before_it_is_stored(image_dir: Path, tmp_path: Path,
                                                         tiny_model_config: ModelConfig,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import animevae.devices as devices
+    import animevae.training.devices as devices
 
     monkeypatch.setattr(devices, "_cpu_bf16_speedup", lambda: 1.0)
     result = train(image_dir, tiny_model_config, TrainConfig(epochs=1, batch_size=16, precision="auto"),
@@ -425,9 +426,9 @@ def test_precision_auto_is_resolved_before_it_is_stored(image_dir: Path, tmp_pat
 
 
 def _trainer(tiny_model_config: ModelConfig, **train_options: Any):
-    from animevae.distributed import DistContext
+    from animevae.training.distributed import DistContext
     from animevae.config import RunConfig
-    from animevae.train import Trainer
+    from animevae.training.train import Trainer
     from helpers import blob_image
     import numpy as np
 
@@ -473,7 +474,7 @@ def test_ema_follows_the_weights_at_the_ramped_decay_and_keeps_the_fitted_mixtur
 
 
 def test_the_prior_trains_on_the_final_latents_and_exports_beside_the_decoder(trained_run) -> None:
-    from animevae.export import load_run_sampler
+    from animevae.training.export import load_run_sampler
 
     checkpoint = load_checkpoint(trained_run.run_dir / "last.safetensors")
     assert checkpoint.progress.extra["prior_trained"] is True
@@ -486,7 +487,7 @@ def test_the_prior_trains_on_the_final_latents_and_exports_beside_the_decoder(tr
 
 def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_path: Path,
                                                           tiny_model_config: ModelConfig) -> None:
-    from animevae.export import export_run, load_run_sampler
+    from animevae.training.export import export_run, load_run_sampler
 
     config = replace(tiny_model_config, prior="mixture")
     result = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",

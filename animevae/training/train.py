@@ -17,27 +17,25 @@ import torch
 import torch.nn.functional as F
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
-from animevae.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
+from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
+from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.data import (folder_fingerprint, load_prepared, load_prepared_labels, manifest_path, prepare_images,
-                           save_prepared, split_holdout)
-from animevae.degrade import degrade_batch, multiscale_crop
-from animevae.devices import choose_precision
-from animevae.diffusion import DDIMSampler, LatentDiffusion
-from animevae.distributed import DistContext, init_distributed, shutdown_distributed
+from animevae.data import TrainingData, load_training_images, split_holdout
+from animevae.training.degrade import degrade_batch, multiscale_crop
+from animevae.training.devices import choose_precision
+from animevae.training.diffusion import DDIMSampler, LatentDiffusion
+from animevae.training.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.errors import DataError, ModelError
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
 from animevae.labels import Labels
-from animevae.model import VAE, Denoiser, VAELoss, add_noise, psnr
+from animevae.training.evaluate import denoise_scores, reconstruct
+from animevae.training.model import VAE, Denoiser, VAELoss, psnr
 from animevae.progress import Reporter, SilentReporter
 from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, claim_run_dir, resolve_run
 
 EVAL_SIGMAS = (25, 50)
-EVAL_NOISE_SEED = 1234
 SAMPLE_COUNT = 16
 DENOISER_CROP = 32
-SKIPPED_SHOWN = 20
 PRIOR_BATCH = 256
 # A diffusion-prior run refits the mixture (about 8 s on 2 cores) at most this often, and at its end: between
 # refits its sample sheets draw from the last fit.
@@ -65,43 +63,6 @@ def cosine_decay(fraction: float) -> float:
 
 class Stop(Exception):
     """Raised inside the loop when the time budget is spent."""
-
-
-@dataclass
-class TrainingData:
-    """A loaded training set: (N, S, S, 3) uint8 images, their content hashes, their labels (None: unlabelled)."""
-
-    images: np.ndarray
-    hashes: list[str]
-    labels: Labels | None = None
-
-
-def load_training_images(data: Path, image_size: int, cache_dir: Path, reporter: Reporter) -> TrainingData:
-    """Images, hashes and labels from a prepared set, or a folder (prepared once and cached)."""
-    if data.is_file():
-        images, hashes = load_prepared(data)
-        if images.shape[1] != image_size:
-            raise DataError(
-                f"{data} holds {images.shape[1]}x{images.shape[1]} images, not {image_size}x{image_size}",
-                f"pass --image-size {images.shape[1]}, or prepare the folder again with --image-size {image_size}",
-            )
-        return TrainingData(images, hashes, load_prepared_labels(data))
-    cached = cache_dir / f"{data.resolve().name}-{folder_fingerprint(data, image_size)}.safetensors"
-    if cached.is_file():
-        reporter.log(f"using the prepared copy of {data} in {cached}")
-        return TrainingData(*load_prepared(cached), load_prepared_labels(cached))
-    reporter.start(f"preparing {data}", None)
-    prepared = prepare_images(data, image_size, on_file=reporter.advance)
-    reporter.stop()
-    save_prepared(prepared, cached, data)
-    reporter.log(f"prepared {len(prepared.sources)} images ({len(prepared.skipped)} skipped, "
-                 f"{len(prepared.duplicates)} duplicates; {prepared.layout}) into {cached}")
-    for item in prepared.skipped[:SKIPPED_SHOWN]:
-        reporter.log(f"  skipped {item.path}: {item.reason}")
-    if prepared.skipped:
-        more = len(prepared.skipped) - SKIPPED_SHOWN
-        reporter.log(f"  {f'and {more} more; ' if more > 0 else ''}all listed in {manifest_path(cached)}")
-    return TrainingData(prepared.images, prepared.hashes, prepared.labels)
 
 
 class Trainer:
@@ -290,25 +251,21 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """On the held-out split: recon PSNR of decode(mu), and denoise PSNR beside the noisy input's at
-        sigma 25 and 50 (noise from a fixed seed, so epochs and runs compare)."""
+        """On the held-out split, with `animevae evaluate`'s own functions: recon PSNR of decode(mu), and denoise
+        PSNR beside the noisy input's at sigma 25 and 50 (noise from a fixed seed, so epochs and runs compare)."""
+        if not len(self.val_pixels):
+            return {}
         self.ema.eval()
         self.denoiser.eval()
-        sums: dict[str, float] = {}
-        noise_gen = torch.Generator().manual_seed(EVAL_NOISE_SEED)
-        for begin in range(0, len(self.val_pixels), 256):
-            clean = self.val_pixels[begin : begin + 256].float().div_(255.0)
-            scores = {"val_psnr": psnr(self.ema.decoder(self.ema.encode(clean).mode()), clean)}
-            for sigma in EVAL_SIGMAS:
-                noisy = add_noise(clean, float(sigma), noise_gen)
-                scores[f"denoise_psnr_{sigma}"] = psnr(self.denoiser(noisy), clean)
-                scores[f"noisy_psnr_{sigma}"] = psnr(noisy, clean)
-            for key, values in scores.items():
-                sums[key] = sums.get(key, 0.0) + values.sum().item()
+        clean = self.val_pixels.float().div_(255.0)
+        metrics = {"val_psnr": round(psnr(reconstruct(self.ema, clean), clean).mean().item(), 3)}
+        denoised, noisy = denoise_scores(self.denoiser, clean, sigmas=EVAL_SIGMAS, qualities=())
+        for sigma in EVAL_SIGMAS:
+            metrics[f"denoise_psnr_{sigma}"] = denoised[str(sigma)]
+            metrics[f"noisy_psnr_{sigma}"] = noisy[str(sigma)]
         self.ema.train()
         self.denoiser.train()
-        count = max(1, len(self.val_pixels))
-        return {key: round(value / count, 3) for key, value in sums.items()}
+        return metrics
 
     @torch.no_grad()
     def posteriors(self, mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

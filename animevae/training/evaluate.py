@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 
 from animevae.data import split_holdout
-from animevae.degrade import jpeg_batch
-from animevae.diffusion import DDIMSampler
+from animevae.training.degrade import jpeg_batch
+from animevae.training.diffusion import DDIMSampler
 from animevae.errors import DataError
-from animevae.export import load_run_models, load_run_sampler
+from animevae.training.export import load_run_models, load_run_sampler
 from animevae.fileio import write_json_atomic
-from animevae.model import VAE, Denoiser, add_noise, psnr
+from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
-from animevae.realism import realism_score
-from animevae.train import load_training_images
+from animevae.training.realism import realism_score
+from animevae.data import load_training_images
 
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)
@@ -108,12 +108,13 @@ def reconstruction_scores(vae: VAE, held_out: torch.Tensor) -> tuple[float, floa
 
 
 @torch.no_grad()
-def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor, sigmas: tuple[int, ...] = SIGMAS,
+                   qualities: tuple[int, ...] = JPEG_QUALITIES) -> tuple[dict[str, float], dict[str, float]]:
     """Denoised and degraded-input PSNR at each sigma (0-255 scale; 0 = clean input), noise clipped to [0, 1],
     and at each JPEG quality (keys "jpeg20", "jpeg40": saved by Pillow with 4:2:0 chroma)."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    cases = [(str(s), lambda clean, s=s: add_noise(clean, float(s), generator)) for s in SIGMAS]
-    cases += [(f"jpeg{q}", lambda clean, q=q: jpeg_batch(clean, q)) for q in JPEG_QUALITIES]
+    cases = [(str(s), lambda clean, s=s: add_noise(clean, float(s), generator)) for s in sigmas]
+    cases += [(f"jpeg{q}", lambda clean, q=q: jpeg_batch(clean, q)) for q in qualities]
     denoised, noisy_scores = {}, {}
     for key, degrade in cases:
         outs, ins = [], []

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from animevae.devices import resolve_torch_device
+from animevae.training.devices import resolve_torch_device
 from animevae.errors import DeviceError
 
 # A rank that dies must end the run, not hang it: collectives give up after this long.

@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.checkpoint import PRIOR_TRAINED, Checkpoint, load_checkpoint
+from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, load_checkpoint
 from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.labels import CLASSES_KEY, ClassInfo
-from animevae.diffusion import DDIMSampler, LatentDiffusion
-from animevae.model import VAE, Denoiser
-from animevae.models import HALF_DECODER
+from animevae.training.diffusion import DDIMSampler, LatentDiffusion
+from animevae.training.model import VAE, Denoiser
+from animevae.model_files import HALF_DECODER
 from animevae.prior import LatentPrior
 from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
 
