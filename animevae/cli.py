@@ -151,6 +151,12 @@ def _exit_if_files_failed(result: Any) -> None:
         raise typer.Exit(1)
 
 
+def _print_classes(classes: Any) -> None:
+    """One line per class: its name and image count."""
+    for name, count in zip(classes.names, classes.counts):
+        console.print(f"  {name}: {count} images")
+
+
 @app.command()
 @reports_errors
 def prepare(
@@ -177,6 +183,9 @@ def prepare(
     save_prepared(prepared, out, folder)
     console.print(f"kept {len(prepared.sources)}, duplicates {len(prepared.duplicates)}, "
                   f"skipped {len(prepared.skipped)} in {time.perf_counter() - started:.1f}s")
+    console.print(f"labels: {prepared.layout}")
+    if prepared.labels is not None:
+        _print_classes(prepared.labels.classes)
     console.print(f"wrote {out} and {manifest_path(out)}")
     console.print(f"next: animevae train {out}")
 
@@ -369,6 +378,10 @@ def evaluate(
     samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
     classifier_images: Annotated[int, typer.Option(
         "--classifier-images", min=2, help="Training images per class for the real-vs-generated classifier.")] = 1000,
+    class_samples: Annotated[int, typer.Option(
+        "--class-samples", min=2, help="Labelled runs: samples per class for fidelity, CAS and augmentation gain.")] = 300,
+    few_real: Annotated[int, typer.Option(
+        "--few-real", min=1, help="Labelled runs: real images per class that the augmentation gain starts from.")] = 20,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
@@ -376,7 +389,7 @@ def evaluate(
     from animevae.runs import resolve_run
 
     run_dir = resolve_run(runs_dir, run)
-    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images)
+    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images, class_samples, few_real)
     table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -397,8 +410,25 @@ def evaluate(
     table.add_row("samples drawn from", report.latents)
     for style, share in report.style_share_train.items():
         table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")
+    if report.classes is not None:
+        _class_rows(table, report.classes)
     console.print(table)
     console.print(f"wrote {run_dir / REPORT_NAME} in {report.seconds:.0f}s")
+
+
+def _class_rows(table: Table, classes: Any) -> None:
+    """The labelled run's rows: fidelity, CAS and augmentation gain, overall and per class."""
+    per = f"{classes.samples_per_class} samples per class"
+    table.add_row(f"class fidelity ({per}; classifier on real images: {classes.fidelity_classifier_held_out:.3f} "
+                  f"held-out accuracy)", f"{classes.fidelity_overall:.3f}")
+    for name in classes.names:
+        table.add_row(f"  class {name}: fidelity / CAS / {classes.few_real} real -> + samples",
+                      f"{classes.fidelity.get(name, 0.0):.3f} / {classes.cas_per_class.get(name, 0.0):.3f} / "
+                      f"{classes.augmentation_without_per_class.get(name, 0.0):.3f} -> "
+                      f"{classes.augmentation_with_per_class.get(name, 0.0):.3f}")
+    table.add_row("classification accuracy score (trained on samples only)", f"{classes.cas:.3f}")
+    table.add_row(f"accuracy from {classes.few_real} real per class, without -> with samples",
+                  f"{classes.augmentation_without:.3f} -> {classes.augmentation_with:.3f}")
 
 
 @app.command()

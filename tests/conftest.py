@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import TINY_MODEL, write_blobs
+from helpers import TINY_MODEL, write_blobs, write_labelled
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,19 @@ def onnx_models(trained_run: TrainedRun) -> dict[str, object]:
 
     return {role: open_model(trained_run.export_dir / f"{role}.onnx", role, device="cpu")
             for role in ("encoder", "decoder", "denoiser", "prior")}
+
+
+@pytest.fixture(scope="session")
+def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """The tiny model (mixture prior) trained for 1 epoch on three class folders and exported, once per session."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.training.export import export_run
+    from animevae.training.train import train
+
+    base = tmp_path_factory.mktemp("labelled_run")
+    data_dir = write_labelled(base / "pets")
+    runs_dir = base / "runs"
+    result = train(data_dir, ModelConfig(**{**TINY_MODEL, "prior": "mixture"}),
+                   TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"), runs_dir, device="cpu")
+    report = export_run(result.run_dir)
+    return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)

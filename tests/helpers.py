@@ -46,6 +46,17 @@ def write_blobs(folder: Path, count: int = 40, seed: int = 0, size: int = 16, pr
     return paths
 
 
+# A labelled set: three class folders, the last one rare (what --balance tops up).
+LABELLED_COUNTS = {"cats": 16, "dogs": 16, "rare": 4}
+
+
+def write_labelled(root: Path, counts: dict[str, int] = LABELLED_COUNTS) -> Path:
+    """root/<label>/<label>NNN.png: distinct blob PNGs in one folder per class; returns root."""
+    for seed, (label, count) in enumerate(counts.items()):
+        write_blobs(root / label, count=count, seed=100 + seed, prefix=label)
+    return root
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """A PNG (or any image) as an (H, W, 3) uint8 array."""
     with Image.open(path) as image:

@@ -21,6 +21,7 @@ from animevae.training.export import load_run_models, load_run_sampler
 from animevae.fileio import write_json_atomic
 from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
+from animevae.training import usefulness
 from animevae.training.realism import realism_score
 from animevae.data import load_training_images
 
@@ -30,6 +31,30 @@ JPEG_QUALITIES = (20, 40)
 REPORT_NAME = "evaluation.json"
 # Diversity needs a pair of held-out images; the classifier one to train on and one to test on, per side.
 MIN_HELD_OUT = 2
+
+
+@dataclass
+class ClassReport:
+    """What generated images of each class are worth to a classifier (usefulness.py), on the held-out images.
+
+    Rates are overall and per class name; `*_images` are the classifiers' training images."""
+
+    names: list[str]
+    samples_per_class: int
+    # Samples of class c labelled c by a classifier trained on real training images; that classifier's own
+    # accuracy on the held-out images, to show it can be trusted.
+    fidelity: dict[str, float]
+    fidelity_overall: float
+    fidelity_classifier_held_out: float
+    # Classification accuracy score: trained on the samples alone.
+    cas: float
+    cas_per_class: dict[str, float]
+    # Trained on `few_real` real images per class, without and with the samples added.
+    few_real: int
+    augmentation_without: float
+    augmentation_with: float
+    augmentation_without_per_class: dict[str, float]
+    augmentation_with_per_class: dict[str, float]
 
 
 @dataclass
@@ -64,6 +89,8 @@ class QualityReport:
     seconds: float = 0.0
     # Measures the set is too small for (None above): they need at least MIN_HELD_OUT held-out images.
     not_measurable: list[str] = field(default_factory=list)
+    # Labelled runs only.
+    classes: ClassReport | None = None
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -129,13 +156,18 @@ def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor, sigmas: tuple[int
 
 @torch.no_grad()
 def draw_samples(vae: VAE, count: int, seed: int = 0, sampler: DDIMSampler | None = None,
-                 temperature: float = 1.0) -> torch.Tensor:
-    """(count, 3, S, S) samples: through the run's diffusion prior when it has one, else its mixture."""
+                 temperature: float = 1.0, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """(count, 3, S, S) samples: through the run's diffusion prior when it has one, else its mixture; with
+    (count,) class `labels`, each from its class's mixture (the diffusion prior is unconditional)."""
     generator = torch.Generator().manual_seed(seed)
     eps = torch.randn(count, vae.config.latent_dim, generator=generator) * temperature
     uniform = torch.rand(count, generator=generator)
-    latents = torch.cat([sampler(e) if sampler is not None else vae.sample_latent(e, u)
-                         for e, u in zip(_batches(eps), _batches(uniform))])
+    if labels is not None:
+        latents = torch.cat([vae.sample_latent(e, u, c) for e, u, c in zip(_batches(eps), _batches(uniform),
+                                                                           _batches(labels))])
+    else:
+        latents = torch.cat([sampler(e) if sampler is not None else vae.sample_latent(e, u)
+                             for e, u in zip(_batches(eps), _batches(uniform))])
     return torch.cat([vae.decoder(z) for z in _batches(latents)])
 
 
@@ -187,17 +219,39 @@ def _sources(data: Path, count: int, cache: Path) -> list[str]:
     return []
 
 
+def class_report(vae: VAE, names: tuple[str, ...], train_images: torch.Tensor, train_labels: torch.Tensor,
+                 held_out: torch.Tensor, held_labels: torch.Tensor, per_class: int = 300, few_real: int = 20,
+                 classifier_images: int = 1000, seed: int = 0) -> ClassReport:
+    """Class fidelity, CAS and augmentation gain of `per_class` samples per class (see usefulness.py)."""
+    sample_labels = torch.arange(len(names)).repeat_interleave(per_class)
+    generated = as_saved(draw_samples(vae, len(sample_labels), seed=seed + 1, labels=sample_labels))
+    rows = usefulness.few_real(train_labels, classifier_images, len(names), seed)
+    fidelity, trust = usefulness.class_fidelity(train_images[rows], train_labels[rows], generated, sample_labels,
+                                                held_out, held_labels, names, seed)
+    cas = usefulness.classification_accuracy_score(generated, sample_labels, held_out, held_labels, names, seed)
+    without, with_samples = usefulness.augmentation_gain(train_images, train_labels, generated, sample_labels,
+                                                         held_out, held_labels, names, few_real, seed)
+    return ClassReport(list(names), per_class, fidelity.per_class, fidelity.accuracy, trust.accuracy,
+                       cas.accuracy, cas.per_class, few_real, without.accuracy, with_samples.accuracy,
+                       without.per_class, with_samples.per_class)
+
+
 def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
-                 classifier_images: int = 1000) -> QualityReport:
+                 classifier_images: int = 1000, class_samples: int = 300, few_real: int = 20) -> QualityReport:
     """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
 
     The realism classifier learns from `classifier_images` training images per class and is scored on the
-    held-out images against as many unseen samples (or reconstructions)."""
+    held-out images against as many unseen samples (or reconstructions). A labelled run is also scored on
+    `class_samples` samples per class: class fidelity, CAS, and the gain over `few_real` real images per class."""
     started = time.monotonic()
     config, vae, denoiser = load_run_models(run_dir)
     sampler = load_run_sampler(run_dir)
     loaded = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
     images, hashes = loaded.images, loaded.hashes
+    names = loaded.labels.classes.names if loaded.labels is not None else ()
+    if names != config.model.classes:
+        raise DataError(f"{data} has classes {list(names) or 'none'}; run {run_dir.name} was trained on "
+                        f"{list(config.model.classes) or 'none'}", "evaluate the run on the data it was trained on")
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",
@@ -240,6 +294,10 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     )
     report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
                                                "realism_recon_accuracy", "realism_recon_auc"]
+    if loaded.labels is not None and enough:
+        report.classes = class_report(vae, names, train_images, torch.from_numpy(loaded.labels.subset(train_idx)),
+                                      held_out, torch.from_numpy(loaded.labels.subset(val_idx)), class_samples,
+                                      few_real, classifier_images)
     report.seconds = round(time.monotonic() - started, 1)
     write_json_atomic(run_dir / REPORT_NAME, asdict(report))
     return report

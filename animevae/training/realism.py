@@ -8,6 +8,7 @@ and is scored on images it never saw. 0.5 means it cannot tell; 1.0 means every 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,9 @@ class RealismScore:
     test_per_class: int
 
 
-def classifier_net(width: int = 32) -> nn.Sequential:
-    """(B, 3, S, S) in [0, 1] -> (B,) logit of "real". Conv-BatchNorm-ReLU stages, each halving the size,
+def classifier_net(width: int = 32, classes: int = 1) -> nn.Sequential:
+    """(B, 3, S, S) in [0, 1] -> (B,) logit of "real" (or, for `classes` > 1, (B, classes) class logits).
+    Conv-BatchNorm-ReLU stages, each halving the size,
     then a global average: it sees every pixel at full resolution first, where generators leave their traces.
     BatchNorm is what makes it learn: without it (or with GroupNorm) it sat at chance for hundreds of steps on
     reconstructions it tells apart within 100 steps with it. Its statistics are recomputed before each
@@ -44,7 +46,8 @@ def classifier_net(width: int = 32) -> nn.Sequential:
         *stage(width, 2 * width, 2), *stage(2 * width, 2 * width, 1),  # (B, 2w, S/2, S/2)
         *stage(2 * width, 4 * width, 2),  # (B, 4w, S/4, S/4)
         *stage(4 * width, 8 * width, 2),  # (B, 8w, S/8, S/8)
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, 1), nn.Flatten(0))
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, classes),
+        *([nn.Flatten(0)] if classes == 1 else []))
 
 
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -69,22 +72,41 @@ def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test:
     All inputs are (N, 3, S, S) float in [0, 1]; the classes are balanced to the smaller side of each split.
     It trains in fp32: under bf16 autocast it missed plain speckle that fp32 finds at once."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     per_class = min(len(real_train), len(fake_train))
     images = torch.cat([real_train[:per_class], fake_train[:per_class]])
     labels = torch.cat([torch.ones(per_class), torch.zeros(per_class)])
+    net = classifier_net()
+    epoch = fit_converged(net, images, labels, F.binary_cross_entropy_with_logits, max_epochs, patience, seed,
+                          batch_size, min_steps)
+    test_count = min(len(real_test), len(fake_test))
+    test_images = torch.cat([real_test[:test_count], fake_test[:test_count]])
+    test_labels = torch.cat([torch.ones(test_count), torch.zeros(test_count)])
+    scores = logits(net, test_images)
+    accuracy = ((scores > 0).float() == test_labels).float().mean().item()
+    return RealismScore(round(accuracy, 4), round(roc_auc(scores, test_labels), 4), epoch, per_class, test_count)
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit_converged(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: Loss, max_epochs: int = 30,
+                  patience: int = 5, seed: int = 0, batch_size: int = 64, min_steps: int = 300) -> int:
+    """Train `net` in place on (N, 3, S, S) images and their targets, keeping the weights of the epoch with the
+    lowest `loss` on a tenth it holds out, until `patience` epochs bring no better one (see realism_score).
+    Returns the epochs run."""
+    generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)
     val_count = max(2, len(images) // 10)
     val_idx, fit_idx = order[:val_count], order[val_count:]
     steps_per_epoch = max(1, -(-len(fit_idx) // batch_size))
     max_epochs = max(max_epochs, -(-min_steps // steps_per_epoch))
     patience = max(patience, -(-min_steps // (3 * steps_per_epoch)))
-    net = classifier_net().to(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     best_loss, best_state, best_epoch, epoch = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
     with torch.enable_grad():  # callers may score inside torch.no_grad()
         for epoch in range(1, max_epochs + 1):
-            val_loss = _train_epoch(net, optimizer, images, labels, fit_idx, val_idx, batch_size, generator)
+            val_loss = _train_epoch(net, optimizer, images, targets, fit_idx, val_idx, batch_size, generator, loss)
             if val_loss < best_loss:
                 best_loss, best_state, best_epoch = val_loss, copy.deepcopy(net.state_dict()), epoch
             elif epoch - best_epoch >= patience:
@@ -93,16 +115,12 @@ def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test:
                 for group in optimizer.param_groups:
                     group["lr"] *= 0.5
     net.load_state_dict(best_state)
-    test_count = min(len(real_test), len(fake_test))
-    test_images = torch.cat([real_test[:test_count], fake_test[:test_count]])
-    test_labels = torch.cat([torch.ones(test_count), torch.zeros(test_count)])
-    scores = _logits(net, test_images)
-    accuracy = ((scores > 0).float() == test_labels).float().mean().item()
-    return RealismScore(round(accuracy, 4), round(roc_auc(scores, test_labels), 4), epoch, per_class, test_count)
+    return epoch
 
 
 def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                 fit_idx: torch.Tensor, val_idx: torch.Tensor, batch_size: int, generator: torch.Generator) -> float:
+                 fit_idx: torch.Tensor, val_idx: torch.Tensor, batch_size: int, generator: torch.Generator,
+                 loss_fn: Loss) -> float:
     """One pass over the fitting images in random order, with random left-right flips; the validation loss."""
     net.train()
     shuffled = fit_idx[torch.randperm(len(fit_idx), generator=generator)]
@@ -112,12 +130,12 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch
             continue
         flip = torch.rand(len(batch), generator=generator) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), images[batch].flip(3), images[batch])
-        loss = F.binary_cross_entropy_with_logits(net(x.contiguous(memory_format=torch.channels_last)), labels[batch])
+        loss = loss_fn(net(x.contiguous(memory_format=torch.channels_last)), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     _recompute_batchnorm(net, images[fit_idx[:BATCHNORM_IMAGES]])
-    return F.binary_cross_entropy_with_logits(_logits(net, images[val_idx]), labels[val_idx]).item()
+    return loss_fn(logits(net, images[val_idx]), labels[val_idx]).item()
 
 
 @torch.no_grad()
@@ -136,6 +154,7 @@ def _recompute_batchnorm(net: nn.Module, images: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def logits(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The net's outputs in eval mode, in batches of 256."""
     net.eval()
     return torch.cat([net(images[b : b + 256]) for b in range(0, len(images), 256)])
