@@ -57,6 +57,11 @@ class LatentSampler:
                           for i in indices])  # (B, latent)
         return self.prior.run(noise * np.float32(self.temperature))[0]
 
+    def class_latents(self, seed: int, label: int, indices: list[int]) -> np.ndarray:
+        """(len(indices), latent) latents of class `label`, image i's seeded by (seed, label, i) alone. Always
+        from the class's own mixture: a diffusion prior (prior.onnx) is unconditional."""
+        return np.stack([self.mixture.class_latent(seed, label, i, self.temperature) for i in indices])
+
 
 def open_sampler(decoder: OnnxModel, temperature: float = 1.0, device: str | None = None,
                  threads: int | None = None) -> LatentSampler:
