@@ -172,3 +172,24 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     assert report.sample_diversity == pytest.approx(
         _mean_pairwise(samples.double().numpy()) / _mean_pairwise(held.double().numpy()), abs=1e-4)
     assert report.style_share_samples == {"face": 1.0}
+
+
+def test_a_labelled_run_is_scored_per_class_and_the_cli_prints_it(labelled_run, runner) -> None:
+    result = runner.invoke(app, ["evaluate", str(labelled_run.data_dir), "--runs-dir", str(labelled_run.runs_dir),
+                                 "--samples", "20", "--classifier-images", "10", "--class-samples", "6",
+                                 "--few-real", "2"])
+    saved = json.loads((labelled_run.run_dir / REPORT_NAME).read_text())
+    (labelled_run.run_dir / REPORT_NAME).unlink()
+    assert_ok(result)
+    classes = saved["classes"]
+    assert classes["names"] == ["cats", "dogs", "rare"] and classes["samples_per_class"] == 6
+    assert set(classes["fidelity"]) == {"cats", "dogs", "rare"}
+    assert 0.0 <= classes["cas"] <= 1.0 and classes["few_real"] == 2
+    assert "class fidelity" in result.output and "class rare: fidelity / CAS" in result.output
+
+
+def test_a_labelled_run_is_not_scored_on_unlabelled_data(labelled_run, trained_run) -> None:
+    from animevae.errors import DataError
+
+    with pytest.raises(DataError, match="cats"):
+        evaluate_run(labelled_run.run_dir, trained_run.data_dir, labelled_run.runs_dir, samples=10)
