@@ -87,13 +87,15 @@ def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test:
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def fit_converged(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: Loss, max_epochs: int = 30,
-                  patience: int = 5, seed: int = 0, batch_size: int = 64, min_steps: int = 300) -> int:
+                  patience: int = 5, seed: int = 0, batch_size: int = 64, min_steps: int = 300,
+                  augment: Augment | None = None) -> int:
     """Train `net` in place on (N, 3, S, S) images and their targets, keeping the weights of the epoch with the
     lowest `loss` on a tenth it holds out, until `patience` epochs bring no better one (see realism_score).
-    Returns the epochs run."""
+    Training batches are flipped at random, then passed through `augment` when given. Returns the epochs run."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)
     val_count = max(2, len(images) // 10)
@@ -106,7 +108,8 @@ def fit_converged(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, l
     best_loss, best_state, best_epoch, epoch = float("inf"), copy.deepcopy(net.state_dict()), 0, 0
     with torch.enable_grad():  # callers may score inside torch.no_grad()
         for epoch in range(1, max_epochs + 1):
-            val_loss = _train_epoch(net, optimizer, images, targets, fit_idx, val_idx, batch_size, generator, loss)
+            val_loss = _train_epoch(net, optimizer, images, targets, fit_idx, val_idx, batch_size, generator, loss,
+                                    augment)
             if val_loss < best_loss:
                 best_loss, best_state, best_epoch = val_loss, copy.deepcopy(net.state_dict()), epoch
             elif epoch - best_epoch >= patience:
@@ -120,7 +123,7 @@ def fit_converged(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, l
 
 def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                  fit_idx: torch.Tensor, val_idx: torch.Tensor, batch_size: int, generator: torch.Generator,
-                 loss_fn: Loss) -> float:
+                 loss_fn: Loss, augment: Augment | None = None) -> float:
     """One pass over the fitting images in random order, with random left-right flips; the validation loss."""
     net.train()
     shuffled = fit_idx[torch.randperm(len(fit_idx), generator=generator)]
@@ -130,6 +133,8 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch
             continue
         flip = torch.rand(len(batch), generator=generator) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), images[batch].flip(3), images[batch])
+        if augment is not None:
+            x = augment(x, generator)
         loss = loss_fn(net(x.contiguous(memory_format=torch.channels_last)), labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,10 @@ Three measures, each scored on real held-out images the classifiers never saw, p
 - class fidelity: a classifier trained on the real training images labels the samples of class c as c;
 - classification accuracy score (CAS, Ravuri & Vinyals 2019): a classifier trained on generated images alone;
 - augmentation gain: a classifier trained on a few real images per class, with and without generated ones added.
-The classifier is realism.py's CNN with one logit per class, trained to convergence the same way.
+The classifier is realism.py's CNN with one logit per class, trained to convergence the same way, except that
+half of each batch is blurred by a random amount: a classifier trained on sharp images alone told one style by
+its crisp lines, and called every real image of it blurred 2x (and every sample) another style. It is to
+judge the class; how sharp, how real a sample looks is what realism.py measures.
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from animevae.training.realism import classifier_net, fit_converged, logits
 
 # Style is visible at a glance: a quarter of the realism classifier's width tells it, at a sixteenth of the cost.
 CLASSIFIER_WIDTH = 16
+# Blur for half of each training batch: downscaled by up to this factor (antialiased) and scaled back up.
+MAX_BLUR = 3.0
+
+
+def soften(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, S, S) -> the same, a random half of them downscaled by one random factor in [1, MAX_BLUR] and back."""
+    size = images.shape[-1]
+    factor = 1.0 + (MAX_BLUR - 1.0) * torch.rand(1, generator=generator).item()
+    small = max(4, round(size / factor))
+    blurred = F.interpolate(F.interpolate(images, size=small, mode="bilinear", antialias=True), size=size,
+                            mode="bilinear", align_corners=False)
+    pick = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(pick.view(-1, 1, 1, 1), blurred, images)
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, s
     """A converged class classifier on (N, 3, S, S) images in [0, 1] and their (N,) int64 labels."""
     torch.manual_seed(seed)
     net = classifier_net(CLASSIFIER_WIDTH, classes)
-    fit_converged(net, images, labels, F.cross_entropy, seed=seed)
+    fit_converged(net, images, labels, F.cross_entropy, seed=seed, augment=soften)
     return net
 
 
