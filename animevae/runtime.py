@@ -114,6 +114,16 @@ class OnnxModel:
         self.input_dtype = input_dtype(self.session.get_inputs()[0].type)
 
     @property
+    def latent_dim(self) -> int:
+        """Size of the latent vector (an encoder's output, a decoder's input); checked when the file was opened."""
+        return int(self.metadata["animevae.latent_dim"])
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images an encoder reads and a decoder writes; checked when the file was opened."""
+        return int(self.metadata["animevae.image_size"])
+
+    @property
     def provider(self) -> str:
         """The provider that really runs this session."""
         return self.session.get_providers()[0]

@@ -77,3 +77,15 @@ def test_inference_commands_never_import_torch(no_torch_env: dict[str, str], tra
     assert all((tmp_path / name).is_file() for name in ("grid.png", "walk.png", "trav.png"))
     log = Path(no_torch_env["NO_TORCH_LOG"])
     assert not log.exists(), f"torch import attempted: {log.read_text()}"
+
+
+def test_training_commands_without_torch_say_what_to_install(no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**no_torch_env, "NO_TORCH_LOG": str(tmp_path / "attempts.log")}  # attempts expected here: keep them apart
+    write_blobs(tmp_path / "faces", count=3)
+    for command in (["train", "faces", "--max-minutes", "0.1"], ["export", "--onnx"], ["evaluate", "faces"]):
+        done = _run(env, tmp_path, *command)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1, f"{command[0]}: {done.stderr[-2000:]}"
+        assert lines[-2].startswith("error: this command needs torch") and "Traceback" not in done.stderr
+        assert lines[-1] == 'hint: pip install "animevae[train]" (torch, torchvision, onnxscript), then run it again'
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
