@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from animevae import FORMAT_VERSION
 from animevae.errors import DeviceError, ModelError
+from animevae.writer import usable_cores
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -81,7 +82,7 @@ def default_threads() -> int:
     raw = os.environ.get("OMP_NUM_THREADS", "")
     if re.fullmatch(r"[0-9]{1,4}", raw) and int(raw) > 0:  # ASCII digits: int() refuses "²", isdigit() does not
         return int(raw)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _preload_cuda_libraries() -> None:
