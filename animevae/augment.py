@@ -107,7 +107,7 @@ def augment_folder(
     job = BulkJob("augmenting", out, identity, sources,
                   lambda source: [source.output(f"_{k}") for k in range(per_image)],
                   old_outputs=lambda folder: (p for p in folder.rglob("*.png") if re.search(r"_[0-9]+\.png$", p.name)),
-                  skipped=skipped)
+                  skipped=skipped, shard=shard)
 
     def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:
         _augment_chunk(models, chunk, strength, seed, batch_size, sink)

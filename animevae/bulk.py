@@ -20,7 +20,7 @@ import numpy as np
 from animevae.data import Skipped, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import is_complete_png, remove_stale_temps
-from animevae.outputs import SKIPPED_NAME, JobResult, prepare_output, write_skipped
+from animevae.outputs import JobResult, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.shard import Shard
 from animevae.writer import BoundedQueue, PngWriter, WriteFailure, worker_pool, writer_processes
@@ -53,9 +53,14 @@ class BulkJob(Generic[T]):
     outputs: Callable[[T], list[Path]]  # the files a task writes
     old_outputs: Callable[[Path], Iterable[Path]]  # an earlier job's images in out_dir, removed by --overwrite
     skipped: list[Skipped] = field(default_factory=list)  # inputs refused while planning
-    report: str = SKIPPED_NAME  # where in out_dir the failures are listed
+    shard: Shard = Shard()  # the part of the job `tasks` are (each shard lists its failures in its own file)
     # generate has no input to skip past when a write fails (the disk is full): it stops, keeping what is done.
     stop_on_failure: bool = False
+
+    @property
+    def report(self) -> str:
+        """Where in out_dir this job lists its failures: skipped.json, or skipped.shard-i-of-K.json."""
+        return skipped_name(self.shard.index, self.shard.count)
 
 
 @dataclass

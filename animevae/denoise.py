@@ -10,7 +10,7 @@ from animevae.bulk import BulkJob, JobSink, MirroredInput, Pending, decode_each,
 from animevae.data import ImageLayers, Skipped, decode_layers
 from animevae.errors import ArgumentError, DataError
 from animevae.fileio import to_uint8, to_unit_chw
-from animevae.outputs import JobResult, file_digest, skipped_name
+from animevae.outputs import JobResult, file_digest
 from animevae.progress import Reporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
@@ -102,8 +102,7 @@ def denoise_folder(
         identity["strength"] = strength
     inputs, skipped = mirror_inputs(in_dir, out_dir, shard)
     job = BulkJob("denoising", out_dir, identity, inputs, lambda item: [item.output()],
-                  old_outputs=lambda folder: folder.rglob("*.png"), skipped=skipped,
-                  report=skipped_name(shard.index, shard.count))
+                  old_outputs=lambda folder: folder.rglob("*.png"), skipped=skipped, shard=shard)
 
     def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:
         _denoise_chunk(denoiser, chunk, sink, tiling, strength)

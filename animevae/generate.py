@@ -75,7 +75,7 @@ def generate(
         identity["temperature"] = temperature
     mine = [i for i in range(count) if shard.owns_index(i)]
     job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
-                  old_outputs=generated_images, stop_on_failure=True)
+                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
     draw = _Draw(str(decoder.path), seed, temperature)
     in_workers = None
     if decoder.provider == CPU and workers != 0:

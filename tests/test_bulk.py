@@ -95,15 +95,18 @@ def test_augment_shards_together_write_one_runs_files(tmp_path: Path) -> None:
     runner = CliRunner()
     write_blobs(tmp_path / "faces" / "a", count=3, size=64)
     write_blobs(tmp_path / "faces" / "b", count=3, size=64, seed=1)
+    (tmp_path / "faces" / "b" / "broken.png").write_bytes(b"not a picture")
     common = ["--per-image", "2", "--model", "builtin", *CPU]
     whole = runner.invoke(app, ["augment", str(tmp_path / "faces"), "--out", str(tmp_path / "whole"), *common])
-    assert whole.exit_code == 0, whole.output
-    for i in range(2):
-        part = runner.invoke(app, ["augment", str(tmp_path / "faces"), "--out", str(tmp_path / "parts"),
-                                   "--shard", f"{i}/2", *common])
-        assert part.exit_code == 0, part.output
+    assert whole.exit_code == 1 and "1 files failed" in whole.output  # the broken file; the rest finished
+    codes = [runner.invoke(app, ["augment", str(tmp_path / "faces"), "--out", str(tmp_path / "parts"),
+                                 "--shard", f"{i}/2", *common]).exit_code for i in range(2)]
     files = {k: v[1] for k, v in snapshot(tmp_path / "whole").items() if k.endswith(".png")}
     assert len(files) == 12 and files == {k: v[1] for k, v in snapshot(tmp_path / "parts").items() if k.endswith(".png")}
+    # Each shard lists its own failures: the one that owns the broken file, in its own file.
+    owner = path_hash("b/broken.png") % 2
+    assert codes == [1 if i == owner else 0 for i in range(2)]
+    assert [p.name for p in (tmp_path / "parts").glob("skipped*.json")] == [f"skipped.shard-{owner}-of-2.json"]
 
 
 class _Clock:
