@@ -62,6 +62,7 @@ def test_inference_commands_never_import_torch(no_torch_env: dict[str, str], tra
     write_blobs(tmp_path / "faces", count=3)
     commands = [
         ["info", *cpu],
+        ["prepare", "faces", "--out", "faces.safetensors", "-q"],
         ["generate", "--count", "5", "--out", "synth", "--grid", "grid.png", *cpu, "-q"],
         ["denoise", "faces", "--out", "clean", *cpu, "-q"],
         ["augment", "faces", "--per-image", "2", "--out", "aug", *cpu, "-q"],
@@ -74,7 +75,7 @@ def test_inference_commands_never_import_torch(no_torch_env: dict[str, str], tra
     assert len(list((tmp_path / "synth").glob("*.png"))) == 5
     assert len(list((tmp_path / "clean").glob("*.png"))) == 3
     assert len(list((tmp_path / "aug").glob("*.png"))) == 6
-    assert all((tmp_path / name).is_file() for name in ("grid.png", "walk.png", "trav.png"))
+    assert all((tmp_path / name).is_file() for name in ("grid.png", "walk.png", "trav.png", "faces.safetensors"))
     log = Path(no_torch_env["NO_TORCH_LOG"])
     assert not log.exists(), f"torch import attempted: {log.read_text()}"
 
