@@ -77,6 +77,11 @@ def _reporter(quiet: bool) -> Any:
     return LineReporter(lambda line: err_console.print(line, markup=False))
 
 
+def _rate(per_s: float) -> str:
+    """Images/s to print: whole numbers, but two significant digits below 10 (one 4000x3000 image is 0.13/s)."""
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2g}"
+
+
 def print_error(message: str, hint: str = "") -> None:
     """The one place errors reach the user: an `error:` line, and a `hint:` line saying how to fix it."""
     err_console.print(f"error: {message}", markup=False)
@@ -249,7 +254,7 @@ def train(
     state = "interrupted; checkpoint saved" if result.interrupted else "finished"
     console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
                   f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
-                  f"{result.images_per_s:.0f} images/s")
+                  f"{_rate(result.images_per_s)} images/s")
     if "val_psnr" in metrics:  # absent when the set is too small to hold images out
         console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
                       f"{metrics['denoise_psnr_25']:.2f} dB (noisy input {metrics['noisy_psnr_25']:.2f} dB)")
@@ -329,7 +334,7 @@ def generate(
     result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
                              shard=part, temperature=temperature)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
-                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}, "
+                  f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}, "
                   f"latents from the {result.latents}")
     if result.grid:
         console.print(f"contact sheet: {result.grid}")
@@ -363,7 +368,7 @@ def denoise(
     result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=_reporter(quiet), shard=part,
                             strength=strength)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
-                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+                  f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}")
     _exit_if_files_failed(result)
 
 
@@ -463,7 +468,7 @@ def augment(
     result = augment_folder(models, src, out, per_image, strength, seed, batch_size, overwrite,
                             reporter=_reporter(quiet), shard=part)
     console.print(f"wrote {result.written} variations ({result.existing} already there) of {result.sources} images "
-                  f"to {out}/ in {result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+                  f"to {out}/ in {result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}")
     console.print(f"{per_image} per image at strength {strength:g}, seed {seed}: NAME.png -> NAME_0.png ... "
                   f"NAME_{per_image - 1}.png; a rerun keeps finished files")
     _exit_if_files_failed(result)
