@@ -68,6 +68,27 @@ class RichReporter:
         err_console.print(message)
 
 
+def _reporter(quiet: bool) -> Any:
+    """Live bars on a terminal; plain lines where stderr is a log (nohup, a scheduler, CI); nothing with --quiet."""
+    from animevae.progress import LineReporter
+
+    if quiet or err_console.is_terminal:
+        return RichReporter(quiet)
+    return LineReporter(lambda line: err_console.print(line, markup=False))
+
+
+def _rate(per_s: float) -> str:
+    """Images/s to print: whole numbers, but two significant digits below 10 (one 4000x3000 image is 0.13/s)."""
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2g}"
+
+
+def print_error(message: str, hint: str = "") -> None:
+    """The one place errors reach the user: an `error:` line, and a `hint:` line saying how to fix it."""
+    err_console.print(f"error: {message}", markup=False)
+    if hint:
+        err_console.print(f"hint: {hint}", markup=False)
+
+
 def reports_errors(command: F) -> F:
     """Print AnimeVAEErrors as `error:` / `hint:` lines with exit 1; tracebacks only with ANIMEVAE_DEBUG=1."""
 
@@ -79,9 +100,7 @@ def reports_errors(command: F) -> F:
         except AnimeVAEError as error:
             if os.environ.get("ANIMEVAE_DEBUG") == "1":
                 raise
-            err_console.print(f"error: {error.message}", markup=False)
-            if error.hint:
-                err_console.print(f"hint: {error.hint}", markup=False)
+            print_error(error.message, error.hint)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -91,8 +110,8 @@ def reports_errors(command: F) -> F:
         except Exception as error:  # noqa: BLE001 - a bug: still one line for the user, the traceback on request
             if os.environ.get("ANIMEVAE_DEBUG") == "1":
                 raise
-            err_console.print(f"error: internal error: {type(error).__name__}: {error}".splitlines()[0], markup=False)
-            err_console.print("hint: rerun with ANIMEVAE_DEBUG=1 for the traceback, and report it", markup=False)
+            print_error(f"internal error: {type(error).__name__}: {error}".splitlines()[0],
+                        "rerun with ANIMEVAE_DEBUG=1 for the traceback, and report it")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -146,8 +165,8 @@ def _exit_if_files_failed(result: Any) -> None:
     """After a batch job finished the rest: list the failed files and exit 1."""
     if result.skipped:
         _skipped_table(f"{len(result.skipped)} files failed", result.skipped)
-        err_console.print(f"error: {len(result.skipped)} files failed (listed in {result.out_dir / result.report})")
-        err_console.print("hint: fix or remove them and run the same command again: finished files are kept")
+        print_error(f"{len(result.skipped)} files failed (listed in {result.out_dir / result.report})",
+                    "fix or remove them and run the same command again: finished files are kept")
         raise typer.Exit(1)
 
 
@@ -172,7 +191,7 @@ def prepare(
     started = time.perf_counter()
     out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
     check_prepare_target(out, folder, overwrite)
-    reporter = RichReporter(quiet)
+    reporter = _reporter(quiet)
     reporter.start(f"preparing {folder}", count_images(folder))
     try:
         prepared = prepare_images(folder, image_size, on_file=reporter.advance)
@@ -229,13 +248,13 @@ def train(
     try:
         model_config.check()
     except ValueError as error:
-        raise DataError(str(error), "use an image size that is a multiple of 16, such as 64") from None
+        raise ArgumentError(str(error), "use an image size that is a multiple of 16, such as 64") from None
     train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                denoiser_lr=lr, seed=seed, precision=precision, adversarial_weight=adversarial_weight)
     if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
-        raise DataError(f"--runs-dir {runs_dir} is inside the data folder {data}",
+        raise ArgumentError(f"--runs-dir {runs_dir} is inside the data folder {data}",
                         "keep runs outside the images: their sample sheets would join the next preparation")
-    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, RichReporter(quiet))
+    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, _reporter(quiet))
     if not result.is_main:
         if result.interrupted:
             raise typer.Exit(130)
@@ -244,7 +263,7 @@ def train(
     state = "interrupted; checkpoint saved" if result.interrupted else "finished"
     console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
                   f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
-                  f"{result.images_per_s:.0f} images/s")
+                  f"{_rate(result.images_per_s)} images/s")
     if "val_psnr" in metrics:  # absent when the set is too small to hold images out
         console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
                       f"{metrics['denoise_psnr_25']:.2f} dB (noisy input {metrics['noisy_psnr_25']:.2f} dB)")
@@ -265,13 +284,13 @@ def export(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
-    from animevae.errors import ModelError
+    from animevae.errors import ArgumentError
     from animevae.training.export import MAX_ABS_DIFF, export_run
     from animevae.model_files import HALF_DECODER
     from animevae.runs import resolve_run
 
     if not onnx:
-        raise ModelError("choose a format", "pass --onnx")
+        raise ArgumentError("choose a format", "pass --onnx")
     started = time.perf_counter()
     run_dir = resolve_run(runs_dir, run)
     report = export_run(run_dir, half=half)
@@ -284,24 +303,16 @@ def export(
     console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
 
 
-def _open(role: str, runs_dir: Path, run: str | None, model: str | None, device: str, half: bool = False) -> Any:
-    from animevae.errors import DeviceError
-    from animevae.model_files import HALF_DECODER, choose_model
-    from animevae.runtime import CUDA, open_model
+def _open(roles: tuple[str, ...], runs_dir: Path, run: str | None, model: str | None, device: str,
+          half: bool = False) -> Any:
+    """Open the models a command needs (model_files.open_models); say which model and any CUDA fallback once."""
+    from animevae.model_files import open_models
 
-    choice = choose_model(runs_dir, run, model)
-    path = choice.folder / HALF_DECODER if half else choice.path(role)
-    if half and device == "cpu":
-        raise DeviceError("--half runs only on CUDA", "drop --half, or use --device cuda on a GPU machine")
-    if half and not path.is_file():
-        raise DeviceError(f"no fp16 decoder at {path}", "export one on a CUDA machine: `animevae export --onnx --half`")
-    opened = open_model(path, role, device)
-    if half and opened.provider != CUDA:
-        raise DeviceError("--half needs CUDA, and onnxruntime runs on the CPU here", "drop --half on this machine")
-    err_console.print(f"model: {choice.origin}")
-    if opened.fallback_note:
-        err_console.print(f"note: {opened.fallback_note}")
-    return opened
+    models = open_models(runs_dir, run, model, roles, device, half)
+    err_console.print(f"model: {models.origin}")
+    for note in models.notes:
+        err_console.print(f"note: {note}")
+    return models
 
 
 @app.command()
@@ -328,11 +339,11 @@ def generate(
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
-    decoder = _open("decoder", runs_dir, run, model, device, half)
-    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=RichReporter(quiet),
+    decoder = _open(("decoder",), runs_dir, run, model, device, half).decoder
+    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
                              shard=part, temperature=temperature)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
-                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}, "
+                  f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}, "
                   f"latents from the {result.latents}")
     if result.grid:
         console.print(f"contact sheet: {result.grid}")
@@ -362,11 +373,11 @@ def denoise(
 
     part = Shard.parse(shard)
     out = out or default_out_dir(folder)
-    denoiser = _open("denoiser", runs_dir, run, model, device)
-    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=RichReporter(quiet), shard=part,
+    denoiser = _open(("denoiser",), runs_dir, run, model, device).denoiser
+    result = denoise_folder(denoiser, folder, out, batch_size, overwrite, reporter=_reporter(quiet), shard=part,
                             strength=strength)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
-                  f"{result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+                  f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}")
     _exit_if_files_failed(result)
 
 
@@ -440,34 +451,23 @@ def info(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
-    from animevae.model_files import choose_model
-    from animevae.runtime import available_providers, open_model
+    from animevae.model_files import open_models
+    from animevae.runtime import available_providers
     from animevae.sampling import prior_path_for
 
-    choice = choose_model(runs_dir, run, model)
-    decoder = open_model(choice.path("decoder"), "decoder", device)
+    models = open_models(runs_dir, run, model, ("decoder",), device)
+    decoder = models.decoder
     meta = decoder.metadata
-    console.print(f"model: {choice.origin}")
-    console.print(f"  files: {choice.folder}")
+    console.print(f"model: {models.origin}")
+    console.print(f"  files: {decoder.path.parent}")
     for key in ("run", "version", "format_version", "image_size", "latent_dim", "training_data"):
         console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
     prior = prior_path_for(decoder.path)
     console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}")
     console.print(f"onnxruntime providers available: {', '.join(available_providers())}")
     console.print(f"--device {device} runs on: {decoder.provider}")
-    if decoder.fallback_note:
-        console.print(f"note: {decoder.fallback_note}")
-
-
-def _open_latent(runs_dir: Path, run: str | None, model: str | None, device: str, need_encoder: bool) -> Any:
-    """Open the decoder (and encoder) for augment / interpolate / traverse; print the model line once."""
-    from animevae.latent import open_latent_models
-
-    models = open_latent_models(runs_dir, run, model, device, need_encoder)
-    err_console.print(f"model: {models.origin}")
     for note in models.notes:
-        err_console.print(f"note: {note}")
-    return models
+        console.print(f"note: {note}")
 
 
 @app.command()
@@ -482,20 +482,23 @@ def augment(
     run: RunName = None,
     model: ModelRef = None,
     device: Device = "auto",
+    shard: ShardSpec = None,
     overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
     """Write K latent-space variations of every image under a folder: SRC/a.png -> OUT/a_0.png ... a_K-1.png."""
-    from animevae.latent import augment_folder, check_augment_args, default_augment_dir
+    from animevae.augment import augment_folder, check_augment_args, default_out_dir
+    from animevae.shard import Shard
 
-    out = out or default_augment_dir(src)
+    part = Shard.parse(shard)
+    out = out or default_out_dir(src)
     check_augment_args(src, out, per_image, strength, seed, batch_size)
-    models = _open_latent(runs_dir, run, model, device, need_encoder=True)
+    models = _open(("decoder", "encoder"), runs_dir, run, model, device)
     result = augment_folder(models, src, out, per_image, strength, seed, batch_size, overwrite,
-                            reporter=RichReporter(quiet))
+                            reporter=_reporter(quiet), shard=part)
     console.print(f"wrote {result.written} variations ({result.existing} already there) of {result.sources} images "
-                  f"to {out}/ in {result.seconds:.1f}s: {result.images_per_s:.0f} images/s on {result.provider}")
+                  f"to {out}/ in {result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}")
     console.print(f"{per_image} per image at strength {strength:g}, seed {seed}: NAME.png -> NAME_0.png ... "
                   f"NAME_{per_image - 1}.png; a rerun keeps finished files")
     _exit_if_files_failed(result)
@@ -527,7 +530,7 @@ def interpolate(
     check_output_file(out, "--out")
     if gif is not None:
         check_output_file(gif, "--gif")
-    models = _open_latent(runs_dir, run, model, device, need_encoder=bool(images))
+    models = _open(("decoder", "encoder") if images else ("decoder",), runs_dir, run, model, device)
     start, end = endpoint_latents(models, images, seeds)
     result = interpolate_latents(models, start, end, steps, out, frames, gif, overwrite)
     ends = f"{images[0]} to {images[1]}" if images else f"seed {seed_a} to seed {seed_b}"
@@ -558,7 +561,7 @@ def traverse(
 
     check_traverse_args(components, steps, span)
     check_output_file(out, "--out")
-    models = _open_latent(runs_dir, run, model, device, need_encoder=False)
+    models = _open(("decoder",), runs_dir, run, model, device)
     result = traverse_latents(models, out, components, steps, span, overwrite)
     console.print(f"wrote {out}: {components} principal directions (rows, {result.variance_share:.0%} of the latent "
                   f"variance) x {steps} steps from -{span:g} to +{span:g} standard deviations, on {result.provider}")

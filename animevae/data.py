@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from animevae import FORMAT_VERSION
-from animevae.errors import DataError, OutputError
+from animevae.errors import ArgumentError, DataError, OutputError
 from animevae.fileio import atomic_path, write_json_atomic
 from animevae.labels import METADATA_FILES, ClassInfo, Labels, check_label, folder_label, metadata_table, read_metadata_labels
 from animevae.progress import Reporter
@@ -269,7 +269,7 @@ def check_prepare_target(out: Path, source_root: Path, overwrite: bool) -> None:
     image), and, unless `overwrite`, an existing file that is not a data set of ours or its manifest."""
     out_abs, root_abs = out.resolve(), source_root.resolve()
     if root_abs == out_abs or root_abs in out_abs.parents:
-        raise OutputError(f"--out {out} is inside the folder {source_root}",
+        raise ArgumentError(f"--out {out} is inside the folder {source_root}",
                           "write the set outside the folder it is made from, such as beside it")
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder", "pass a file path such as faces.safetensors")

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from animevae.data import ImageLayers, Skipped, decode_layers, find_images
-from animevae.errors import ArgumentError, DataError, OutputError
-from animevae.fileio import is_complete_png, remove_stale_temps, to_uint8
-from animevae.outputs import JobResult, WriteTally, file_digest, prepare_output, skipped_name, write_skipped
-from animevae.progress import Reporter, SilentReporter
+from animevae.bulk import BulkJob, JobSink, MirroredInput, Pending, decode_each, mirror_inputs, run_bulk, sibling_folder
+from animevae.data import ImageLayers, Skipped, decode_layers
+from animevae.errors import ArgumentError, DataError
+from animevae.fileio import to_uint8, to_unit_chw
+from animevae.outputs import JobResult, file_digest
+from animevae.progress import Reporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
 from animevae.tiling import Tiling, run_tiled
-from animevae.writer import PngWriter, writer_processes
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
 
 
 def default_out_dir(in_dir: Path) -> Path:
     """A new folder beside the input: faces -> faces-denoised (never in place)."""
-    resolved = in_dir.resolve()
-    return resolved.with_name(f"{resolved.name}-denoised")
+    return sibling_folder(in_dir, "denoised")
 
 
 def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
     """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 in one model call (untiled)."""
-    return to_uint8(run_padded(denoiser, images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0))
+    return to_uint8(run_padded(denoiser, to_unit_chw(images)))
 
 
 def run_padded(denoiser: OnnxModel, batch: np.ndarray) -> np.ndarray:
@@ -68,24 +66,10 @@ def compose_output(layers: ImageLayers, denoised: np.ndarray, strength: float = 
 
 
 def plan_outputs(in_dir: Path, out_dir: Path, shard: Shard = Shard()) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
-    """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes.
-
-    Clashes are found over the whole listing, before the shard takes its part, so every shard agrees on
-    which file wins; names are compared case-folded, as a case-insensitive disk would."""
-    listing = find_images(in_dir)
-    pairs, skipped, claimed = [], [], {}
-    for path in listing.files:
-        relative = listing.relative(path)
-        target = out_dir / path.relative_to(in_dir).with_suffix(".png")
-        key = str(target).casefold()
-        if key in claimed:
-            clash = Skipped(relative, f"same output name as {claimed[key]}")
-            skipped.extend([clash] if shard.owns_path(relative) else [])
-            continue
-        claimed[key] = relative
-        if shard.owns_path(relative):
-            pairs.append((path, target))
-    return pairs, [*listing.skipped, *skipped]
+    """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes
+    (bulk.mirror_inputs: found over the whole listing, names compared case-folded)."""
+    inputs, skipped = mirror_inputs(in_dir, out_dir, shard)
+    return [(item.path, item.output()) for item in inputs], skipped
 
 
 def denoise_folder(
@@ -102,9 +86,8 @@ def denoise_folder(
 ) -> JobResult:
     """Denoise every image under `in_dir` into `out_dir`; bad files are skipped and listed, the rest finish.
     `batch_size` images are decoded at a time; `strength` blends input (0) and denoised output (1)."""
-    reporter = reporter or SilentReporter()
     if batch_size < 1:
-        raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 64, for example")
+        raise ArgumentError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 64, for example")
     if not 0.0 <= strength <= 1.0:
         raise ArgumentError(f"--strength must be between 0 and 1 (got {strength})", "pass --strength 0.5, for example")
     tiling.check()
@@ -113,35 +96,22 @@ def denoise_folder(
         raise DataError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist",
                         "pass the folder that holds the noisy images")
     if out_abs == in_abs or in_abs in out_abs.parents:
-        raise OutputError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
-    report = skipped_name(shard.index, shard.count)
+        raise ArgumentError(f"--out {out_dir} is inside the input folder", "pick an output folder outside the input")
     identity: dict[str, object] = {"model_sha256": file_digest(denoiser.path), "task": "denoise", "input": str(in_abs)}
     if strength != 1.0:  # part of what the files are: a rerun at another strength must not mix with them
         identity["strength"] = strength
-    prepare_output(out_dir, identity, overwrite, old_outputs=lambda folder: folder.rglob("*.png"), report=report)
-    pairs, skipped = plan_outputs(in_dir, out_dir, shard)
-    folders = [out_dir, *{dst.parent for _, dst in pairs}]
-    remove_stale_temps(*folders)
-    todo = [(src, dst) for src, dst in pairs if overwrite or not is_complete_png(dst)]
-    start = time.perf_counter()
-    reporter.start(f"denoising into {out_dir}", len(todo))
-    tally = WriteTally(out_dir, skipped, reporter)
-    pool_size = writer_processes(workers, len(todo), batch_size)
-    try:
-        with PngWriter(pool_size, tally) as writer:
-            for begin in range(0, len(todo), batch_size):
-                _denoise_chunk(denoiser, in_dir, todo[begin : begin + batch_size], writer, skipped, reporter, tiling,
-                               strength)
-    finally:
-        reporter.stop()
-    remove_stale_temps(*folders)  # again: a writer killed just before this run started may only now be gone
-    write_skipped(out_dir, skipped, report)
-    seconds = time.perf_counter() - start
-    return JobResult(out_dir, tally.written, len(pairs) - len(todo), seconds, denoiser.provider, skipped, report)
+    inputs, skipped = mirror_inputs(in_dir, out_dir, shard)
+    job = BulkJob("denoising", out_dir, identity, inputs, lambda item: [item.output()],
+                  old_outputs=lambda folder: folder.rglob("*.png"), skipped=skipped, shard=shard)
+
+    def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:
+        _denoise_chunk(denoiser, chunk, sink, tiling, strength)
+
+    return run_bulk(job, compute, denoiser.provider, batch_size, overwrite, workers, reporter)
 
 
-def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Path]], writer: PngWriter,
-                   skipped: list[Skipped], reporter: Reporter, tiling: Tiling, strength: float) -> None:
+def _denoise_chunk(denoiser: OnnxModel, chunk: list[Pending[MirroredInput]], sink: JobSink, tiling: Tiling,
+                   strength: float) -> None:
     """Images that fit one tile go through the model in same-size groups of at most tiling.pixel_budget pixels;
     larger ones are tiled at once, so at most one large image is held decoded."""
     by_shape: dict[tuple[int, int], list[tuple[Path, ImageLayers]]] = {}
@@ -149,20 +119,15 @@ def _denoise_chunk(denoiser: OnnxModel, in_dir: Path, chunk: list[tuple[Path, Pa
     def write(group: list[tuple[Path, ImageLayers]], outputs: list[np.ndarray]) -> None:
         for dst, _ in group:
             dst.parent.mkdir(parents=True, exist_ok=True)
-        writer.submit([dst for dst, _ in group],
-                      [compose_output(layers, out, strength) for (_, layers), out in zip(group, outputs)])
+        sink.write([dst for dst, _ in group],
+                   [compose_output(layers, out, strength) for (_, layers), out in zip(group, outputs)])
 
     def flush(shape: tuple[int, int]) -> None:
         group = by_shape.pop(shape)
         write(group, list(denoise_array(denoiser, np.stack([layers.rgb for _, layers in group]))))
 
-    for src, dst in chunk:
-        try:
-            layers = decode_layers(src)
-        except DataError as error:
-            skipped.append(Skipped(str(src.relative_to(in_dir)), error.message))
-            reporter.advance(1)
-            continue
+    for pending, layers in decode_each(chunk, decode_layers, sink):
+        dst = pending.paths[0]
         height, width, _ = layers.rgb.shape
         if not tiling.fits(height, width):
             write([(dst, layers)], [denoise_image(denoiser, layers.rgb, tiling)])

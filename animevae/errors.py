@@ -1,4 +1,14 @@
-"""Typed errors that carry a hint; the CLI formats them once."""
+"""Typed errors that carry a hint; the CLI formats them once (cli.print_error).
+
+The policy, by what the user must change:
+- ArgumentError: a command-line value is out of range or contradicts another (--count 0, --out inside the input);
+- DataError: the input images or data set cannot be used;
+- ModelError: a run, checkpoint or ONNX file is missing or not ours;
+- OutputError: the disk refuses (an output path that is a file, not writable, full) or holds output we must not
+  overwrite;
+- DeviceError: the device or execution provider asked for is not there;
+- MissingExtraError: the command needs packages this install left out.
+"""
 
 
 class AnimeVAEError(Exception):
@@ -28,3 +38,7 @@ class OutputError(AnimeVAEError):
 
 class ArgumentError(AnimeVAEError):
     """A command-line value is out of range or contradicts another."""
+
+
+class MissingExtraError(AnimeVAEError):
+    """A command needs packages of an extra (`animevae[train]`) that this install lacks."""

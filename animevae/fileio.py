@@ -166,3 +166,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8, rounding to nearest."""
     scaled = np.clip(images, 0.0, 1.0) * 255.0 + 0.5
     return np.ascontiguousarray(scaled.astype(np.uint8).transpose(0, 2, 3, 1))
+
+
+def to_unit_chw(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 1]: what the encoder and denoiser read."""
+    return images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import re
-import time
-from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +10,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from animevae.errors import ArgumentError, OutputError
-from animevae.fileio import contact_sheet, encode_png, is_complete_png, remove_stale_temps, to_uint8
-from animevae.outputs import JobResult, file_digest, prepare_output, write_output_file
-from animevae.progress import Reporter, SilentReporter
+from animevae.bulk import BulkJob, JobSink, Pending, WorkerPlan, run_bulk
+from animevae.errors import ArgumentError
+from animevae.fileio import contact_sheet, encode_png, to_uint8
+from animevae.outputs import JobResult, file_digest, write_output_file
+from animevae.progress import Reporter
 from animevae.runtime import CPU, OnnxModel, open_model
-from animevae.sampling import LatentSampler, check_temperature, open_sampler, prior_path_for
+from animevae.sampling import LatentSampler, check_seed, check_temperature, open_sampler, prior_path_for
 from animevae.shard import Shard
-from animevae.writer import PngWriter, WriteFailure, usable_cores, worker_pool, write_pngs, writer_processes
+from animevae.writer import WriteFailure, usable_cores, write_pngs
 
 GRID_LIMIT = 64
 WORKER_DECODE_BATCH = 32
@@ -62,81 +59,54 @@ def generate(
     """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes).
 
     With a shard, only the indices it owns: K shards together write exactly the files of one run."""
-    reporter = reporter or SilentReporter()
     if count < 1:
-        raise OutputError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
+        raise ArgumentError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
     if batch_size < 1:
-        raise OutputError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
-    if seed < 0:
-        raise ArgumentError(f"--seed must be 0 or more (got {seed})", "pass --seed 0, for example")
+        raise ArgumentError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
+    check_seed(seed)
     check_temperature(temperature)
-    latent_dim = int(decoder.metadata["animevae.latent_dim"])
     prior_path = prior_path_for(decoder.path)
-    identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": latent_dim,
-                "image_size": int(decoder.metadata["animevae.image_size"])}
+    identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": decoder.latent_dim,
+                "image_size": decoder.image_size}
     # Each absent where it has no effect, so folders written before these existed still match.
     if prior_path:
         identity["prior_sha256"] = file_digest(prior_path)
     if temperature != 1.0:
         identity["temperature"] = temperature
-    prepare_output(out_dir, identity, overwrite, old_outputs=generated_images)
-    remove_stale_temps(out_dir)
     mine = [i for i in range(count) if shard.owns_index(i)]
-    todo = [i for i in mine if overwrite or not is_complete_png(out_dir / image_name(i, count))]
-    start = time.perf_counter()
-    reporter.start(f"generating into {out_dir}", len(todo))
-    job = _Job(str(decoder.path), seed, count, str(out_dir), temperature)
-    try:
-        if decoder.provider == CPU and len(todo) > batch_size and workers != 0:
-            failures = _generate_in_workers(job, todo, batch_size, workers or usable_cores(), reporter)
-        else:
-            writers = writer_processes(workers, len(todo), batch_size)
-            failures = _generate_here(decoder, job, todo, batch_size, writers, reporter)
-    finally:
-        reporter.stop()
-    if failures:
-        _raise_write_failure(failures)
-    remove_stale_temps(out_dir)  # again: a writer killed just before this run started may only now be gone
-    seconds = time.perf_counter() - start
+    job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
+                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
+    draw = _Draw(str(decoder.path), seed, temperature)
+    in_workers = None
+    if decoder.provider == CPU and workers != 0:
+        in_workers = WorkerPlan(workers or usable_cores(), batch_size, _start_worker, (draw,), _worker_batch)
+    samplers: list[LatentSampler] = []  # opened on the first batch decoded here
+
+    def compute(chunk: list[Pending[int]], sink: JobSink) -> None:
+        samplers[:] = samplers or [open_sampler(decoder, temperature)]
+        sink.write(*_decode(decoder, samplers[0], draw.seed, chunk))
+
+    result = run_bulk(job, compute, decoder.provider, batch_size, overwrite, workers, reporter, in_workers)
     shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
     grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
-    return GenerateResult(out_dir, len(todo), len(mine) - len(todo), seconds, decoder.provider, grid=grid_path,
+    return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
                           latents="diffusion prior" if prior_path else "Gaussian mixture")
 
 
 @dataclass(frozen=True)
-class _Job:
-    """What every batch of one generate call shares (small and picklable, for worker processes)."""
+class _Draw:
+    """How latents are drawn (small and picklable, for worker processes)."""
 
     model_path: str
     seed: int
-    count: int
-    out_dir: str
     temperature: float = 1.0
 
 
-def _decode(decoder: OnnxModel, sampler: LatentSampler, job: _Job, indices: list[int]) -> tuple[list[Path], list[np.ndarray]]:
-    z = sampler(job.seed, indices)  # (B, latent)
+def _decode(decoder: OnnxModel, sampler: LatentSampler, seed: int,
+            chunk: list[Pending[int]]) -> tuple[list[Path], list[np.ndarray]]:
+    z = sampler(seed, [pending.task for pending in chunk])  # (B, latent)
     pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
-    return [Path(job.out_dir) / image_name(i, job.count) for i in indices], list(pixels)
-
-
-def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: int, writers: int,
-                   reporter: Reporter) -> list[WriteFailure]:
-    """Decode in this process (the GPU path, and small jobs); PNGs are written by `writers` processes."""
-    sampler = open_sampler(decoder, job.temperature)
-    failures: list[WriteFailure] = []
-
-    def on_done(written: int, failed: list[WriteFailure]) -> None:
-        failures.extend(failed)
-        reporter.advance(written)
-
-    with PngWriter(writers, on_done) as writer:
-        for begin in range(0, len(todo), batch_size):
-            writer.submit(*_decode(decoder, sampler, job, todo[begin : begin + batch_size]))
-            if failures:
-                break
-    return failures
+    return [pending.paths[0] for pending in chunk], list(pixels)
 
 
 # On the CPU each worker process decodes its own batches (one onnxruntime thread) and writes them: no image
@@ -144,47 +114,18 @@ def _generate_here(decoder: OnnxModel, job: _Job, todo: list[int], batch_size: i
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(job: _Job) -> None:
-    decoder = open_model(Path(job.model_path), "decoder", device="cpu", threads=1)
-    _worker.update(decoder=decoder, job=job, sampler=open_sampler(decoder, job.temperature, threads=1))
+def _start_worker(draw: _Draw) -> None:
+    decoder = open_model(Path(draw.model_path), "decoder", device="cpu", threads=1)
+    _worker.update(decoder=decoder, draw=draw, sampler=open_sampler(decoder, draw.temperature, threads=1))
 
 
-def _worker_batch(indices: list[int]) -> list[WriteFailure]:
+def _worker_batch(chunk: list[Pending[int]]) -> list[WriteFailure]:
     failures = []
     # Small decoder calls: one thread runs them as fast as big ones, and activations stay ~30 MB, not ~600.
-    for begin in range(0, len(indices), WORKER_DECODE_BATCH):
-        chunk = indices[begin : begin + WORKER_DECODE_BATCH]
-        failures += write_pngs(*_decode(_worker["decoder"], _worker["sampler"], _worker["job"], chunk))
+    for begin in range(0, len(chunk), WORKER_DECODE_BATCH):
+        part = chunk[begin : begin + WORKER_DECODE_BATCH]
+        failures += write_pngs(*_decode(_worker["decoder"], _worker["sampler"], _worker["draw"].seed, part))
     return failures
-
-
-def _generate_in_workers(job: _Job, todo: list[int], batch_size: int, workers: int,
-                         reporter: Reporter) -> list[WriteFailure]:
-    failures: list[WriteFailure] = []
-    pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
-    with worker_pool(workers, _start_worker, (job,)) as pool:
-        try:
-            for begin in range(0, len(todo), batch_size):
-                indices = todo[begin : begin + batch_size]
-                pending.append((len(indices), pool.submit(_worker_batch, indices)))
-                while len(pending) > 2 * workers or (pending and begin + batch_size >= len(todo)):
-                    done, future = pending.popleft()
-                    failures.extend(future.result())
-                    reporter.advance(done)
-                if failures:
-                    break
-        finally:
-            for _, future in pending:
-                future.cancel()
-    return failures
-
-
-def _raise_write_failure(failures: list[WriteFailure]) -> None:
-    path, reason = failures[0]
-    full = "No space left" in reason or "Disk quota" in reason or str(errno.ENOSPC) in reason
-    raise OutputError(f"stopped: {path}: {reason} ({len(failures)} files not written)",
-                      ("free some disk space and run the same command again: finished files are kept"
-                       if full else "fix the folder, then run the same command again: finished files are kept"))
 
 
 def _write_grid(paths: list[Path], grid: Path, overwrite: bool) -> Path:

@@ -12,7 +12,6 @@ from pathlib import Path
 from animevae.data import Skipped
 from animevae.errors import OutputError
 from animevae.fileio import write_bytes_atomic, write_json_atomic
-from animevae.progress import Reporter
 
 # Records which model and settings wrote a folder, so a rerun resumes and another job is refused.
 MANIFEST_NAME = ".animevae.json"
@@ -35,20 +34,6 @@ class JobResult:
     def images_per_s(self) -> float:
         """Images written per second of wall time."""
         return self.written / max(self.seconds, 1e-9)
-
-
-class WriteTally:
-    """The `on_done` of a PngWriter for jobs that go on past a failed file: counts what was written and
-    records each failure as Skipped (relative to out_dir) in the job's own list."""
-
-    def __init__(self, out_dir: Path, skipped: list[Skipped], reporter: Reporter) -> None:
-        self.out_dir, self.skipped, self.reporter = out_dir, skipped, reporter
-        self.written = 0
-
-    def __call__(self, count: int, failed: list[tuple[Path, str]]) -> None:
-        self.written += count - len(failed)
-        self.skipped.extend(Skipped(str(path.relative_to(self.out_dir)), reason) for path, reason in failed)
-        self.reporter.advance(count)
 
 
 def file_digest(path: Path) -> str:

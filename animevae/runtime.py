@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from animevae import FORMAT_VERSION
 from animevae.errors import DeviceError, ModelError
+from animevae.writer import usable_cores
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -81,7 +82,7 @@ def default_threads() -> int:
     raw = os.environ.get("OMP_NUM_THREADS", "")
     if re.fullmatch(r"[0-9]{1,4}", raw) and int(raw) > 0:  # ASCII digits: int() refuses "²", isdigit() does not
         return int(raw)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _preload_cuda_libraries() -> None:
@@ -112,6 +113,16 @@ class OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.input_dtype = input_dtype(self.session.get_inputs()[0].type)
+
+    @property
+    def latent_dim(self) -> int:
+        """Size of the latent vector (an encoder's output, a decoder's input); checked when the file was opened."""
+        return int(self.metadata["animevae.latent_dim"])
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square images an encoder reads and a decoder writes; checked when the file was opened."""
+        return int(self.metadata["animevae.image_size"])
 
     @property
     def provider(self) -> str:

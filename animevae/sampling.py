@@ -25,6 +25,12 @@ def prior_path_for(decoder_path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """Seeds feed numpy's SeedSequence, which takes non-negative integers only."""
+    if seed < 0:
+        raise ArgumentError(f"{flag} must be 0 or more (got {seed})", f"pass {flag} 0, for example")
+
+
 def check_temperature(temperature: float) -> None:
     """Refuse temperatures outside (0, 2]: 0 collapses every seed to one face, above 2 decodes to noise."""
     if not 0.0 < temperature <= 2.0:
@@ -39,7 +45,7 @@ class LatentSampler:
 
     def __init__(self, decoder: OnnxModel, prior: OnnxModel | None = None, temperature: float = 1.0) -> None:
         check_temperature(temperature)
-        self.latent_dim = int(decoder.metadata["animevae.latent_dim"])
+        self.latent_dim = decoder.latent_dim
         self.mixture = LatentPrior.from_metadata(decoder.metadata)
         self.prior = prior
         self.temperature = temperature

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 
-from animevae.errors import OutputError
+from animevae.errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,10 @@ class Shard:
         head, sep, tail = text.partition("/")
         # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
         if not sep or not re.fullmatch(r"[0-9]+", head.strip()) or not re.fullmatch(r"[0-9]+", tail.strip()):
-            raise OutputError(f"--shard {text!r} is not of the form i/K", "pass for example --shard 0/4 (i from 0 to K-1)")
+            raise ArgumentError(f"--shard {text!r} is not of the form i/K", "pass for example --shard 0/4 (i from 0 to K-1)")
         index, count = int(head), int(tail)
         if count < 1 or index >= count:
-            raise OutputError(f"--shard {text}: i must be in 0..K-1 and K at least 1", "pass for example --shard 0/4")
+            raise ArgumentError(f"--shard {text}: i must be in 0..K-1 and K at least 1", "pass for example --shard 0/4")
         return cls(index, count)
 
     def owns_index(self, index: int) -> bool:
@@ -36,7 +37,10 @@ class Shard:
 
     def owns_path(self, relative: str) -> bool:
         """Whether an input file belongs to this shard, by a stable hash of its relative path."""
-        if self.count == 1:
-            return True
-        digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).digest()
-        return int.from_bytes(digest[:8], "big") % self.count == self.index
+        return self.count == 1 or path_hash(relative) % self.count == self.index
+
+
+def path_hash(relative: str) -> int:
+    """A stable 64-bit integer for a relative path, the same on every machine and Python run ('/' or os.sep)."""
+    digest = hashlib.sha256(relative.replace(os.sep, "/").encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big")

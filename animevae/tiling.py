@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animevae.fileio import to_uint8
+from animevae.fileio import to_uint8, to_unit_chw
 
 RunModel = Callable[[np.ndarray], np.ndarray]
 
@@ -85,7 +85,7 @@ def run_tiled(run: RunModel, image: np.ndarray, tiling: Tiling = Tiling()) -> np
         for begin in range(0, len(cols), per_call):
             starts = cols[begin : begin + per_call]
             tiles = np.stack([image[row : row + tile_h, c : c + tile_w] for c in starts])  # (n, h, w, 3)
-            outputs = run(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)  # (n, 3, h, w)
+            outputs = run(to_unit_chw(tiles))  # (n, 3, h, w)
             for k, (c, output) in enumerate(zip(starts, outputs)):
                 weight = (row_weight * col_weights[begin + k][None, :])[:, :, None]  # (h, w, 1)
                 band[:, c : c + tile_w] += output.transpose(1, 2, 0) * weight

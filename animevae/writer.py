@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,37 @@ def writer_processes(requested: int | None, images: int, threshold: int) -> int:
     return usable_cores() if images > threshold else 0
 
 
+class BoundedQueue:
+    """Jobs in a process pool, at most `limit` in flight: `submit` blocks while it is full, so memory stays
+    bounded. `on_done(count, result)` runs in this process as jobs finish, in submission order."""
+
+    def __init__(self, pool: ProcessPoolExecutor, limit: int, on_done: Callable[[int, Any], None]) -> None:
+        self.pool, self.limit, self.on_done = pool, limit, on_done
+        self.pending: deque[tuple[int, Future[Any]]] = deque()
+
+    def submit(self, count: int, function: Callable[..., Any], *args: Any) -> None:
+        """Queue `function(*args)`, a job of `count` images; wait for the oldest while more than `limit` are queued."""
+        self.pending.append((count, self.pool.submit(function, *args)))
+        while len(self.pending) > self.limit:
+            self.finish_one()
+
+    def finish_one(self) -> None:
+        """Wait for the oldest job and report it."""
+        count, job = self.pending.popleft()
+        self.on_done(count, job.result())
+
+    def drain(self) -> None:
+        """Wait for every queued job."""
+        while self.pending:
+            self.finish_one()
+
+    def cancel(self) -> None:
+        """Drop the jobs that have not started."""
+        for _, job in self.pending:
+            job.cancel()
+        self.pending.clear()
+
+
 class PngWriter:
     """Writes PNGs in `workers` processes (0: in this process), keeping at most 2 jobs per worker in flight.
 
@@ -77,35 +109,26 @@ class PngWriter:
 
     def __init__(self, workers: int, on_done: Callable[[int, list[WriteFailure]], None]) -> None:
         self.workers, self.on_done = workers, on_done
-        self.pending: deque[tuple[int, Future[list[WriteFailure]]]] = deque()
-        self.pool: ProcessPoolExecutor | None = None
-        if workers > 0:
-            self.pool = worker_pool(workers)
+        self.pool: ProcessPoolExecutor | None = worker_pool(workers) if workers > 0 else None
+        self.queue = BoundedQueue(self.pool, 2 * workers, on_done) if self.pool is not None else None
 
     def submit(self, paths: Sequence[Path], images: Sequence[np.ndarray]) -> None:
         """Queue images for writing; blocks while the queue is full, so memory stays bounded."""
-        if self.pool is None:
+        if self.queue is None:
             self.on_done(len(paths), write_pngs(paths, images))
             return
         per_job = max(1, -(-len(paths) // self.workers))
         for begin in range(0, len(paths), per_job):
-            job = self.pool.submit(write_pngs, list(paths[begin : begin + per_job]), list(images[begin : begin + per_job]))
-            self.pending.append((len(paths[begin : begin + per_job]), job))
-        while len(self.pending) > 2 * self.workers:
-            self._finish_one()
-
-    def _finish_one(self) -> None:
-        count, job = self.pending.popleft()
-        self.on_done(count, job.result())
+            part = list(paths[begin : begin + per_job])
+            self.queue.submit(len(part), write_pngs, part, list(images[begin : begin + per_job]))
 
     def __enter__(self) -> "PngWriter":
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         try:
-            if kind is None:
-                while self.pending:
-                    self._finish_one()
+            if kind is None and self.queue is not None:
+                self.queue.drain()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=kind is not None)

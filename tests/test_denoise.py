@@ -13,7 +13,7 @@ from animevae.cli import app
 from animevae.data import decode_rgb
 from animevae.denoise import default_out_dir, denoise_array, denoise_folder, plan_outputs
 from animevae.outputs import SKIPPED_NAME
-from animevae.errors import DataError, OutputError
+from animevae.errors import ArgumentError, DataError
 from animevae.shard import Shard
 from helpers import CPU, assert_cli_error, assert_ok, blob_image, read_rgb, snapshot, temp_leftovers, write_blobs
 
@@ -195,7 +195,7 @@ def test_api_errors(onnx_models, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="is not a folder"):
         denoise_folder(denoiser, afile, tmp_path / "out")
     (tmp_path / "in").mkdir()
-    with pytest.raises(OutputError, match="--batch-size"):
+    with pytest.raises(ArgumentError, match="--batch-size"):
         denoise_folder(denoiser, tmp_path / "in", tmp_path / "out", batch_size=0)
     assert not (tmp_path / "out").exists()
 

@@ -11,7 +11,7 @@ import pytest
 
 from animevae import model_files as models
 from animevae.cli import app
-from animevae.errors import OutputError
+from animevae.errors import ArgumentError
 from animevae.fileio import temp_name, to_uint8
 from animevae.generate import generate, image_name
 from animevae.outputs import MANIFEST_NAME
@@ -287,9 +287,9 @@ def test_defaults_use_runs_and_synth_in_the_working_folder(runner, runs_copy: Pa
 
 
 def test_api_refuses_bad_arguments(onnx_models, tmp_path: Path) -> None:
-    with pytest.raises(OutputError, match="--count"):
+    with pytest.raises(ArgumentError, match="--count"):
         generate(onnx_models["decoder"], 0, tmp_path / "o")
-    with pytest.raises(OutputError, match="--batch-size"):
+    with pytest.raises(ArgumentError, match="--batch-size"):
         generate(onnx_models["decoder"], 1, tmp_path / "o", batch_size=0)
     assert not (tmp_path / "o").exists()
 
@@ -303,7 +303,7 @@ def test_shard_parse_and_ownership() -> None:
     assert Shard.parse(None) == Shard(0, 1)
     assert Shard.parse("1/4") == Shard(1, 4)
     for bad in ("x", "1", "4/4", "-1/2", "1/0", "a/b", "1/2/3"):
-        with pytest.raises(OutputError, match="--shard") as caught:
+        with pytest.raises(ArgumentError, match="--shard") as caught:
             Shard.parse(bad)
         assert "--shard 0/4" in caught.value.hint
     parts = [Shard(i, 3) for i in range(3)]

@@ -105,7 +105,7 @@ def test_augment_writes_k_files_per_source_and_a_rerun_resumes(tiny: Tiny, src: 
 
 
 def test_strength_zero_reconstructs_and_spread_grows_with_strength(tiny: Tiny, models, tmp_path: Path) -> None:
-    from animevae.latent import augment_folder
+    from animevae.augment import augment_folder
 
     outs = {}
     for strength in (0.0, 0.5, 1.5):
@@ -298,7 +298,8 @@ def test_latent_commands_never_import_torch(tiny: Tiny, tmp_path: Path) -> None:
 
 def test_the_api_refuses_what_the_cli_refuses(src: Path, tmp_path: Path) -> None:
     from animevae.errors import AnimeVAEError
-    from animevae.latent import check_augment_args, check_traverse_args
+    from animevae.augment import check_augment_args
+    from animevae.latent import check_traverse_args
 
     with pytest.raises(AnimeVAEError, match="--seed must be 0 or more") as caught:
         check_augment_args(src, tmp_path / "out", per_image=1, strength=1.0, seed=-1, batch_size=8)
@@ -314,7 +315,8 @@ def test_the_api_refuses_what_the_cli_refuses(src: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_with_the_builtin_model_the_distance_to_the_source_grows_with_strength(tmp_path: Path) -> None:
     # A trained model (the tiny one here barely reacts to its latent): 64x64 faces-like blobs, the built-in model.
-    from animevae.latent import augment_folder, open_latent_models
+    from animevae.augment import augment_folder
+    from animevae.latent import open_latent_models
 
     src = tmp_path / "src"
     write_blobs(src, count=12, size=64)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.errors import ModelError
+from animevae.errors import ArgumentError, ModelError
 from animevae.training.model import VAE, Denoiser, DiagonalGaussian, VAELoss, add_noise, psnr
 from helpers import TINY_MODEL as TINY
 
@@ -217,7 +217,7 @@ def test_choose_model_explicit_paths_and_errors(tmp_path: Path, monkeypatch: pyt
     assert models.choose_model(tmp_path, model=str(other)).path("denoiser") == other
     with pytest.raises(ModelError, match="no such file"):
         models.choose_model(tmp_path, model=str(tmp_path / "missing.onnx"))
-    with pytest.raises(ModelError, match="both given"):
+    with pytest.raises(ArgumentError, match="both given"):
         models.choose_model(tmp_path, run="a", model="b")
     with pytest.raises(ModelError, match="no built-in model"):
         models.choose_model(tmp_path, model="builtin")

@@ -62,6 +62,7 @@ def test_inference_commands_never_import_torch(no_torch_env: dict[str, str], tra
     write_blobs(tmp_path / "faces", count=3)
     commands = [
         ["info", *cpu],
+        ["prepare", "faces", "--out", "faces.safetensors", "-q"],
         ["generate", "--count", "5", "--out", "synth", "--grid", "grid.png", *cpu, "-q"],
         ["denoise", "faces", "--out", "clean", *cpu, "-q"],
         ["augment", "faces", "--per-image", "2", "--out", "aug", *cpu, "-q"],
@@ -74,6 +75,18 @@ def test_inference_commands_never_import_torch(no_torch_env: dict[str, str], tra
     assert len(list((tmp_path / "synth").glob("*.png"))) == 5
     assert len(list((tmp_path / "clean").glob("*.png"))) == 3
     assert len(list((tmp_path / "aug").glob("*.png"))) == 6
-    assert all((tmp_path / name).is_file() for name in ("grid.png", "walk.png", "trav.png"))
+    assert all((tmp_path / name).is_file() for name in ("grid.png", "walk.png", "trav.png", "faces.safetensors"))
     log = Path(no_torch_env["NO_TORCH_LOG"])
     assert not log.exists(), f"torch import attempted: {log.read_text()}"
+
+
+def test_training_commands_without_torch_say_what_to_install(no_torch_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**no_torch_env, "NO_TORCH_LOG": str(tmp_path / "attempts.log")}  # attempts expected here: keep them apart
+    write_blobs(tmp_path / "faces", count=3)
+    for command in (["train", "faces", "--max-minutes", "0.1"], ["export", "--onnx"], ["evaluate", "faces"]):
+        done = _run(env, tmp_path, *command)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1, f"{command[0]}: {done.stderr[-2000:]}"
+        assert lines[-2].startswith("error: this command needs torch") and "Traceback" not in done.stderr
+        assert lines[-1] == 'hint: pip install "animevae[train]" (torch, torchvision, onnxscript), then run it again'
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -483,7 +483,8 @@ def test_sets_and_checkpoints_follow_the_umask(image_dir: Path, tmp_path: Path, 
 
 def test_names_differing_only_in_case_clash(onnx_models, tmp_path: Path) -> None:
     from animevae.denoise import denoise_folder
-    from animevae.latent import LatentModels, augment_folder
+    from animevae.augment import augment_folder
+    from animevae.model_files import ModelSet as LatentModels
 
     noisy = tmp_path / "noisy"
     write_blobs(noisy, count=1, prefix="A")
