@@ -318,8 +318,16 @@ def _open(roles: tuple[str, ...], runs_dir: Path, run: str | None, model: str | 
 @app.command()
 @reports_errors
 def generate(
-    count: Annotated[int, typer.Option("--count", help="How many images.")] = 1000,
-    out: Annotated[Path, typer.Option("--out", help="Folder for 000000.png, 000001.png, ...")] = Path("synth"),
+    count: Annotated[Optional[int], typer.Option(
+        "--count", help="How many images (default 1000); with --class, how many of that class.")] = None,
+    class_name: Annotated[Optional[str], typer.Option(
+        "--class", help="Labelled models: only this class (with --count N, --per-class N or --balance).")] = None,
+    per_class: Annotated[Optional[int], typer.Option(
+        "--per-class", help="Labelled models: N images of every class; with --balance, the size to top up to.")] = None,
+    balance: Annotated[bool, typer.Option(
+        "--balance", help="Labelled models: top every class up to the largest class's training count.")] = False,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder for 000000.png, ...; by class, for <class>/000000.png, ... and metadata.jsonl.")] = Path("synth"),
     seed: Seed = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Latents per decoder call.")] = 256,
     run: RunName = None,
@@ -334,17 +342,34 @@ def generate(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
-    """Generate faces in bulk through onnxruntime; a rerun resumes and changes no finished file."""
+    """Generate faces in bulk through onnxruntime; a rerun resumes and changes no finished file.
+
+    A labelled model also generates by class (--class, --per-class, --balance) into OUT/<class>/ with
+    OUT/metadata.jsonl, a tree torchvision's ImageFolder and Hugging Face's imagefolder read as it is."""
     from animevae.generate import generate as generate_images
+    from animevae.generate import generate_by_class
+    from animevae.labels import ClassInfo
+    from animevae.per_class import METADATA_NAME, ClassRequest
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
+    request = ClassRequest(class_name, count, per_class, balance)
     decoder = _open(("decoder",), runs_dir, run, model, device, half).decoder
-    result = generate_images(decoder, count, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
-                             shard=part, temperature=temperature)
+    if request.by_class:
+        result = generate_by_class(decoder, request, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
+                                   shard=part, temperature=temperature)
+    else:
+        result = generate_images(decoder, 1000 if count is None else count, out, seed, batch_size, overwrite, grid,
+                                 reporter=_reporter(quiet), shard=part, temperature=temperature)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}, "
                   f"latents from the {result.latents}")
+    if result.per_class is not None:
+        console.print("per class: " + ", ".join(f"{name} {n}" for name, n in result.per_class.items())
+                      + f"; {out / METADATA_NAME} lists {result.labelled} labelled images")
+    elif (classes := ClassInfo.from_metadata(decoder.metadata)) is not None:
+        console.print(f"note: the model has classes ({', '.join(classes.names)}); these are unlabelled draws. "
+                      "--per-class N, --class NAME --count N or --balance write them by class")
     if result.grid:
         console.print(f"contact sheet: {result.grid}")
     console.print(f"next: animevae denoise {out}")
@@ -451,6 +476,7 @@ def info(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
+    from animevae.labels import ClassInfo
     from animevae.model_files import open_models
     from animevae.runtime import available_providers
     from animevae.sampling import prior_path_for
@@ -464,6 +490,11 @@ def info(
         console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
     prior = prior_path_for(decoder.path)
     console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}")
+    classes = ClassInfo.from_metadata(meta)
+    console.print(f"  classes: {len(classes.names) if classes else 'none (trained without labels)'}")
+    if classes is not None:
+        console.print("  (one Gaussian mixture per class; images per class in the training data:)")
+        _print_classes(classes)
     console.print(f"onnxruntime providers available: {', '.join(available_providers())}")
     console.print(f"--device {device} runs on: {decoder.provider}")
     for note in models.notes:

@@ -1,4 +1,7 @@
-"""Bulk generation: latents seeded per image index, decoded through onnxruntime, written as PNGs atomically."""
+"""Bulk generation: latents seeded per image index, decoded through onnxruntime, written as PNGs atomically.
+
+Unlabelled: image i is OUT/<i>.png, from (seed, i). By class (a labelled model, see per_class.py): image i of
+class c is OUT/<name of c>/<i>.png, from (seed, c, i), and OUT/metadata.jsonl labels the tree."""
 
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ import numpy as np
 from PIL import Image
 
 from animevae.bulk import BulkJob, JobSink, Pending, WorkerPlan, run_bulk
-from animevae.errors import ArgumentError
+from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, to_uint8
-from animevae.outputs import JobResult, file_digest, write_output_file
+from animevae.labels import ClassInfo
+from animevae.outputs import MANIFEST_NAME, JobResult, file_digest, write_output_file
+from animevae.per_class import (METADATA_NAME, ClassRequest, class_counts, class_image_path, generated_class_images,
+                                write_metadata)
 from animevae.progress import Reporter
 from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.sampling import LatentSampler, check_seed, check_temperature, open_sampler, prior_path_for
@@ -30,6 +36,9 @@ class GenerateResult(JobResult):
 
     grid: Path | None = None
     latents: str = ""
+    # By class: images asked for per class name, and the rows of metadata.jsonl.
+    per_class: dict[str, int] | None = None
+    labelled: int = 0
 
 
 def image_name(index: int, count: int) -> str:
@@ -61,36 +70,101 @@ def generate(
     With a shard, only the indices it owns: K shards together write exactly the files of one run."""
     if count < 1:
         raise ArgumentError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
+    _check(batch_size, seed, temperature)
+    identity = _identity(decoder, seed, temperature)
+    mine = [i for i in range(count) if shard.owns_index(i)]
+    job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
+                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
+    result = _run(decoder, job, seed, temperature, batch_size, overwrite, workers, reporter)
+    shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
+    grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
+    return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
+                          latents="diffusion prior" if prior_path_for(decoder.path) else "Gaussian mixture")
+
+
+def generate_by_class(
+    decoder: OnnxModel,
+    request: ClassRequest,
+    out_dir: Path,
+    seed: int = 0,
+    batch_size: int = 256,
+    overwrite: bool = False,
+    grid: Path | None = None,
+    workers: int | None = None,
+    reporter: Reporter | None = None,
+    shard: Shard = Shard(),
+    temperature: float = 1.0,
+) -> GenerateResult:
+    """Write images 0..n_c-1 of each class c the request asks for (per_class.class_counts) into OUT/<class name>/,
+    then OUT/metadata.jsonl listing every finished image of the tree with its label; a rerun resumes.
+
+    K shards split the job by position in its task list, so they together write exactly one run's files."""
+    classes = ClassInfo.from_metadata(decoder.metadata)
+    counts = class_counts(classes, request)
+    _check(batch_size, seed, temperature)
+    if (out_dir / METADATA_NAME).exists() and not (out_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise OutputError(f"{out_dir / METADATA_NAME} exists and animevae did not write it",
+                          "use a new --out folder, or pass --overwrite to replace it")
+    # "layout" keeps a class tree and a flat folder of the same model and seed apart.
+    identity = {**_identity(decoder, seed, temperature), "layout": "classes"}
+    tasks = [(c, i) for c, n in sorted(counts.items()) for i in range(n)]
+    mine = [task for position, task in enumerate(tasks) if shard.owns_index(position)]
+    job = BulkJob("generating", out_dir, identity, mine,
+                  lambda task: [class_image_path(out_dir, classes.names[task[0]], task[1])],
+                  old_outputs=lambda folder: generated_class_images(folder, classes), shard=shard,
+                  stop_on_failure=True)
+    result = _run(decoder, job, seed, temperature, batch_size, overwrite, workers, reporter)
+    labelled = write_metadata(out_dir, classes, seed, identity["model_sha256"])
+    shown = [class_image_path(out_dir, classes.names[c], i) for c, i in _round_robin(mine)[:GRID_LIMIT]]
+    grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
+    return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
+                          latents="class's Gaussian mixture",
+                          per_class={classes.names[c]: n for c, n in sorted(counts.items())}, labelled=labelled)
+
+
+def _round_robin(tasks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The tasks reordered class by class in turn, so a contact sheet shows every class."""
+    by_class: dict[int, list[tuple[int, int]]] = {}
+    for task in tasks:
+        by_class.setdefault(task[0], []).append(task)
+    columns = list(by_class.values())
+    return [column[row] for row in range(max(map(len, columns), default=0)) for column in columns if row < len(column)]
+
+
+def _check(batch_size: int, seed: int, temperature: float) -> None:
     if batch_size < 1:
         raise ArgumentError(f"--batch-size must be at least 1 (got {batch_size})", "pass --batch-size 256, for example")
     check_seed(seed)
     check_temperature(temperature)
+
+
+def _identity(decoder: OnnxModel, seed: int, temperature: float) -> dict[str, object]:
+    """What guards the output folder: the model and the settings its images depend on."""
     prior_path = prior_path_for(decoder.path)
-    identity = {"model_sha256": file_digest(decoder.path), "seed": seed, "latent_dim": decoder.latent_dim,
-                "image_size": decoder.image_size}
+    identity: dict[str, object] = {"model_sha256": file_digest(decoder.path), "seed": seed,
+                                   "latent_dim": decoder.latent_dim, "image_size": decoder.image_size}
     # Each absent where it has no effect, so folders written before these existed still match.
     if prior_path:
         identity["prior_sha256"] = file_digest(prior_path)
     if temperature != 1.0:
         identity["temperature"] = temperature
-    mine = [i for i in range(count) if shard.owns_index(i)]
-    job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
-                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
+    return identity
+
+
+def _run(decoder: OnnxModel, job: BulkJob[Any], seed: int, temperature: float, batch_size: int, overwrite: bool,
+         workers: int | None, reporter: Reporter | None) -> Any:
+    """The job through the bulk skeleton: decoded in worker processes on the CPU, here on CUDA."""
     draw = _Draw(str(decoder.path), seed, temperature)
     in_workers = None
     if decoder.provider == CPU and workers != 0:
         in_workers = WorkerPlan(workers or usable_cores(), batch_size, _start_worker, (draw,), _worker_batch)
     samplers: list[LatentSampler] = []  # opened on the first batch decoded here
 
-    def compute(chunk: list[Pending[int]], sink: JobSink) -> None:
+    def compute(chunk: list[Pending[Any]], sink: JobSink) -> None:
         samplers[:] = samplers or [open_sampler(decoder, temperature)]
         sink.write(*_decode(decoder, samplers[0], draw.seed, chunk))
 
-    result = run_bulk(job, compute, decoder.provider, batch_size, overwrite, workers, reporter, in_workers)
-    shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
-    grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
-    return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
-                          latents="diffusion prior" if prior_path else "Gaussian mixture")
+    return run_bulk(job, compute, decoder.provider, batch_size, overwrite, workers, reporter, in_workers)
 
 
 @dataclass(frozen=True)
@@ -103,10 +177,16 @@ class _Draw:
 
 
 def _decode(decoder: OnnxModel, sampler: LatentSampler, seed: int,
-            chunk: list[Pending[int]]) -> tuple[list[Path], list[np.ndarray]]:
-    z = sampler(seed, [pending.task for pending in chunk])  # (B, latent)
+            chunk: list[Pending[Any]]) -> tuple[list[Path], list[np.ndarray]]:
+    """Latents of the chunk's tasks (image indices, or (class, index) pairs), decoded to (B, S, S, 3) uint8."""
+    tasks = [pending.task for pending in chunk]
+    by_class = isinstance(tasks[0], tuple)
+    z = sampler.class_latents(seed, tasks) if by_class else sampler(seed, tasks)  # (B, latent)
     pixels = to_uint8(decoder.run(z)[0])  # (B, S, S, 3) uint8
-    return [pending.paths[0] for pending in chunk], list(pixels)
+    paths = [pending.paths[0] for pending in chunk]
+    for folder in dict.fromkeys(path.parent for path in paths) if by_class else ():
+        folder.mkdir(exist_ok=True)  # OUT/<class>/, once the folder is claimed
+    return paths, list(pixels)
 
 
 # On the CPU each worker process decodes its own batches (one onnxruntime thread) and writes them: no image
@@ -119,7 +199,7 @@ def _start_worker(draw: _Draw) -> None:
     _worker.update(decoder=decoder, draw=draw, sampler=open_sampler(decoder, draw.temperature, threads=1))
 
 
-def _worker_batch(chunk: list[Pending[int]]) -> list[WriteFailure]:
+def _worker_batch(chunk: list[Pending[Any]]) -> list[WriteFailure]:
     failures = []
     # Small decoder calls: one thread runs them as fast as big ones, and activations stay ~30 MB, not ~600.
     for begin in range(0, len(chunk), WORKER_DECODE_BATCH):

@@ -63,10 +63,10 @@ class LatentSampler:
                           for i in indices])  # (B, latent)
         return self.prior.run(noise * np.float32(self.temperature))[0]
 
-    def class_latents(self, seed: int, label: int, indices: list[int]) -> np.ndarray:
-        """(len(indices), latent) latents of class `label`, image i's seeded by (seed, label, i) alone. Always
+    def class_latents(self, seed: int, tasks: list[tuple[int, int]]) -> np.ndarray:
+        """(len(tasks), latent) latents of (class, index) pairs, each seeded by (seed, class, index) alone. Always
         from the class's own mixture: a diffusion prior (prior.onnx) is unconditional."""
-        return np.stack([self.mixture.class_latent(seed, label, i, self.temperature) for i in indices])
+        return np.stack([self.mixture.class_latent(seed, label, i, self.temperature) for label, i in tasks])
 
 
 def open_sampler(decoder: OnnxModel, temperature: float = 1.0, device: str | None = None,

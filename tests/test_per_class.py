@@ -61,3 +61,97 @@ def test_metadata_lists_the_finished_images_on_disk(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
     assert rows[0] == {"file_name": "cats/000000.png", "label": "cats", "seed": 4, "index": 0, "model_sha256": "abc"}
     assert [r["file_name"] for r in rows] == ["cats/000000.png", "cats/000001.png", "rare/000000.png"]
+
+
+# --- generate by class, end to end on the session's labelled run ------------------------------------------------
+
+
+def _generate(runner, labelled_run, out: Path, *args: str):
+    from animevae.cli import app
+
+    return runner.invoke(app, ["generate", "--out", str(out), "--runs-dir", str(labelled_run.runs_dir), "--device",
+                               "cpu", "-q", *args])
+
+
+def test_per_class_writes_a_tree_that_torchvision_and_hugging_face_read_with_its_labels(
+        labelled_run, runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "synth"
+    result = _generate(runner, labelled_run, out, "--per-class", "3")
+    assert result.exit_code == 0, result.output
+    assert "per class: cats 3, dogs 3, rare 3" in result.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        f"{label}/00000{i}.png" for label in ("cats", "dogs", "rare") for i in range(3)]
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(out))
+    assert folder.classes == ["cats", "dogs", "rare"]
+    assert [(Path(path).parent.name, label) for path, label in folder.samples][::3] == [("cats", 0), ("dogs", 1), ("rare", 2)]
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train", cache_dir=str(tmp_path / "hf"))
+    assert len(loaded) == 9 and loaded["label"] == ["cats"] * 3 + ["dogs"] * 3 + ["rare"] * 3
+    assert loaded[4]["index"] == 1 and loaded[4]["image"].size == (16, 16)
+
+
+def test_image_i_of_class_c_is_the_same_for_any_request_batch_size_and_shard(labelled_run, runner, tmp_path: Path) -> None:
+    whole, pieces, one = tmp_path / "whole", tmp_path / "pieces", tmp_path / "one"
+    assert _generate(runner, labelled_run, whole, "--per-class", "4").exit_code == 0
+    for shard in ("0/3", "1/3", "2/3"):
+        assert _generate(runner, labelled_run, pieces, "--per-class", "4", "--batch-size", "1",
+                         "--shard", shard).exit_code == 0
+    assert _generate(runner, labelled_run, one, "--class", "dogs", "--count", "2").exit_code == 0
+    files = {p.relative_to(whole): p.read_bytes() for p in whole.rglob("*.png")}
+    assert files == {p.relative_to(pieces): p.read_bytes() for p in pieces.rglob("*.png")}
+    assert {p.relative_to(one): p.read_bytes() for p in one.rglob("*.png")} == {
+        k: v for k, v in files.items() if k.parent.name == "dogs" and int(k.stem) < 2}
+    assert (whole / "metadata.jsonl").read_bytes() == (pieces / "metadata.jsonl").read_bytes()
+    assert len(set(files.values())) == len(files)  # every image its own
+
+
+def test_balance_tops_up_the_rare_class_and_a_rerun_resumes(labelled_run, runner, tmp_path: Path) -> None:
+    out = tmp_path / "balanced"
+    result = _generate(runner, labelled_run, out, "--balance")
+    assert result.exit_code == 0, result.output
+    assert "per class: cats 0, dogs 0, rare 12" in result.output
+    assert len(list((out / "rare").glob("*.png"))) == 12 and not (out / "cats").exists()
+    again = _generate(runner, labelled_run, out, "--balance", "--per-class", "20")
+    # To 20 each: cats and dogs (16) get 4, rare (4) gets 16, of which 12 are there already.
+    assert "wrote 12 images (12 already there)" in again.output and "cats 4, dogs 4, rare 16" in again.output
+    assert len((out / "metadata.jsonl").read_text().splitlines()) == 24
+
+
+def test_a_labelled_model_still_generates_the_flat_unlabelled_folder_and_says_it_has_classes(
+        labelled_run, runner, tmp_path: Path) -> None:
+    result = _generate(runner, labelled_run, tmp_path / "flat", "--count", "5")
+    assert result.exit_code == 0 and "note: the model has classes (cats, dogs, rare)" in result.output
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == [".animevae.json"] + [f"00000{i}.png" for i in range(5)]
+
+
+def test_class_options_on_an_unlabelled_model_are_refused(trained_run, runner, tmp_path: Path) -> None:
+    from animevae.cli import app
+    from helpers import assert_cli_error
+
+    result = runner.invoke(app, ["generate", "--per-class", "3", "--out", str(tmp_path / "x"), "--runs-dir",
+                                 str(trained_run.runs_dir), "--device", "cpu", "-q"])
+    assert_cli_error(result, "trained without labels", "class folders")
+
+
+def test_a_metadata_jsonl_animevae_did_not_write_is_not_replaced(labelled_run, runner, tmp_path: Path) -> None:
+    from helpers import assert_cli_error
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metadata.jsonl").write_text("{}\n")
+    assert_cli_error(_generate(runner, labelled_run, out, "--per-class", "1"), "did not write it", "--overwrite")
+    assert (out / "metadata.jsonl").read_text() == "{}\n"
+
+
+def test_info_lists_the_classes_and_their_training_counts(labelled_run, runner) -> None:
+    from animevae.cli import app
+
+    result = runner.invoke(app, ["info", "--runs-dir", str(labelled_run.runs_dir), "--device", "cpu"])
+    assert result.exit_code == 0
+    assert "classes: 3" in result.output and "rare: 4 images" in result.output and "cats: 16 images" in result.output
