@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from animevae.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from animevae.data import prepare_images  # noqa: E402
+from animevae.data import TrainingData, prepare_images  # noqa: E402
 from animevae.training.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from animevae.training.train import Trainer  # noqa: E402
 from helpers import TINY_MODEL  # noqa: E402
@@ -30,7 +30,7 @@ def main(out: Path, data: Path) -> None:
     prepared = prepare_images(data, 16)
     config = RunConfig(name="probe", model=ModelConfig(**TINY_MODEL),
                        train=TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32", world_size=2))
-    trainer = Trainer(config, prepared.images, prepared.hashes, ctx)
+    trainer = Trainer(config, TrainingData(prepared.images, prepared.hashes), ctx)
     tensors: dict[str, torch.Tensor] = {}
 
     batch = trainer.train_pixels[8 * ctx.rank : 8 * ctx.rank + 8].float().div(255.0)  # (8, 3, 16, 16), per rank

@@ -90,3 +90,14 @@ def test_training_commands_without_torch_say_what_to_install(no_torch_env: dict[
         assert lines[-2].startswith("error: this command needs torch") and "Traceback" not in done.stderr
         assert lines[-1] == 'hint: pip install "animevae[train]" (torch, torchvision, onnxscript), then run it again'
     assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_generating_by_class_never_imports_torch(no_torch_env: dict[str, str], labelled_run, tmp_path: Path) -> None:
+    cpu = ["--model", str(labelled_run.export_dir), "--device", "cpu"]
+    for command in (["info", *cpu], ["generate", "--balance", "--out", "tree", *cpu, "-q"],
+                    ["prepare", str(labelled_run.data_dir), "--out", "pets.safetensors", "-q"]):
+        done = _run(no_torch_env, tmp_path, *command)
+        assert done.returncode == 0, f"{command[0]}: {done.stderr[-3000:]}"
+    assert len(list((tmp_path / "tree" / "rare").glob("*.png"))) == 12 and (tmp_path / "tree" / "metadata.jsonl").is_file()
+    assert not Path(no_torch_env["NO_TORCH_LOG"]).exists()

@@ -21,7 +21,7 @@ from animevae.training.export import load_run_models
 from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
-from animevae.data import load_training_images
+from animevae.data import TrainingData, load_training_images
 from animevae.training.train import train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
@@ -67,7 +67,8 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
                                "denoiser_blocks": 1, "prior_components": 10, "upsample": "transpose",
                                "prior": "diffusion", "prior_width": 16, "prior_blocks": 1,
-                               "prior_sampling_steps": 10, "disc_channels": 4}
+                               "prior_sampling_steps": 10, "disc_channels": 4,
+                               "classes": [], "class_counts": []}  # a flat folder: no classes
     assert config["train"]["epochs"] == 1 and config["train"]["batch_size"] == 16
     assert config["train"]["precision"] == "fp32"
     assert config["train"]["data_source"] == str(trained_run.data_dir)
@@ -436,7 +437,7 @@ def _trainer(tiny_model_config: ModelConfig, **train_options: Any):
     images = np.stack([np.asarray(blob_image(rng)) for _ in range(24)])  # (24, 16, 16, 3) uint8
     config = RunConfig(name="t", model=tiny_model_config, train=TrainConfig(batch_size=8, precision="fp32", val_size=4,
                                                                             **train_options))
-    return Trainer(config, images, [f"{i:064x}" for i in range(24)], DistContext())
+    return Trainer(config, TrainingData(images, [f"{i:064x}" for i in range(24)]), DistContext())
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
