@@ -245,7 +245,9 @@ def image_labels(listing: ImageListing) -> tuple[dict[str, str] | None, str]:
     table = metadata_table(listing.root)
     relatives = [listing.relative(path) for path in listing.files]
     if table is not None:
-        return read_metadata_labels(table), f"labelled by {table.name}"
+        listed = read_metadata_labels(table)  # by '/'-separated path, as the table writes them on any system
+        posix = {relative: relative.replace(os.sep, "/") for relative in relatives}
+        return {k: listed[v] for k, v in posix.items() if v in listed}, f"labelled by {table.name}"
     by_folder = {relative: folder_label(relative) for relative in relatives}
     if relatives and all(by_folder.values()):
         return {k: check_label(v, f"folder {v}") for k, v in by_folder.items() if v}, "labelled by class folders"

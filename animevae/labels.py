@@ -12,7 +12,7 @@ import csv
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 import numpy as np
 
@@ -124,7 +124,7 @@ def _read_rows(table: Path) -> list[object]:
 
 def folder_label(relative: str) -> str | None:
     """The ImageFolder label of an image path relative to the data root: its top folder (None at the top)."""
-    parts = PurePosixPath(relative).parts
+    parts = PurePath(relative).parts
     return parts[0] if len(parts) > 1 else None
 
 
