@@ -94,26 +94,26 @@ def augment_folder(
     """Write `per_image` posterior draws of every image under `src` as out/<relative stem>_<k>.png.
 
     Outputs already there are kept (a rerun resumes); unreadable sources are skipped and listed in
-    out/skipped.json while the others finish.
+    out/skipped.json (skipped.shard-i-of-K.json for a shard) while the others finish.
     """
     check_augment_args(src, out, per_image, strength, seed, batch_size)
     if models.encoder is None or models.decoder is None:
         raise ModelError("augment needs the encoder and the decoder", "open the models with need_encoder=True")
-    sources, skipped = mirror_inputs(src, out, shard, clash="same output names as")
-    if not sources and not skipped:
+    mirror = mirror_inputs(src, out, shard, clash="same output names as")
+    if not mirror.listed:  # over all shards: a shard that owns no image has nothing to do, which is fine
         raise DataError(f"no images under {src}", "pass a folder of PNG/JPEG/WebP/BMP/GIF images")
     identity = {"task": "augment", "input": str(src.resolve()), "encoder_sha256": file_digest(models.encoder.path),
                 "decoder_sha256": file_digest(models.decoder.path), "seed": seed, "strength": float(strength)}
-    job = BulkJob("augmenting", out, identity, sources,
+    job = BulkJob("augmenting", out, identity, mirror.inputs,
                   lambda source: [source.output(f"_{k}") for k in range(per_image)],
                   old_outputs=lambda folder: (p for p in folder.rglob("*.png") if re.search(r"_[0-9]+\.png$", p.name)),
-                  skipped=skipped, shard=shard)
+                  skipped=mirror.skipped, shard=shard, writer_threshold=4 * batch_size)
 
     def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:
         _augment_chunk(models, chunk, strength, seed, batch_size, sink)
 
     result = run_bulk(job, compute, models.provider, batch_size, overwrite, workers, reporter)
-    return AugmentResult(**vars(result), sources=len(sources))
+    return AugmentResult(**vars(result), sources=len(mirror.inputs))
 
 
 def _augment_chunk(models: ModelSet, chunk: list[Pending[MirroredInput]], strength: float, seed: int,

@@ -20,7 +20,7 @@ import numpy as np
 from animevae.data import Skipped, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import is_complete_png, remove_stale_temps
-from animevae.outputs import JobResult, prepare_output, skipped_name, write_skipped
+from animevae.outputs import SKIPPED_NAME, JobResult, prepare_output, skipped_name, write_skipped
 from animevae.progress import Reporter, SilentReporter
 from animevae.shard import Shard
 from animevae.writer import BoundedQueue, PngWriter, WriteFailure, worker_pool, writer_processes
@@ -56,11 +56,14 @@ class BulkJob(Generic[T]):
     shard: Shard = Shard()  # the part of the job `tasks` are (each shard lists its failures in its own file)
     # generate has no input to skip past when a write fails (the disk is full): it stops, keeping what is done.
     stop_on_failure: bool = False
+    # Writer processes start when more images than this are to be written (default: the batch size).
+    writer_threshold: int | None = None
 
     @property
     def report(self) -> str:
-        """Where in out_dir this job lists its failures: skipped.json, or skipped.shard-i-of-K.json."""
-        return skipped_name(self.shard.index, self.shard.count)
+        """Where in out_dir this job lists its failures: skipped.json, or skipped.shard-i-of-K.json (a job that
+        stops on a failure writes no list; the name is still kept clear of foreign files)."""
+        return SKIPPED_NAME if self.stop_on_failure else skipped_name(self.shard.index, self.shard.count)
 
 
 @dataclass
@@ -125,26 +128,32 @@ def run_bulk(job: BulkJob[T], compute: Callable[[list[Pending[T]], JobSink], Non
     the job stops with an OutputError); stale temp files of killed runs are swept before and after."""
     reporter = reporter or SilentReporter()
     prepare_output(job.out_dir, job.identity, overwrite, old_outputs=job.old_outputs, report=job.report)
-    planned = [(task, job.outputs(task)) for task in job.tasks]
-    folders = [job.out_dir, *dict.fromkeys(path.parent for _, paths in planned for path in paths)]
-    remove_stale_temps(*folders)
-    todo = []
-    for task, paths in planned:
+    # Only the tasks are kept, not their paths: generate --count 1000000 plans in the memory of a list of ints.
+    todo: list[T] = []
+    partly_done: dict[int, list[int]] = {}  # position in todo -> the outputs still missing, where some exist
+    folders: dict[Path, None] = {job.out_dir: None}
+    outputs = missing_outputs = 0
+    for task in job.tasks:
+        paths = job.outputs(task)
         missing = [i for i, path in enumerate(paths) if overwrite or not is_complete_png(path)]
+        folders.update(dict.fromkeys(path.parent for path in paths))
+        outputs, missing_outputs = outputs + len(paths), missing_outputs + len(missing)
+        if len(missing) < len(paths) and missing:
+            partly_done[len(todo)] = missing
         if missing:
-            todo.append(Pending(task, missing, [paths[i] for i in missing]))
-    total = sum(len(pending.paths) for pending in todo)
-    existing = sum(len(paths) for _, paths in planned) - total
+            todo.append(task)
+    remove_stale_temps(*folders)
     skipped = list(job.skipped)
     tally = _Tally(job.out_dir, skipped, reporter)
-    chunks = [todo[begin : begin + batch_size] for begin in range(0, len(todo), batch_size)]
+    chunks = (_pending(job, todo, partly_done, begin, batch_size) for begin in range(0, len(todo), batch_size))
     started = time.perf_counter()
-    reporter.start(f"{job.description} into {job.out_dir}", total)
+    reporter.start(f"{job.description} into {job.out_dir}", missing_outputs)
     try:
         if in_workers is not None and len(todo) > in_workers.threshold:
             _run_in_workers(chunks, in_workers, tally, job.stop_on_failure)
         else:
-            with PngWriter(writer_processes(workers, len(todo), batch_size), tally) as writer:
+            writers = writer_processes(workers, missing_outputs, job.writer_threshold or batch_size)
+            with PngWriter(writers, tally) as writer:
                 sink = JobSink(writer, tally)
                 for chunk in chunks:
                     compute(chunk, sink)
@@ -157,18 +166,30 @@ def run_bulk(job: BulkJob[T], compute: Callable[[list[Pending[T]], JobSink], Non
     remove_stale_temps(*folders)  # again: a writer killed just before this run started may only now be gone
     if not job.stop_on_failure:
         write_skipped(job.out_dir, skipped, job.report)
-    return JobResult(job.out_dir, tally.written, existing, time.perf_counter() - started, provider, skipped,
-                     job.report)
+    return JobResult(job.out_dir, tally.written, outputs - missing_outputs, time.perf_counter() - started, provider,
+                     skipped, job.report)
 
 
-def _run_in_workers(chunks: list[list[Pending[T]]], plan: WorkerPlan, tally: _Tally, stop_on_failure: bool) -> None:
+def _pending(job: BulkJob[T], todo: list[T], partly_done: dict[int, list[int]], begin: int,
+             batch_size: int) -> list[Pending[T]]:
+    """The chunk of `todo` from `begin`, each task with the outputs it still has to write."""
+    chunk = []
+    for position in range(begin, min(begin + batch_size, len(todo))):
+        paths = job.outputs(todo[position])
+        indices = partly_done.get(position, list(range(len(paths))))
+        chunk.append(Pending(todo[position], indices, [paths[i] for i in indices]))
+    return chunk
+
+
+def _run_in_workers(chunks: Iterable[list[Pending[T]]], plan: WorkerPlan, tally: _Tally,
+                    stop_on_failure: bool) -> None:
     with worker_pool(plan.processes, plan.initializer, plan.initargs) as pool:
         queue = BoundedQueue(pool, 2 * plan.processes, tally)
         try:
             for chunk in chunks:
                 queue.submit(sum(len(pending.paths) for pending in chunk), plan.work, chunk)
                 if stop_on_failure and tally.failures:
-                    break
+                    return  # the batches not started are cancelled: nothing more is written after a failure
             queue.drain()
         finally:
             queue.cancel()
@@ -182,8 +203,17 @@ def _write_failure(failures: list[WriteFailure]) -> OutputError:
                         if full else "fix the folder, then run the same command again: finished files are kept"))
 
 
-def mirror_inputs(in_dir: Path, out_dir: Path, shard: Shard = Shard(),
-                  clash: str = "same output name as") -> tuple[list[MirroredInput], list[Skipped]]:
+@dataclass
+class Mirror:
+    """The inputs of a mirrored job: this shard's images with their output stems, the inputs skipped, and how
+    many images the whole listing holds (all shards together)."""
+
+    inputs: list[MirroredInput]
+    skipped: list[Skipped]
+    listed: int
+
+
+def mirror_inputs(in_dir: Path, out_dir: Path, shard: Shard = Shard(), clash: str = "same output name as") -> Mirror:
     """Every image under `in_dir` that this shard owns, with its output stem under `out_dir`, and the inputs
     skipped: unreadable listings, and inputs whose outputs would take another's names.
 
@@ -202,7 +232,7 @@ def mirror_inputs(in_dir: Path, out_dir: Path, shard: Shard = Shard(),
         claimed[key] = relative
         if shard.owns_path(relative):
             inputs.append(MirroredInput(path, relative, stem))
-    return inputs, [*listing.skipped, *skipped]
+    return Mirror(inputs, [*listing.skipped, *skipped], len(listing.files) + len(listing.skipped))
 
 
 def decode_each(chunk: list[Pending[MirroredInput]], decode: Callable[[Path], D],

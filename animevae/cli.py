@@ -78,8 +78,8 @@ def _reporter(quiet: bool) -> Any:
 
 
 def _rate(per_s: float) -> str:
-    """Images/s to print: whole numbers, but two significant digits below 10 (one 4000x3000 image is 0.13/s)."""
-    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2g}"
+    """Images/s to print: whole numbers, with two decimals below 10 (one 4000x3000 image is 0.13/s)."""
+    return f"{per_s:.0f}" if per_s >= 10 else f"{per_s:.2f}"
 
 
 def print_error(message: str, hint: str = "") -> None:
@@ -286,7 +286,7 @@ def export(
     """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
     from animevae.errors import ArgumentError
     from animevae.training.export import MAX_ABS_DIFF, export_run
-    from animevae.model_files import HALF_DECODER
+    from animevae.runs import HALF_DECODER
     from animevae.runs import resolve_run
 
     if not onnx:

@@ -68,8 +68,8 @@ def compose_output(layers: ImageLayers, denoised: np.ndarray, strength: float = 
 def plan_outputs(in_dir: Path, out_dir: Path, shard: Shard = Shard()) -> tuple[list[tuple[Path, Path]], list[Skipped]]:
     """Pair each input image (of this shard) with its output path (same relative stem, .png); report clashes
     (bulk.mirror_inputs: found over the whole listing, names compared case-folded)."""
-    inputs, skipped = mirror_inputs(in_dir, out_dir, shard)
-    return [(item.path, item.output()) for item in inputs], skipped
+    mirror = mirror_inputs(in_dir, out_dir, shard)
+    return [(item.path, item.output()) for item in mirror.inputs], mirror.skipped
 
 
 def denoise_folder(
@@ -100,9 +100,9 @@ def denoise_folder(
     identity: dict[str, object] = {"model_sha256": file_digest(denoiser.path), "task": "denoise", "input": str(in_abs)}
     if strength != 1.0:  # part of what the files are: a rerun at another strength must not mix with them
         identity["strength"] = strength
-    inputs, skipped = mirror_inputs(in_dir, out_dir, shard)
-    job = BulkJob("denoising", out_dir, identity, inputs, lambda item: [item.output()],
-                  old_outputs=lambda folder: folder.rglob("*.png"), skipped=skipped, shard=shard)
+    mirror = mirror_inputs(in_dir, out_dir, shard)
+    job = BulkJob("denoising", out_dir, identity, mirror.inputs, lambda item: [item.output()],
+                  old_outputs=lambda folder: folder.rglob("*.png"), skipped=mirror.skipped, shard=shard)
 
     def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:
         _denoise_chunk(denoiser, chunk, sink, tiling, strength)

@@ -9,14 +9,13 @@ from pathlib import Path
 
 from animevae.errors import ArgumentError, DeviceError, ModelError
 from animevae.prior import LatentPrior
-from animevae.runs import EXPORT_DIR, list_runs, resolve_run
+from animevae.runs import EXPORT_DIR, HALF_DECODER, list_runs, resolve_run
 from animevae.runtime import CUDA, OnnxModel, open_model
 from animevae.sampling import LatentSampler, open_sampler
 
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 ROLES = ("encoder", "decoder", "denoiser", "prior")
-HALF_DECODER = "decoder.fp16.onnx"  # written by `export --onnx --half`, used by `generate --half` (CUDA only)
 
 
 @dataclass(frozen=True)

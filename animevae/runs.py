@@ -12,6 +12,7 @@ DEFAULT_RUNS_DIR = Path("runs")
 CONFIG_NAME = "config.json"
 CHECKPOINT_NAME = "last.safetensors"
 EXPORT_DIR = "export"
+HALF_DECODER = "decoder.fp16.onnx"  # written by `export --onnx --half`, used by `generate --half` (CUDA only)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 

@@ -74,12 +74,14 @@ def test_mirror_inputs_shards_and_clashes(tmp_path: Path) -> None:
     write_blobs(src / "cats", count=3)
     write_blobs(src / "dogs", count=3)
     (src / "dogs" / "face000.jpg").write_bytes((src / "dogs" / "face000.png").read_bytes())
-    whole, skipped = mirror_inputs(src, tmp_path / "out")
+    mirror = mirror_inputs(src, tmp_path / "out")
+    whole, skipped = mirror.inputs, mirror.skipped
+    assert mirror.listed == 7
     assert [i.relative for i in whole] == ["cats/face000.png", "cats/face001.png", "cats/face002.png",
                                            "dogs/face000.jpg", "dogs/face001.png", "dogs/face002.png"]
     assert [(s.path, s.reason) for s in skipped] == [("dogs/face000.png", "same output name as dogs/face000.jpg")]
     assert whole[0].output("_2") == tmp_path / "out" / "cats" / "face000_2.png"
-    parts = [mirror_inputs(src, tmp_path / "out", Shard(i, 2))[0] for i in range(2)]
+    parts = [mirror_inputs(src, tmp_path / "out", Shard(i, 2)).inputs for i in range(2)]
     assert sorted(i.relative for part in parts for i in part) == sorted(i.relative for i in whole)
     assert all(path_hash(i.relative) % 2 == k for k, part in enumerate(parts) for i in part)
     assert sibling_folder(src, "denoised") == tmp_path.resolve() / "src-denoised"
@@ -107,6 +109,12 @@ def test_augment_shards_together_write_one_runs_files(tmp_path: Path) -> None:
     owner = path_hash("b/broken.png") % 2
     assert codes == [1 if i == owner else 0 for i in range(2)]
     assert [p.name for p in (tmp_path / "parts").glob("skipped*.json")] == [f"skipped.shard-{owner}-of-2.json"]
+    # A shard that owns none of the images has nothing to do: that is not an error in a job array.
+    write_blobs(tmp_path / "one", count=1, size=64)
+    idle_shard = 1 - path_hash("face000.png") % 2
+    idle = runner.invoke(app, ["augment", str(tmp_path / "one"), "--out", str(tmp_path / "idle"),
+                               "--shard", f"{idle_shard}/2", *common])
+    assert idle.exit_code == 0 and "wrote 0 variations" in idle.output, idle.output
 
 
 class _Clock:
@@ -123,20 +131,33 @@ def test_line_reporter_prints_per_epoch_every_interval_and_at_the_end() -> None:
     reporter = LineReporter(lines.append, interval_s=30, clock=clock)
     reporter.start("training run", 100)
     clock.now += 10
-    reporter.advance(10, epoch=1, loss=0.5)
+    reporter.advance(10, epoch=1, loss=0.5)  # the rate counts from here: 20 steps in the next 25 s
     assert lines == []  # quiet between lines
     clock.now += 25
     reporter.advance(20, epoch=1, loss=0.25)  # 35 s since the start: a timed line
     clock.now += 5
     reporter.advance(10, epoch=2, loss=0.125)  # epoch 1 ended at 30 steps
     clock.now += 1
-    reporter.advance(60, epoch=2, loss=0.0625)
+    reporter.advance(10, epoch=3, loss=0.1)  # epoch 2 ended 1 s after the last epoch line: no line
+    reporter.advance(50, epoch=3, loss=0.0625)
     reporter.stop()
     assert lines == [
-        "training run: 30/100  0:35 elapsed  ETA 1:21  epoch 1  loss 0.25",
-        "training run: 30/100  epoch 1 done  0:40 elapsed  ETA 1:33  epoch 1  loss 0.25",
-        "training run: 100/100  done  0:41 elapsed  epoch 2  loss 0.0625",
+        "training run: 30/100  0:35 elapsed  ETA 1:27  epoch 1  loss 0.25",
+        "training run: 30/100  epoch 1 done  0:40 elapsed  ETA 1:45  epoch 1  loss 0.25",
+        "training run: 100/100  done  0:41 elapsed  epoch 3  loss 0.0625",
     ]
+
+
+def test_line_reporter_eta_ignores_steps_a_resumed_run_reports_at_once() -> None:
+    lines: list[str] = []
+    clock = _Clock()
+    reporter = LineReporter(lines.append, interval_s=30, clock=clock)
+    reporter.start("training run", 10000)
+    reporter.advance(9000)  # resumed at step 9000
+    for _ in range(30):
+        clock.now += 1
+        reporter.advance(1)  # 1 step/s from here: 970 steps left
+    assert lines == ["training run: 9030/10000  0:30 elapsed  ETA 16:10"]
 
 
 def test_line_reporter_says_stopped_when_cut_short() -> None:
@@ -146,7 +167,7 @@ def test_line_reporter_says_stopped_when_cut_short() -> None:
     reporter.advance(4)
     reporter.stop()
     reporter.stop()  # a second stop (the finally of a job) prints nothing more
-    assert lines == ["denoising into out: 4/10  stopped  0:00 elapsed  ETA 0:00"]
+    assert lines == ["denoising into out: 4/10  stopped  0:00 elapsed"]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import math
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -135,23 +136,25 @@ def reconstruction_scores(vae: VAE, held_out: torch.Tensor) -> tuple[float, floa
 
 
 @torch.no_grad()
-def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor, sigmas: tuple[int, ...] = SIGMAS,
-                   qualities: tuple[int, ...] = JPEG_QUALITIES) -> tuple[dict[str, float], dict[str, float]]:
+def denoise_scores(denoiser: Denoiser, held_out: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
     """Denoised and degraded-input PSNR at each sigma (0-255 scale; 0 = clean input), noise clipped to [0, 1],
     and at each JPEG quality (keys "jpeg20", "jpeg40": saved by Pillow with 4:2:0 chroma)."""
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    cases = [(str(s), lambda clean, s=s: add_noise(clean, float(s), generator)) for s in sigmas]
-    cases += [(f"jpeg{q}", lambda clean, q=q: jpeg_batch(clean, q)) for q in qualities]
+    cases = [(str(s), lambda clean, s=s: add_noise(clean, float(s), generator)) for s in SIGMAS]
+    cases += [(f"jpeg{q}", lambda clean, q=q: jpeg_batch(clean, q)) for q in JPEG_QUALITIES]
     denoised, noisy_scores = {}, {}
     for key, degrade in cases:
-        outs, ins = [], []
-        for clean in _batches(held_out):
-            noisy = degrade(clean)
-            outs.append(psnr(denoiser(noisy), clean))
-            ins.append(psnr(noisy, clean))
+        outs, ins = zip(*(degraded_psnrs(denoiser, clean, degrade) for clean in _batches(held_out)))
         denoised[key] = round(torch.cat(outs).mean().item(), 3)
         noisy_scores[key] = round(min(torch.cat(ins).mean().item(), 100.0), 3)
     return denoised, noisy_scores
+
+
+def degraded_psnrs(denoiser: Denoiser, clean: torch.Tensor,
+                   degrade: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image PSNR of the denoised and of the degraded input, (B,) each, for one batch of clean images."""
+    noisy = degrade(clean)
+    return psnr(denoiser(noisy), clean), psnr(noisy, clean)
 
 
 @torch.no_grad()

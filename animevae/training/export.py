@@ -23,9 +23,8 @@ from animevae.fileio import atomic_path, write_json_atomic
 from animevae.labels import CLASSES_KEY, ClassInfo
 from animevae.training.diffusion import DDIMSampler, LatentDiffusion
 from animevae.training.model import VAE, Denoiser
-from animevae.model_files import HALF_DECODER
 from animevae.prior import LatentPrior
-from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR
+from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR, HALF_DECODER
 
 MAX_ABS_DIFF = 1e-4
 # fp16 keeps ~3 decimal digits: 1/255 is one grey level, the most a saved PNG could show.
