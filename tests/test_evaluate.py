@@ -174,18 +174,39 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     assert report.style_share_samples == {"face": 1.0}
 
 
-def test_a_labelled_run_is_scored_per_class_and_the_cli_prints_it(labelled_run, runner) -> None:
-    result = runner.invoke(app, ["evaluate", str(labelled_run.data_dir), "--runs-dir", str(labelled_run.runs_dir),
-                                 "--samples", "20", "--classifier-images", "10", "--class-samples", "6",
-                                 "--few-real", "2"])
-    saved = json.loads((labelled_run.run_dir / REPORT_NAME).read_text())
-    (labelled_run.run_dir / REPORT_NAME).unlink()
-    assert_ok(result)
-    classes = saved["classes"]
-    assert classes["names"] == ["cats", "dogs", "rare"] and classes["samples_per_class"] == 6
-    assert set(classes["fidelity"]) == {"cats", "dogs", "rare"}
-    assert 0.0 <= classes["cas"] <= 1.0 and classes["few_real"] == 2
-    assert "class fidelity" in result.output and "class rare: fidelity / CAS" in result.output
+def test_a_labelled_run_is_scored_per_class(labelled_run) -> None:
+    from animevae.training.evaluate import class_report
+
+    _, vae, _ = load_run_models(labelled_run.run_dir)
+    loaded = load_training_images(labelled_run.data_dir, 16, labelled_run.runs_dir / ".cache", SilentReporter())
+    pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float() / 255.0
+    labels = torch.from_numpy(loaded.labels.index)
+    train, held = torch.arange(0, len(pixels), 2), torch.arange(1, len(pixels), 2)
+    report = class_report(vae, ("cats", "dogs", "rare"), pixels[train], labels[train], pixels[held], labels[held],
+                          per_class=4, few_real=2, classifier_images=6)
+    assert report.names == ["cats", "dogs", "rare"] and report.samples_per_class == 4 and report.few_real == 2
+    for rates in (report.fidelity, report.cas_per_class, report.augmentation_with_per_class):
+        assert set(rates) == {"cats", "dogs", "rare"} and all(0.0 <= rate <= 1.0 for rate in rates.values())
+
+
+def test_the_cli_table_shows_each_class() -> None:
+    """The scoring is tested above (and the whole table in test_evaluate_cli_prints_the_table); here, the rows a
+    labelled run adds to it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from animevae.cli import _class_rows
+    from animevae.training.evaluate import ClassReport
+
+    rates = {"cats": 1.0, "dogs": 0.5, "rare": 0.25}
+    table = Table("metric", "value")
+    _class_rows(table, ClassReport(["cats", "dogs", "rare"], 4, rates, 0.75, 1.0, 0.5, rates, 2, 0.6, 0.9, rates, rates))
+    console = Console(width=200, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert "class fidelity (4 samples per class; classifier on real images: 1.000 held-out accuracy)" in text
+    assert "class dogs: fidelity / CAS / 2 real -> + samples" in text and "0.500 / 0.500 / 0.500 -> 0.500" in text
+    assert "accuracy from 2 real per class, without -> with samples" in text and "0.600 -> 0.900" in text
 
 
 def test_a_labelled_run_is_not_scored_on_unlabelled_data(labelled_run, trained_run) -> None:
