@@ -19,7 +19,8 @@ from PIL import Image, ImageFile, ImageOps
 from animevae import FORMAT_VERSION
 from animevae.errors import ArgumentError, DataError, OutputError
 from animevae.fileio import atomic_path, write_json_atomic
-from animevae.labels import METADATA_FILES, ClassInfo, Labels, check_label, folder_label, metadata_table, read_metadata_labels
+from animevae.labels import (METADATA_FILES, ClassInfo, Labels, check_label, class_names, folder_label, metadata_table,
+                             read_metadata_labels)
 from animevae.progress import Reporter
 
 SKIPPED_SHOWN = 20  # skipped files listed one per line when a folder is prepared for training
@@ -203,6 +204,8 @@ def prepare_images(
     Labels come from a metadata table at the top of `root`, else from class folders (see `image_labels`)."""
     listing = find_images(root)
     labels, layout = image_labels(listing)
+    if labels is not None:
+        class_names(list(labels.values()))  # refuse clashing names before decoding anything
     images: list[np.ndarray] = []
     prepared = PreparedSet(images=np.empty((0, image_size, image_size, 3), np.uint8), sources=[], hashes=[],
                            layout=layout)
@@ -211,7 +214,7 @@ def prepare_images(
     for path in listing.files:
         relative = listing.relative(path)
         if labels is not None and relative not in labels:
-            prepared.skipped.append(Skipped(relative, f"no label in {layout.split()[-1]}"))
+            prepared.skipped.append(Skipped(relative, "not listed in the metadata table"))
             if on_file is not None:
                 on_file()
             continue

@@ -22,15 +22,18 @@ METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 CLASSES_KEY = "animevae.classes"
 # Label names become folder names: letters, digits and a few separators, no leading dot.
 _LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+-]{0,99}")
+# Names Windows keeps for devices (with any extension), and names of files animevae writes beside class folders.
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?|metadata\.(csv|jsonl)|.*\.json", re.IGNORECASE)
 
 
 def check_label(name: str, where: str = "") -> str:
     """Return `name` if it is safe as a folder name on every system; DataError with a hint otherwise."""
-    if not _LABEL_PATTERN.fullmatch(name) or name.endswith((".", " ")):
+    if not _LABEL_PATTERN.fullmatch(name) or name.endswith((".", " ")) or _RESERVED.fullmatch(name):
         place = f" (in {where})" if where else ""
         raise DataError(f"label {name[:60]!r}{place} cannot be a folder name",
                         "use labels of letters, digits, space, '.', '_', '+' or '-', starting with a letter or "
-                        "digit, at most 100 characters (no '/', '\\', '..' or leading dot)")
+                        "digit, at most 100 characters (no '/', '\\', '..', leading dot, device names such as "
+                        "NUL, or names of animevae's files such as metadata.jsonl)")
     return name
 
 
@@ -129,5 +132,12 @@ def folder_label(relative: str) -> str | None:
 
 
 def class_names(labels: list[str]) -> tuple[str, ...]:
-    """Sorted distinct label names: index i is class i."""
-    return tuple(sorted(set(labels)))
+    """Sorted distinct label names: index i is class i. Names that differ only in case are refused: on Windows
+    and macOS they would be one folder."""
+    names = tuple(sorted(set(labels)))
+    folded = {name.casefold(): name for name in names}
+    if len(folded) < len(names):
+        clash = sorted(set(names) - set(folded.values()))[0]
+        raise DataError(f"labels {clash!r} and {folded[clash.casefold()]!r} differ only in case",
+                        "rename one: on Windows and macOS they would be one folder")
+    return names

@@ -71,7 +71,7 @@ def test_a_metadata_table_labels_the_images_and_skips_unlisted_ones(tmp_path: Pa
     assert prepared.layout == f"labelled by {table}"
     assert prepared.labels.classes == ClassInfo(("even", "odd"), (2, 2))
     assert [s.path for s in prepared.skipped] == ["train/" + names[4]]
-    assert prepared.skipped[0].reason == f"no label in {table}"
+    assert prepared.skipped[0].reason == "not listed in the metadata table"
 
 
 def test_two_metadata_tables_are_refused(tmp_path: Path) -> None:
@@ -82,11 +82,18 @@ def test_two_metadata_tables_are_refused(tmp_path: Path) -> None:
         prepare_images(tmp_path / "d", 16)
 
 
-@pytest.mark.parametrize("bad", ["..", ".", "a/b", "a\\b", ".hidden", "", "x" * 101, "tab\there", "ends."])
+@pytest.mark.parametrize("bad", ["..", ".", "a/b", "a\\b", ".hidden", "", "x" * 101, "tab\there", "ends.", "NUL",
+                                 "com1.txt", "metadata.jsonl", "skipped.json"])
 def test_label_names_that_cannot_be_folder_names_are_refused_with_a_hint(bad: str) -> None:
     with pytest.raises(DataError) as error:
         check_label(bad)
     assert "letters, digits" in error.value.hint
+
+
+def test_labels_that_one_folder_on_a_case_insensitive_disk_would_hold_are_refused(tmp_path: Path) -> None:
+    write_labelled(tmp_path / "pets", {"Cats": 2, "cats": 2})
+    with pytest.raises(DataError, match="differ only in case"):
+        prepare_images(tmp_path / "pets", 16)
 
 
 def test_a_bad_label_in_a_table_names_its_row(tmp_path: Path) -> None:
