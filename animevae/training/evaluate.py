@@ -252,7 +252,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     loaded = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
     images, hashes = loaded.images, loaded.hashes
     names = loaded.labels.classes.names if loaded.labels is not None else ()
-    if names != config.model.classes:
+    if config.model.classes and names != config.model.classes:  # (an unlabelled run ignores the data's labels)
         raise DataError(f"{data} has classes {list(names) or 'none'}; run {run_dir.name} was trained on "
                         f"{list(config.model.classes) or 'none'}", "evaluate the run on the data it was trained on")
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
@@ -297,7 +297,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     )
     report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
                                                "realism_recon_accuracy", "realism_recon_auc"]
-    if loaded.labels is not None and enough:
+    if config.model.classes and enough:
         report.classes = class_report(vae, names, train_images, torch.from_numpy(loaded.labels.subset(train_idx)),
                                       held_out, torch.from_numpy(loaded.labels.subset(val_idx)), class_samples,
                                       few_real, classifier_images)
