@@ -20,7 +20,7 @@ import torch
 from animevae.data import split_holdout
 from animevae.model_files import choose_model
 from animevae.progress import SilentReporter
-from animevae.training.realism import realism_score
+from animevae.training.realism import classifier_rows, realism_score
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
 from animevae.data import load_training_images
@@ -49,7 +49,8 @@ def main() -> None:
     images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), args.val_size)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    real_train, real_test = pixels[torch.from_numpy(train_idx[: args.per_class])], pixels[torch.from_numpy(val_idx)]
+    rows = torch.from_numpy(train_idx)[classifier_rows(len(train_idx), args.per_class)]
+    real_train, real_test = pixels[rows], pixels[torch.from_numpy(val_idx)]
     sampler = open_sampler(decoder, args.temperature)
     started = time.perf_counter()
     fakes = _decode(decoder, sampler(1, list(range(args.per_class + len(real_test)))))

@@ -22,7 +22,7 @@ from animevae.training.evaluate import (as_saved, draw_samples, mean_pairwise_di
 from animevae.training.export import load_run_models, load_run_sampler
 from animevae.training.model import VAE
 from animevae.progress import SilentReporter
-from animevae.training.realism import realism_score
+from animevae.training.realism import classifier_rows, realism_score
 from animevae.data import load_training_images
 
 
@@ -56,7 +56,7 @@ def main() -> None:
         train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         train_images, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
-        real_train = train_images[: args.per_class]
+        real_train = train_images[classifier_rows(len(train_images), args.per_class)]
         held_nn, _ = nearest_distances(held_out, train_images)
         threshold = torch.quantile(held_nn, 0.01).item()
         held_diversity = mean_pairwise_distance(held_out)

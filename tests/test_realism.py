@@ -35,3 +35,15 @@ def test_one_distribution_on_both_sides_cannot_be_told_apart() -> None:
     images = torch.rand(320, 3, 16, 16, generator=generator)
     score = realism_score(images[:100], images[100:200], images[200:260], images[260:], max_epochs=6)
     assert 0.3 <= score.accuracy <= 0.7 and 0.25 <= score.auc <= 0.75
+
+
+def test_classifier_rows_spread_over_the_whole_set_and_repeat_with_the_seed() -> None:
+    from animevae.training.realism import classifier_rows
+
+    rows = classifier_rows(6000, 1000)
+    assert len(rows) == 1000 and len(set(rows.tolist())) == 1000 and rows.tolist() == sorted(rows.tolist())
+    # A set prepared from a sorted folder keeps its styles in blocks (faces-dev: rows 0-3999 one style):
+    # the classifier's real side must reach the others in proportion, not take the first block.
+    assert 280 <= int((rows >= 4000).sum()) <= 390
+    assert rows.tolist() == classifier_rows(6000, 1000).tolist() != classifier_rows(6000, 1000, seed=1).tolist()
+    assert classifier_rows(10, 1000).tolist() == list(range(10))  # fewer rows than asked: all of them

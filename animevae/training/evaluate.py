@@ -23,7 +23,7 @@ from animevae.fileio import write_json_atomic
 from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
 from animevae.training import usefulness
-from animevae.training.realism import realism_score
+from animevae.training.realism import classifier_rows, realism_score
 from animevae.data import load_training_images
 
 NOISE_SEED = 1234
@@ -264,7 +264,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)
     denoised, noisy = denoise_scores(denoiser, held_out)
     enough = len(held_out) >= MIN_HELD_OUT  # sets of 2-19 images hold out one
-    real_train = train_images[:classifier_images]
+    real_train = train_images[classifier_rows(len(train_images), classifier_images)]
     drawn = as_saved(draw_samples(vae, max(samples, len(real_train) + len(held_out)), sampler=sampler))
     realism = recon_realism = None
     if enough:

@@ -50,6 +50,15 @@ def classifier_net(width: int = 32, classes: int = 1) -> nn.Sequential:
         *([nn.Flatten(0)] if classes == 1 else []))
 
 
+def classifier_rows(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """`size` of `count` training rows, drawn at random (seeded), for the real side of a classifier.
+
+    Not the first `size`: a prepared set keeps its files' order, so the first rows of a folder sorted by name
+    are one style only, and a classifier that learns "real = that style" judges style, not realism."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(count, generator=generator)[:size].sort().values
+
+
 def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve: the chance that a random positive outscores a random negative (ties count
     half), by the Mann-Whitney rank sum."""
