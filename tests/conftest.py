@@ -7,8 +7,9 @@ import os
 # As the CLI does, before torch/onnxruntime load: idle threads sleep instead of spinning (2-core machines).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -73,13 +74,25 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     from animevae.train import train
 
     base = tmp_path_factory.mktemp("session_run")
+    # benchmarks/mutation.py runs a fresh session per mutant: it names a folder here so that the run is trained
+    # once, unmutated, then copied into each session.
+    cache = os.environ.get("ANIMEVAE_TEST_RUN_CACHE")
+    if cache and (Path(cache) / "trained_run.json").is_file():
+        stored = json.loads((Path(cache) / "trained_run.json").read_text())
+        shutil.copytree(Path(cache) / "base", base, dirs_exist_ok=True)
+        return TrainedRun(**{k: base / v if k.endswith("_dir") else v for k, v in stored.items()})
     data_dir = base / "faces"
     write_blobs(data_dir, count=40)
     runs_dir = base / "runs"
     result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"),
                    runs_dir, device="cpu")
     report = export_run(result.run_dir)
-    return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+    run = TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+    if cache:
+        shutil.copytree(base, Path(cache) / "base")
+        fields = {k: str(v.relative_to(base)) if isinstance(v, Path) else v for k, v in asdict(run).items()}
+        (Path(cache) / "trained_run.json").write_text(json.dumps(fields))
+    return run
 
 
 @pytest.fixture
