@@ -302,6 +302,7 @@ def test_shard_parse_and_ownership() -> None:
 
     assert Shard.parse(None) == Shard(0, 1)
     assert Shard.parse("1/4") == Shard(1, 4)
+    assert Shard.parse("0/1") == Shard()  # one shard: the whole job, as scripts looping over K pass it
     for bad in ("x", "1", "4/4", "-1/2", "1/0", "a/b", "1/2/3"):
         with pytest.raises(OutputError, match="--shard") as caught:
             Shard.parse(bad)
@@ -310,6 +311,17 @@ def test_shard_parse_and_ownership() -> None:
     assert all(sum(p.owns_index(i) for p in parts) == 1 for i in range(30))
     assert all(sum(p.owns_path(f"dir/{i}.png") for p in parts) == 1 for i in range(30))
     assert Shard().owns_path("anything")
+
+
+def test_the_shard_of_each_input_path_is_fixed() -> None:
+    """Shards of one job may run on machines with different installs: if the owner of a path changed between
+    versions, some files would be denoised twice and others never."""
+    from animevae.shard import Shard
+
+    paths = ["a.png", "sub/b.png", "c.jpg", "d/e/f.webp", "\udcff.png"]  # the last: an undecodable file name
+    assert [[i for i in range(3) if Shard(i, 3).owns_path(p)] for p in paths] == [[2], [2], [1], [1], [1]]
+    assert [[i for i in range(2) if Shard(i, 2).owns_path(p)] for p in paths] == [[0], [1], [1], [0], [1]]
+    assert [i for i in range(7) if Shard(i, 7).owns_index(23)] == [2]  # generate: image i goes to shard i mod K
 
 
 def test_shards_together_write_exactly_one_runs_files(runner, trained_run, tmp_path: Path) -> None:
