@@ -398,3 +398,56 @@ def test_interpolating_seeds_starts_at_generates_first_image(runner, trained_run
     for seed, latent in ((4, start), (9, end)):
         noise = np.random.default_rng([seed, 0]).standard_normal(8, dtype=np.float32)[None]
         np.testing.assert_array_equal(latent, onnx_models["prior"].run(noise)[0][0])
+
+
+def test_sampler_latents_of_known_noise(onnx_models) -> None:
+    """Image i's latent is the prior (or the mixture) applied to the (seed, i) noise times the temperature, for
+    any order of indices: what makes a shard or a resumed run draw the same faces."""
+    from animevae.sampling import LatentSampler
+
+    decoder, prior = onnx_models["decoder"], onnx_models["prior"]
+    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
+    diffusion = LatentSampler(decoder, prior, temperature=0.5)
+    assert diffusion.kind == "diffusion prior"
+    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
+    mixture = LatentSampler(decoder, None, temperature=0.7)
+    assert mixture.kind == "Gaussian mixture"
+    fitted = LatentPrior.from_metadata(decoder.metadata)
+    np.testing.assert_array_equal(mixture(3, [5, 0]), np.stack([fitted.latent(3, i, 0.7) for i in (5, 0)]))
+
+
+def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, mixture_export: Path) -> None:
+    from animevae.runtime import open_model
+    from animevae.sampling import open_sampler, prior_path_for
+
+    with_prior = open_sampler(onnx_models["decoder"], temperature=0.5)
+    assert with_prior.prior is not None and with_prior.prior.path == onnx_models["prior"].path
+    assert with_prior.prior.device == "cpu" and with_prior.temperature == 0.5  # the decoder's device, not auto
+    decoder = open_model(mixture_export / "decoder.onnx", "decoder", device="cpu")
+    assert prior_path_for(decoder.path) is None and open_sampler(decoder).prior is None
+
+
+def test_temperature_bounds() -> None:
+    from animevae.errors import ArgumentError
+    from animevae.sampling import check_temperature
+
+    for fine in (2.0, 1.0, 1e-3):
+        check_temperature(fine)
+    for bad in (0.0, -0.5, 2.001, float("nan")):
+        with pytest.raises(ArgumentError, match="--temperature"):
+            check_temperature(bad)
+
+
+def test_mixture_moments_and_metadata_round_trip() -> None:
+    """The whole mixture's mean and covariance (what traverse walks along), worked out by hand for two
+    components; and the metadata text gives back the very arrays."""
+    prior = LatentPrior(np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32),
+                        np.array([[[1, 0], [0.5, 2]], [[2, 0], [0, 1]]], np.float32))
+    np.testing.assert_allclose(prior.mean, [3.0, -0.5])
+    # within: .25 [[1, .5], [.5, 4.25]] + .75 [[4, 0], [0, 1]]; between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
+    np.testing.assert_allclose(prior.covariance, [[6.25, -1.375], [-1.375, 2.5625]], rtol=1e-6)
+    np.testing.assert_allclose(prior.scale_tril @ prior.scale_tril.T, prior.covariance, rtol=1e-5)
+    assert prior.scale_tril[0, 1] == 0  # lower-triangular
+    restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
+    for name in ("weights", "means", "scale_trils"):
+        assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
