@@ -62,19 +62,22 @@ def run_module(module: str, max_children: int, show: bool, tests_dir: Path) -> C
 source_paths = ["animevae"]
 only_mutate = ["animevae/{module}.py"]
 pytest_add_cli_args_test_selection = {json.dumps(tests)}
-# CPU-second limit per mutant: 2 x multiplier x (its tests' call time + constant). mutmut's 15 x (t + 1) lets
+# Wall-clock limit per mutant: multiplier x (its tests' call time + constant), CPU twice that. mutmut's 15 x (t + 1) lets
 # a mutant that loops forever hold the shared machine for 20 minutes; the constant covers what the call time
 # leaves out (the session's fixtures), so a slow but finite mutant is not taken for a loop. Timeouts count as
 # killed: each is listed below, to check that it really loops.
-timeout_multiplier = 3.0
-timeout_constant = 10.0
+timeout_multiplier = 5.0
+timeout_constant = 20.0
 """)
         mutmut = [sys.executable, "-m", "mutmut"]
         # The session's trained run (tests/conftest.py: train + export, about 10 s) is made once, unmutated, and
         # copied into each mutant's session. A mutant is then judged by the tests, not by a fixture that trains
         # or exports through it: for checkpoint, prior and runtime a few mutants may survive here that the full
         # suite kills in that fixture, so their score is a floor.
-        env = {**os.environ, "ANIMEVAE_TEST_RUN_CACHE": str(work / "trained-run-cache")}
+        # One OpenMP thread: mutmut forks each mutant from a server that has imported torch, and a forked child
+        # whose parent had started OpenMP threads hangs in its first parallel loop (a false "timeout").
+        env = {**os.environ, "ANIMEVAE_TEST_RUN_CACHE": str(work / "trained-run-cache"), "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}
         started = time.monotonic()
         subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=work, stdout=subprocess.DEVNULL,
                        env=env)
