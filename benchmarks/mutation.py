@@ -14,6 +14,7 @@ below, with --max-children processes (default 1: the machine is shared). The wor
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -94,9 +95,28 @@ timeout_constant = 20.0
             if status not in KILLED or status == "timeout":
                 print(f"  {status}: {name}")
                 if show:
-                    diff = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
+                    diff = _mutant_diff(work / "mutants" / "animevae" / f"{module}.py", name) or subprocess.run(
+                        [*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
                     print("    " + "\n    ".join(diff.strip().splitlines()))
         return counts
+
+
+def _mutant_diff(mutated_file: Path, name: str) -> str:
+    """The changed lines of mutant `name`, read from mutmut's mutated copy of the module (`mutmut show` starts
+    a process per mutant: minutes for a module on a busy machine); "" when the file does not read as expected."""
+    function = name.rsplit(".", 1)[-1]
+    original = re.sub(r"__mutmut_\d+$", "__mutmut_orig", function)
+    text = mutated_file.read_text() if mutated_file.is_file() else ""
+
+    def body(label: str) -> list[str]:
+        found = re.search(rf"^[ ]*def {re.escape(label)}\(.*?(?=^[ ]*(?:def |class |@)|^[^\s)]|\Z)", text, re.M | re.S)
+        return found.group(0).splitlines()[1:] if found else []
+
+    before, after = body(original), body(function)
+    if not before or not after:
+        return ""
+    return "\n".join(line for line in difflib.unified_diff(before, after, lineterm="", n=0)
+                     if line[:1] in "+-" and line[:3] not in ("+++", "---"))
 
 
 def main() -> None:
