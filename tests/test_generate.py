@@ -46,8 +46,10 @@ def test_latents_come_from_the_fitted_prior() -> None:
     single = LatentPrior(np.ones(1, np.float32), means[:1], scale[None])
     rng = np.random.default_rng([4, 9])
     rng.random()  # the component draw comes first
-    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ rng.standard_normal(3, dtype=np.float32),
-                               rtol=1e-6)
+    eps = rng.standard_normal(3, dtype=np.float32)
+    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ eps, rtol=1e-6)
+    # The temperature scales the draw within its component, not the mean.
+    np.testing.assert_allclose(single.latent(4, 9, temperature=0.5), means[0] + scale @ (0.5 * eps), rtol=1e-6)
     # Two components: each index lands near one of the means, both are used, in proportion to the weights.
     mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
     near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
