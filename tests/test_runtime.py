@@ -182,6 +182,62 @@ def _foreign_onnx(path: Path, input_name: str = "x", output_name: str = "y",
     return path
 
 
+def _outside(name: str) -> TensorProto:
+    """A tensor whose bytes onnxruntime would read from a file the model names."""
+    tensor = helper.make_tensor(name, TensorProto.FLOAT, [2], [0.0, 0.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../etc/passwd")
+    return tensor
+
+
+def _sparse(name: str) -> onnx.SparseTensorProto:
+    indices = helper.make_tensor(f"{name}_i", TensorProto.INT64, [2], [0, 1])
+    return helper.make_sparse_tensor(_outside(name), indices, [4])
+
+
+def _hide(where: str, graph: onnx.GraphProto, model: onnx.ModelProto) -> None:
+    """Put one external tensor in one of the places an ONNX file can hold tensors."""
+    inner = helper.make_graph([], "inner", [], [], initializer=[_outside("deep")])
+    hidden = {
+        "initializer": lambda: graph.initializer.append(_outside("w")),
+        "sparse initializer": lambda: graph.sparse_initializer.append(_sparse("s")),
+        "attribute": lambda: graph.node.append(helper.make_node("Constant", [], ["c"], value=_outside("c"))),
+        "attribute list": lambda: graph.node.append(helper.make_node("Custom", [], [], ts=[_outside("t")])),
+        "sparse attribute": lambda: graph.node.append(helper.make_node("Constant", [], ["c"], sparse_value=_sparse("c"))),
+        "sparse attribute list": lambda: graph.node.append(helper.make_node("Custom", [], [], ss=[_sparse("t")])),
+        "subgraph": lambda: graph.node.append(helper.make_node("Custom", [], [], g=inner)),
+        "subgraph list": lambda: graph.node.append(helper.make_node("Custom", [], [], gs=[inner])),
+        "function": lambda: model.functions.append(helper.make_function(
+            "custom", "f", [], ["c"], [helper.make_node("Constant", [], ["c"], value=_outside("c"))],
+            [helper.make_opsetid("", 18)])),
+    }
+    hidden[where]()
+
+
+@pytest.mark.parametrize("where", ["initializer", "sparse initializer", "attribute", "attribute list",
+                                   "sparse attribute", "sparse attribute list", "subgraph", "subgraph list", "function"])
+def test_external_data_is_found_wherever_a_tensor_can_hide(tmp_path: Path, where: str) -> None:
+    """Protects "onnxruntime never reads a path a model names": refuse_external_data must look in every place
+    a tensor can live, not only the initializers of the main graph."""
+    from animevae.runtime import refuse_external_data
+
+    model = onnx.load(str(_foreign_onnx(tmp_path / "plain.onnx")))
+    refuse_external_data(tmp_path / "plain.onnx")  # nothing outside: accepted
+    _hide(where, model.graph, model)
+    onnx.save_model(model, str(tmp_path / "hostile.onnx"))
+    with pytest.raises(ModelError, match="external data") as caught:
+        refuse_external_data(tmp_path / "hostile.onnx")
+    assert caught.value.hint
+
+
+def test_input_types_follow_the_models_input() -> None:
+    from animevae.runtime import input_dtype
+
+    assert input_dtype("tensor(float16)") is np.float16  # a --half decoder
+    assert input_dtype("tensor(float)") is np.float32
+
+
 def test_foreign_onnx_is_refused(tmp_path: Path) -> None:
     path = _foreign_onnx(tmp_path / "foreign.onnx")
     with pytest.raises(ModelError, match=r"is not an animevae decoder \(inputs \['x'\], outputs \['y'\]\)") as caught:
