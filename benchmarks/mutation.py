@@ -33,7 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_TESTS = {
     "fileio": ["tests/test_fileio.py"],
     "outputs": ["tests/test_generate.py", "tests/test_denoise.py", "tests/test_denoise_modes.py", "tests/test_safety.py"],
-    "shard": ["tests/test_generate.py", "tests/test_denoise.py", "tests/test_safety.py"],
+    # test_safety.py's shard tests only: its end-to-end tests under load (subprocesses, timing) fail on a machine
+    # busy enough, and a failing clean run stops mutmut before any mutant.
+    "shard": ["tests/test_generate.py", "tests/test_denoise.py",
+              "tests/test_safety.py::test_shards_report_the_clashes_of_the_whole_listing",
+              "tests/test_safety.py::test_a_shard_of_non_ascii_digits_is_one_clear_error"],
     "checkpoint": ["tests/test_checkpoint.py"],
     "runtime": ["tests/test_runtime.py", "tests/test_safety.py"],
     "prior": ["tests/test_generate.py", "tests/test_export.py"],
@@ -80,12 +84,14 @@ timeout_constant = 20.0
         env = {**os.environ, "ANIMEVAE_TEST_RUN_CACHE": str(work / "trained-run-cache"), "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
         started = time.monotonic()
-        subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=work, stdout=subprocess.DEVNULL,
-                       env=env)
+        ran = subprocess.run([*mutmut, "run", "--max-children", str(max_children)], cwd=work, capture_output=True,
+                             text=True, env=env)
         listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, capture_output=True,
                                  text=True).stdout
         statuses = {name: status for name, status in re.findall(r"^\s*(\S+__mutmut_\d+): (.+?)\s*$", listing, re.M)}
         counts = Counter(statuses.values())
+        if counts["not checked"] == len(statuses):  # mutmut stopped before testing any mutant: say why
+            print(f"{module}: mutmut tested nothing (exit {ran.returncode}):\n{(ran.stdout + ran.stderr)[-3000:]}")
         killed = sum(counts[s] for s in KILLED)
         total = sum(counts.values())
         score = f"{killed / total:.1%}" if total else "n/a"
