@@ -39,7 +39,9 @@ MODULE_TESTS = {
               "tests/test_safety.py::test_shards_report_the_clashes_of_the_whole_listing",
               "tests/test_safety.py::test_a_shard_of_non_ascii_digits_is_one_clear_error"],
     "checkpoint": ["tests/test_checkpoint.py"],
-    "runtime": ["tests/test_runtime.py", "tests/test_safety.py"],
+    "runtime": ["tests/test_runtime.py"] + [f"tests/test_safety.py::{name}" for name in (
+        "test_a_model_with_external_data_is_refused_before_onnxruntime_opens_it",
+        "test_malformed_metadata_is_one_clear_error", "test_odd_thread_counts_fall_back_to_the_cores")],
     "prior": ["tests/test_generate.py", "tests/test_export.py"],
     "sampling": ["tests/test_generate.py"],
     # Not test_evaluate_run_writes_a_complete_report (17 s) nor the CLI table (4 s): per mutant, they would make
