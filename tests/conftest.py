@@ -73,14 +73,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     from animevae.export import export_run
     from animevae.train import train
 
-    base = tmp_path_factory.mktemp("session_run")
     # benchmarks/mutation.py runs a fresh session per mutant: it names a folder here so that the run is trained
-    # once, unmutated, then copied into each session.
+    # once, unmutated, then restored for each session at the same path (exports record absolute paths).
     cache = os.environ.get("ANIMEVAE_TEST_RUN_CACHE")
+    base = Path(cache) / "live" if cache else tmp_path_factory.mktemp("session_run")
     if cache and (Path(cache) / "trained_run.json").is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.copytree(Path(cache) / "pristine", base)
         stored = json.loads((Path(cache) / "trained_run.json").read_text())
-        shutil.copytree(Path(cache) / "base", base, dirs_exist_ok=True)
         return TrainedRun(**{k: base / v if k.endswith("_dir") else v for k, v in stored.items()})
+    if cache:
+        shutil.rmtree(base, ignore_errors=True)  # what an interrupted build left
     data_dir = base / "faces"
     write_blobs(data_dir, count=40)
     runs_dir = base / "runs"
@@ -89,7 +92,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     report = export_run(result.run_dir)
     run = TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
     if cache:
-        shutil.copytree(base, Path(cache) / "base")
+        shutil.copytree(base, Path(cache) / "pristine")
         fields = {k: str(v.relative_to(base)) if isinstance(v, Path) else v for k, v in asdict(run).items()}
         (Path(cache) / "trained_run.json").write_text(json.dumps(fields))
     return run
