@@ -34,6 +34,13 @@ def _trained_state(config: ModelConfig) -> tuple[RunConfig, dict, dict]:
     return run_config, {"vae": vae, "denoiser": denoiser}, {"vae": opt_vae, "denoiser": opt_den}
 
 
+@pytest.fixture(autouse=True)
+def _own_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test in its own working folder: a relative path that a broken save writes to must not be there for
+    a later load to find (under mutmut, a file named "None" did just that)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def saved(tmp_path: Path, tiny_model_config: ModelConfig):
     run_config, modules, optimizers = _trained_state(tiny_model_config)
