@@ -416,6 +416,7 @@ def test_sampler_latents_of_known_noise(onnx_models) -> None:
     assert mixture.kind == "Gaussian mixture"
     fitted = LatentPrior.from_metadata(decoder.metadata)
     np.testing.assert_array_equal(mixture(3, [5, 0]), np.stack([fitted.latent(3, i, 0.7) for i in (5, 0)]))
+    np.testing.assert_array_equal(LatentSampler(decoder)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
 
 
 def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, mixture_export: Path) -> None:
@@ -425,6 +426,8 @@ def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, m
     with_prior = open_sampler(onnx_models["decoder"], temperature=0.5)
     assert with_prior.prior is not None and with_prior.prior.path == onnx_models["prior"].path
     assert with_prior.prior.device == "cpu" and with_prior.temperature == 0.5  # the decoder's device, not auto
+    threads = open_sampler(onnx_models["decoder"], threads=3).prior.session.get_session_options().intra_op_num_threads
+    assert threads == 3  # the --threads the user gave, for the prior's session too
     decoder = open_model(mixture_export / "decoder.onnx", "decoder", device="cpu")
     assert prior_path_for(decoder.path) is None and open_sampler(decoder).prior is None
 
