@@ -456,3 +456,17 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
     restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
     for name in ("weights", "means", "scale_trils"):
         assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
+
+
+def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
+    """pack_array writes float32 whatever it is given (the reader assumes it); fitted float32 weights can sum
+    to a hair under 1, and a uniform draw above their sum must still pick the last component, not crash."""
+    from animevae.prior import pack_array, unpack_array
+
+    assert np.array_equal(unpack_array(pack_array(np.array([0.25, -2.0])), (2,)), np.array([0.25, -2.0], np.float32))
+    means = np.array([[0.0], [10.0]], np.float32)
+    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1, 1), 1e-3, np.float32))
+    uniforms = [np.random.default_rng([0, i]).random() for i in range(100)]  # the component draw of each index
+    assert any(u >= 0.9 for u in uniforms)
+    for i, u in enumerate(uniforms):
+        assert abs(short.latent(0, i)[0] - (10.0 if u >= 0.5 else 0.0)) < 0.1
