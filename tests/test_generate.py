@@ -49,7 +49,8 @@ def test_latents_come_from_the_fitted_prior() -> None:
     eps = rng.standard_normal(3, dtype=np.float32)
     np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ eps, rtol=1e-6)
     # The temperature scales the draw within its component, not the mean.
-    np.testing.assert_allclose(single.latent(4, 9, temperature=0.5), means[0] + scale @ (0.5 * eps), rtol=1e-6)
+    for temperature in (0.5, 2.0):  # 2.0: the largest --temperature
+        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale @ (temperature * eps), rtol=1e-6)
     # Two components: each index lands near one of the means, both are used, in proportion to the weights.
     mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
     near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
