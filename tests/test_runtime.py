@@ -376,3 +376,42 @@ def test_auto_without_a_driver_says_why_it_runs_on_the_cpu(trained_run, monkeypa
     model = runtime.open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="auto")
     assert model.provider == "CPUExecutionProvider"
     assert "no NVIDIA driver" in model.fallback_note
+
+
+def _decoder_metadata(**changes: str) -> dict[str, str]:
+    from animevae.prior import LatentPrior
+
+    return {"animevae.image_size": "16", "animevae.latent_dim": "2", **LatentPrior.standard(2).to_metadata(),
+            **changes}
+
+
+def _packed(values: list[float]) -> str:
+    from animevae.prior import pack_array
+
+    return pack_array(np.array(values, np.float32))
+
+
+@pytest.mark.parametrize("role, metadata, refused", [
+    ("decoder", _decoder_metadata(), None),
+    ("decoder", _decoder_metadata(**{"animevae.image_size": "1"}), None),  # the smallest size that parses
+    ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "8"}, None),
+    ("denoiser", {}, None),  # sizes are for the encoder and decoder only
+    ("encoder", {"animevae.image_size": "0", "animevae.latent_dim": "8"}, "image_size"),
+    ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "x"}, "latent_dim"),
+    ("decoder", {"animevae.image_size": "16"}, "latent_dim"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_weights": _packed([-1.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_weights": _packed([0.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_means": _packed([np.nan, 0.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_means": _packed([0.0])}), "malformed latent prior"),
+])
+def test_metadata_numbers_are_checked_when_the_model_opens(role: str, metadata: dict[str, str],
+                                                           refused: str | None) -> None:
+    """Every number a command reads from a model's metadata is checked once, at open, with one clear error."""
+    from animevae.runtime import _check_metadata
+
+    if refused is None:
+        _check_metadata(Path("m.onnx"), role, metadata)
+        return
+    with pytest.raises(ModelError, match=refused) as caught:
+        _check_metadata(Path("m.onnx"), role, metadata)
+    assert caught.value.hint
