@@ -7,8 +7,9 @@ import os
 # As the CLI does, before torch/onnxruntime load: idle threads sleep instead of spinning (2-core machines).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -72,14 +73,29 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     from animevae.training.export import export_run
     from animevae.training.train import train
 
-    base = tmp_path_factory.mktemp("session_run")
+    # benchmarks/mutation.py runs a fresh session per mutant: it names a folder here so that the run is trained
+    # once, unmutated, then restored for each session at the same path (exports record absolute paths).
+    cache = os.environ.get("ANIMEVAE_TEST_RUN_CACHE")
+    base = Path(cache) / "live" if cache else tmp_path_factory.mktemp("session_run")
+    if cache and (Path(cache) / "trained_run.json").is_file():
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.copytree(Path(cache) / "pristine", base)
+        stored = json.loads((Path(cache) / "trained_run.json").read_text())
+        return TrainedRun(**{k: base / v if k.endswith("_dir") else v for k, v in stored.items()})
+    if cache:
+        shutil.rmtree(base, ignore_errors=True)  # what an interrupted build left
     data_dir = base / "faces"
     write_blobs(data_dir, count=40)
     runs_dir = base / "runs"
     result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"),
                    runs_dir, device="cpu")
     report = export_run(result.run_dir)
-    return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+    run = TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+    if cache:
+        shutil.copytree(base, Path(cache) / "pristine")
+        fields = {k: str(v.relative_to(base)) if isinstance(v, Path) else v for k, v in asdict(run).items()}
+        (Path(cache) / "trained_run.json").write_text(json.dumps(fields))
+    return run
 
 
 @pytest.fixture

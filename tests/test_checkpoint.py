@@ -34,6 +34,13 @@ def _trained_state(config: ModelConfig) -> tuple[RunConfig, dict, dict]:
     return run_config, {"vae": vae, "denoiser": denoiser}, {"vae": opt_vae, "denoiser": opt_den}
 
 
+@pytest.fixture(autouse=True)
+def _own_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test in its own working folder: a relative path that a broken save writes to must not be there for
+    a later load to find (under mutmut, a file named "None" did just that)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def saved(tmp_path: Path, tiny_model_config: ModelConfig):
     run_config, modules, optimizers = _trained_state(tiny_model_config)
@@ -70,9 +77,38 @@ def test_round_trip_restores_weights_optimisers_and_progress(saved, tiny_model_c
             assert torch.equal(torch.as_tensor(restored_state[index][slot]), torch.as_tensor(value))
 
 
-def test_read_config_reads_only_the_header(saved) -> None:
+def test_read_config_reads_only_the_header(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.checkpoint as checkpoint_module
+
     path, run_config, *_ = saved
+
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("read_config loaded the weights")  # a large run's weights: seconds and memory
+
+    monkeypatch.setattr(checkpoint_module, "load_file", no_tensors)
     assert read_config(path) == run_config
+
+
+def test_a_checkpoint_creates_its_folders_and_reaches_the_disk(tmp_path: Path, tiny_model_config: ModelConfig,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync before the rename: after a power cut the checkpoint is the old one or the new one, never empty."""
+    import os
+
+    import animevae.fileio as fileio
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", recording_fsync)
+    run_config, modules, optimizers = _trained_state(tiny_model_config)
+    path = tmp_path / "runs" / "new" / "last.safetensors"
+    save_checkpoint(path, run_config, modules, optimizers, Progress(step=3), torch.Generator().get_state())
+    assert load_checkpoint(path).progress.step == 3
+    assert any(Path(p).name.startswith(".last.safetensors") for p in synced)
 
 
 def test_checkpoint_is_a_plain_safetensors_file(saved) -> None:
@@ -133,8 +169,9 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path, saved) -> None:
 
     other = tmp_path / "other.safetensors"
     save_file({"w": torch.zeros(2)}, str(other), metadata={"kind": "not-ours"})
-    with pytest.raises(ModelError, match="is not an animevae checkpoint"):
+    with pytest.raises(ModelError, match="is not an animevae checkpoint") as caught:
         load_checkpoint(other)
+    assert caught.value.hint
 
     no_metadata = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(no_metadata))
@@ -143,8 +180,9 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path, saved) -> None:
 
     newer = tmp_path / "newer.safetensors"
     save_file({"w": torch.zeros(2)}, str(newer), metadata={"kind": CHECKPOINT_KIND, "format_version": str(FORMAT_VERSION + 1)})
-    with pytest.raises(ModelError, match="newer animevae"):
+    with pytest.raises(ModelError, match="newer animevae") as caught:
         load_checkpoint(newer)
+    assert caught.value.hint
 
     truncated = tmp_path / "truncated.safetensors"
     data = saved[0].read_bytes()

@@ -46,8 +46,11 @@ def test_latents_come_from_the_fitted_prior() -> None:
     single = LatentPrior(np.ones(1, np.float32), means[:1], scale[None])
     rng = np.random.default_rng([4, 9])
     rng.random()  # the component draw comes first
-    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ rng.standard_normal(3, dtype=np.float32),
-                               rtol=1e-6)
+    eps = rng.standard_normal(3, dtype=np.float32)
+    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ eps, rtol=1e-6)
+    # The temperature scales the draw within its component, not the mean.
+    for temperature in (0.5, 2.0):  # 2.0: the largest --temperature
+        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale @ (temperature * eps), rtol=1e-6)
     # Two components: each index lands near one of the means, both are used, in proportion to the weights.
     mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
     near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
@@ -302,6 +305,7 @@ def test_shard_parse_and_ownership() -> None:
 
     assert Shard.parse(None) == Shard(0, 1)
     assert Shard.parse("1/4") == Shard(1, 4)
+    assert Shard.parse("0/1") == Shard()  # one shard: the whole job, as scripts looping over K pass it
     for bad in ("x", "1", "4/4", "-1/2", "1/0", "a/b", "1/2/3"):
         with pytest.raises(ArgumentError, match="--shard") as caught:
             Shard.parse(bad)
@@ -310,6 +314,17 @@ def test_shard_parse_and_ownership() -> None:
     assert all(sum(p.owns_index(i) for p in parts) == 1 for i in range(30))
     assert all(sum(p.owns_path(f"dir/{i}.png") for p in parts) == 1 for i in range(30))
     assert Shard().owns_path("anything")
+
+
+def test_the_shard_of_each_input_path_is_fixed() -> None:
+    """Shards of one job may run on machines with different installs: if the owner of a path changed between
+    versions, some files would be denoised twice and others never."""
+    from animevae.shard import Shard
+
+    paths = ["a.png", "sub/b.png", "c.jpg", "d/e/f.webp", "\udcff.png"]  # the last: an undecodable file name
+    assert [[i for i in range(3) if Shard(i, 3).owns_path(p)] for p in paths] == [[2], [2], [1], [1], [1]]
+    assert [[i for i in range(2) if Shard(i, 2).owns_path(p)] for p in paths] == [[0], [1], [1], [0], [1]]
+    assert [i for i in range(7) if Shard(i, 7).owns_index(23)] == [2]  # generate: image i goes to shard i mod K
 
 
 def test_shards_together_write_exactly_one_runs_files(runner, trained_run, tmp_path: Path) -> None:
@@ -386,3 +401,73 @@ def test_interpolating_seeds_starts_at_generates_first_image(runner, trained_run
     for seed, latent in ((4, start), (9, end)):
         noise = np.random.default_rng([seed, 0]).standard_normal(8, dtype=np.float32)[None]
         np.testing.assert_array_equal(latent, onnx_models["prior"].run(noise)[0][0])
+
+
+def test_sampler_latents_of_known_noise(onnx_models) -> None:
+    """Image i's latent is the prior (or the mixture) applied to the (seed, i) noise times the temperature, for
+    any order of indices: what makes a shard or a resumed run draw the same faces."""
+    from animevae.sampling import LatentSampler
+
+    decoder, prior = onnx_models["decoder"], onnx_models["prior"]
+    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
+    diffusion = LatentSampler(decoder, prior, temperature=0.5)
+    assert diffusion.kind == "diffusion prior"
+    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
+    mixture = LatentSampler(decoder, None, temperature=0.7)
+    assert mixture.kind == "Gaussian mixture"
+    fitted = LatentPrior.from_metadata(decoder.metadata)
+    np.testing.assert_array_equal(mixture(3, [5, 0]), np.stack([fitted.latent(3, i, 0.7) for i in (5, 0)]))
+    np.testing.assert_array_equal(LatentSampler(decoder)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
+
+
+def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, mixture_export: Path) -> None:
+    from animevae.runtime import open_model
+    from animevae.sampling import open_sampler, prior_path_for
+
+    with_prior = open_sampler(onnx_models["decoder"], temperature=0.5)
+    assert with_prior.prior is not None and with_prior.prior.path == onnx_models["prior"].path
+    assert with_prior.prior.device == "cpu" and with_prior.temperature == 0.5  # the decoder's device, not auto
+    threads = open_sampler(onnx_models["decoder"], threads=3).prior.session.get_session_options().intra_op_num_threads
+    assert threads == 3  # the --threads the user gave, for the prior's session too
+    decoder = open_model(mixture_export / "decoder.onnx", "decoder", device="cpu")
+    assert prior_path_for(decoder.path) is None and open_sampler(decoder).prior is None
+
+
+def test_temperature_bounds() -> None:
+    from animevae.errors import ArgumentError
+    from animevae.sampling import check_temperature
+
+    for fine in (2.0, 1.0, 1e-3):
+        check_temperature(fine)
+    for bad in (0.0, -0.5, 2.001, float("nan")):
+        with pytest.raises(ArgumentError, match="--temperature"):
+            check_temperature(bad)
+
+
+def test_mixture_moments_and_metadata_round_trip() -> None:
+    """The whole mixture's mean and covariance (what traverse walks along), worked out by hand for two
+    components; and the metadata text gives back the very arrays."""
+    prior = LatentPrior(np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32),
+                        np.array([[[1, 0], [0.5, 2]], [[2, 0], [0, 1]]], np.float32))
+    np.testing.assert_allclose(prior.mean, [3.0, -0.5])
+    # within: .25 [[1, .5], [.5, 4.25]] + .75 [[4, 0], [0, 1]]; between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
+    np.testing.assert_allclose(prior.covariance, [[6.25, -1.375], [-1.375, 2.5625]], rtol=1e-6)
+    np.testing.assert_allclose(prior.scale_tril @ prior.scale_tril.T, prior.covariance, rtol=1e-5)
+    assert prior.scale_tril[0, 1] == 0  # lower-triangular
+    restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
+    for name in ("weights", "means", "scale_trils"):
+        assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
+
+
+def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
+    """pack_array writes float32 whatever it is given (the reader assumes it); fitted float32 weights can sum
+    to a hair under 1, and a uniform draw above their sum must still pick the last component, not crash."""
+    from animevae.prior import pack_array, unpack_array
+
+    assert np.array_equal(unpack_array(pack_array(np.array([0.25, -2.0])), (2,)), np.array([0.25, -2.0], np.float32))
+    means = np.array([[0.0], [10.0]], np.float32)
+    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1, 1), 1e-3, np.float32))
+    uniforms = [np.random.default_rng([0, i]).random() for i in range(100)]  # the component draw of each index
+    assert any(u >= 0.9 for u in uniforms)
+    for i, u in enumerate(uniforms):
+        assert abs(short.latent(0, i)[0] - (10.0 if u >= 0.5 else 0.0)) < 0.1

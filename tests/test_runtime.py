@@ -66,6 +66,8 @@ def test_check_ran_as_asked() -> None:
 def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread, asked for on a shared machine, is one thread
+    assert default_threads() == 1
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     for ignored in ("zero", "0", "-2", ""):
         monkeypatch.setenv("OMP_NUM_THREADS", ignored)
@@ -182,6 +184,62 @@ def _foreign_onnx(path: Path, input_name: str = "x", output_name: str = "y",
     return path
 
 
+def _outside(name: str) -> TensorProto:
+    """A tensor whose bytes onnxruntime would read from a file the model names."""
+    tensor = helper.make_tensor(name, TensorProto.FLOAT, [2], [0.0, 0.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../etc/passwd")
+    return tensor
+
+
+def _sparse(name: str) -> onnx.SparseTensorProto:
+    indices = helper.make_tensor(f"{name}_i", TensorProto.INT64, [2], [0, 1])
+    return helper.make_sparse_tensor(_outside(name), indices, [4])
+
+
+def _hide(where: str, graph: onnx.GraphProto, model: onnx.ModelProto) -> None:
+    """Put one external tensor in one of the places an ONNX file can hold tensors."""
+    inner = helper.make_graph([], "inner", [], [], initializer=[_outside("deep")])
+    hidden = {
+        "initializer": lambda: graph.initializer.append(_outside("w")),
+        "sparse initializer": lambda: graph.sparse_initializer.append(_sparse("s")),
+        "attribute": lambda: graph.node.append(helper.make_node("Constant", [], ["c"], value=_outside("c"))),
+        "attribute list": lambda: graph.node.append(helper.make_node("Custom", [], [], ts=[_outside("t")])),
+        "sparse attribute": lambda: graph.node.append(helper.make_node("Constant", [], ["c"], sparse_value=_sparse("c"))),
+        "sparse attribute list": lambda: graph.node.append(helper.make_node("Custom", [], [], ss=[_sparse("t")])),
+        "subgraph": lambda: graph.node.append(helper.make_node("Custom", [], [], g=inner)),
+        "subgraph list": lambda: graph.node.append(helper.make_node("Custom", [], [], gs=[inner])),
+        "function": lambda: model.functions.append(helper.make_function(
+            "custom", "f", [], ["c"], [helper.make_node("Constant", [], ["c"], value=_outside("c"))],
+            [helper.make_opsetid("", 18)])),
+    }
+    hidden[where]()
+
+
+@pytest.mark.parametrize("where", ["initializer", "sparse initializer", "attribute", "attribute list",
+                                   "sparse attribute", "sparse attribute list", "subgraph", "subgraph list", "function"])
+def test_external_data_is_found_wherever_a_tensor_can_hide(tmp_path: Path, where: str) -> None:
+    """Protects "onnxruntime never reads a path a model names": refuse_external_data must look in every place
+    a tensor can live, not only the initializers of the main graph."""
+    from animevae.runtime import refuse_external_data
+
+    model = onnx.load(str(_foreign_onnx(tmp_path / "plain.onnx")))
+    refuse_external_data(tmp_path / "plain.onnx")  # nothing outside: accepted
+    _hide(where, model.graph, model)
+    onnx.save_model(model, str(tmp_path / "hostile.onnx"))
+    with pytest.raises(ModelError, match="external data") as caught:
+        refuse_external_data(tmp_path / "hostile.onnx")
+    assert caught.value.hint
+
+
+def test_input_types_follow_the_models_input() -> None:
+    from animevae.runtime import input_dtype
+
+    assert input_dtype("tensor(float16)") is np.float16  # a --half decoder
+    assert input_dtype("tensor(float)") is np.float32
+
+
 def test_foreign_onnx_is_refused(tmp_path: Path) -> None:
     path = _foreign_onnx(tmp_path / "foreign.onnx")
     with pytest.raises(ModelError, match=r"is not an animevae decoder \(inputs \['x'\], outputs \['y'\]\)") as caught:
@@ -245,12 +303,9 @@ def test_onnx_of_a_newer_format_is_refused(trained_run, tmp_path: Path) -> None:
             prop.value = str(FORMAT_VERSION + 1)
     path = tmp_path / "decoder.onnx"
     onnx.save_model(proto, str(path))
-    refused = False
-    try:
+    with pytest.raises(ModelError, match="newer animevae") as caught:
         open_model(path, "decoder", device="cpu")
-    except ModelError:
-        refused = True
-    assert refused
+    assert "upgrade" in caught.value.hint
 
 
 # --- through the CLI ----------------------------------------------------------------------------
@@ -320,3 +375,42 @@ def test_auto_without_a_driver_says_why_it_runs_on_the_cpu(trained_run, monkeypa
     model = runtime.open_model(trained_run.export_dir / "decoder.onnx", "decoder", device="auto")
     assert model.provider == "CPUExecutionProvider"
     assert "no NVIDIA driver" in model.fallback_note
+
+
+def _decoder_metadata(**changes: str) -> dict[str, str]:
+    from animevae.prior import LatentPrior
+
+    return {"animevae.image_size": "16", "animevae.latent_dim": "2", **LatentPrior.standard(2).to_metadata(),
+            **changes}
+
+
+def _packed(values: list[float]) -> str:
+    from animevae.prior import pack_array
+
+    return pack_array(np.array(values, np.float32))
+
+
+@pytest.mark.parametrize("role, metadata, refused", [
+    ("decoder", _decoder_metadata(), None),
+    ("decoder", _decoder_metadata(**{"animevae.image_size": "1"}), None),  # the smallest size that parses
+    ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "8"}, None),
+    ("denoiser", {}, None),  # sizes are for the encoder and decoder only
+    ("encoder", {"animevae.image_size": "0", "animevae.latent_dim": "8"}, "image_size"),
+    ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "x"}, "latent_dim"),
+    ("decoder", {"animevae.image_size": "16"}, "latent_dim"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_weights": _packed([-1.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_weights": _packed([0.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_means": _packed([np.nan, 0.0])}), "invalid numbers"),
+    ("decoder", _decoder_metadata(**{"animevae.prior_means": _packed([0.0])}), "malformed latent prior"),
+])
+def test_metadata_numbers_are_checked_when_the_model_opens(role: str, metadata: dict[str, str],
+                                                           refused: str | None) -> None:
+    """Every number a command reads from a model's metadata is checked once, at open, with one clear error."""
+    from animevae.runtime import _check_metadata
+
+    if refused is None:
+        _check_metadata(Path("m.onnx"), role, metadata)
+        return
+    with pytest.raises(ModelError, match=refused) as caught:
+        _check_metadata(Path("m.onnx"), role, metadata)
+    assert caught.value.hint

@@ -557,3 +557,132 @@ def test_odd_thread_counts_fall_back_to_the_cores(monkeypatch) -> None:
 
     monkeypatch.setenv("OMP_NUM_THREADS", "\u00b2")
     assert default_threads() >= 1
+
+
+# --- outputs.py: failure lists, single files and the folder guard, at the API -----------------------
+
+
+class _CountingReporter:
+    """A Reporter that remembers how far the bar went."""
+
+    def __init__(self) -> None:
+        self.advanced = 0
+
+    def start(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, steps: int = 1, **fields: object) -> None:
+        self.advanced += steps
+
+    def stop(self) -> None: ...
+
+
+def test_write_tally_counts_only_written_files_and_lists_failures_by_relative_path(tmp_path: Path) -> None:
+    from animevae.data import Skipped
+    from animevae.outputs import WriteTally
+
+    skipped: list[Skipped] = [Skipped("earlier.png", "unreadable")]
+    reporter = _CountingReporter()
+    tally = WriteTally(tmp_path, skipped, reporter)
+    tally(4, [(tmp_path / "sub" / "a.png", "No space left on device")])
+    tally(2, [])
+    assert tally.written == 5  # 6 handled, 1 failed: the summary must not count a missing file as written
+    assert skipped == [Skipped("earlier.png", "unreadable"), Skipped("sub/a.png", "No space left on device")]
+    assert reporter.advanced == 6  # failed files still move the bar, or it never reaches the end
+
+
+def test_write_output_file_creates_missing_folders_and_turns_os_errors_into_output_errors(tmp_path: Path) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import write_output_file
+
+    deep = tmp_path / "a" / "b" / "grid.png"
+    write_output_file(deep, b"png", overwrite=False)
+    assert deep.read_bytes() == b"png"
+    (tmp_path / "plain").write_bytes(b"a file, not a folder")
+    with pytest.raises(OutputError, match="cannot write") as caught:
+        write_output_file(tmp_path / "plain" / "grid.png", b"png", overwrite=False)
+    assert str(tmp_path / "plain" / "grid.png") in str(caught.value) and caught.value.hint
+
+
+def test_skipped_list_names_of_shards() -> None:
+    from animevae.outputs import SKIPPED_NAME, skipped_name
+
+    assert skipped_name() == skipped_name(0, 1) == SKIPPED_NAME
+    assert skipped_name(1, 3) == "skipped.shard-1-of-3.json"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '[{"name": "mine"}]', "a folder"])
+def test_a_skipped_json_of_another_shape_is_refused_and_kept(tmp_path: Path, content: str) -> None:
+    """Only a list of {path, reason} objects is ours: anything else of that name belongs to the user."""
+    from animevae.errors import OutputError
+    from animevae.outputs import prepare_output, write_skipped
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = out / "skipped.json"
+    if content == "a folder":
+        users.mkdir()
+    else:
+        users.write_text(content)
+    with pytest.raises(OutputError, match="skipped.json"):
+        prepare_output(out, {"task": "denoise"}, overwrite=False)
+    write_skipped(out, [])
+    assert users.is_dir() if content == "a folder" else users.read_text() == content
+
+
+def test_file_digest_is_the_sha256_of_the_whole_file(tmp_path: Path) -> None:
+    """The digest is what tells one model's output folder from another's: it must cover every byte."""
+    import hashlib
+
+    from animevae.outputs import file_digest
+
+    data = bytes(range(256)) * 6144  # 1.5 MiB: more than one read block
+    (tmp_path / "model.onnx").write_bytes(data)
+    (tmp_path / "other.onnx").write_bytes(data[:-1] + b"x")
+    assert file_digest(tmp_path / "model.onnx") == hashlib.sha256(data).hexdigest()
+    assert file_digest(tmp_path / "other.onnx") != file_digest(tmp_path / "model.onnx")
+
+
+def test_prepare_output_creates_a_nested_out_and_refuses_one_it_cannot_write(tmp_path: Path, monkeypatch) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import MANIFEST_NAME, prepare_output
+
+    nested = tmp_path / "new" / "deeper" / "out"
+    prepare_output(nested, {"seed": 1}, overwrite=False)
+    assert json.loads((nested / MANIFEST_NAME).read_text()) == {"seed": 1}
+    # Root passes every permission check, so the folder's permissions are simulated: no write, or no entry.
+    for missing in (os.W_OK, os.X_OK):
+        monkeypatch.setattr(os, "access", lambda path, mode, missing=missing: not mode & missing)
+        with pytest.raises(OutputError, match="not writable") as caught:
+            prepare_output(tmp_path / f"locked{missing}", {"seed": 1}, overwrite=False)
+        assert caught.value.hint
+
+
+def test_a_damaged_manifest_is_not_taken_for_a_fresh_folder(tmp_path: Path) -> None:
+    """A manifest that cannot be read still says animevae wrote here: refused, and --overwrite clears the old
+    outputs, so they are never mixed with the new job's."""
+    from animevae.errors import OutputError
+    from animevae.outputs import MANIFEST_NAME, prepare_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text('{"seed": 1, "mod')  # cut short
+    (out / "000000.png").write_bytes(b"an old job's image")
+    with pytest.raises(OutputError, match="another model or settings"):
+        prepare_output(out, {"seed": 2}, overwrite=False)
+    prepare_output(out, {"seed": 2}, overwrite=True, old_outputs=lambda folder: folder.glob("*.png"))
+    assert not (out / "000000.png").exists()
+    assert json.loads((out / MANIFEST_NAME).read_text()) == {"seed": 2}
+
+
+def test_overwrite_for_another_job_removes_its_failure_lists_but_not_the_users(tmp_path: Path) -> None:
+    """An old job's skipped.json would list failures the new job never had."""
+    from animevae.outputs import MANIFEST_NAME, prepare_output, write_skipped
+    from animevae.data import Skipped
+
+    out = tmp_path / "out"
+    prepare_output(out, {"seed": 1}, overwrite=False)
+    write_skipped(out, [Skipped("a.png", "truncated")])
+    write_skipped(out, [Skipped("b.png", "truncated")], "skipped.shard-1-of-2.json")
+    (out / "skipped-notes.json").write_text('{"mine": true}')
+    prepare_output(out, {"seed": 2}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "skipped-notes.json"]
