@@ -91,7 +91,7 @@ class WorkerPlan:
 class JobSink:
     """Where a command's per-batch work puts its results: images to write, inputs to skip."""
 
-    def __init__(self, writer: PngWriter, tally: "_Tally") -> None:
+    def __init__(self, writer: PngWriter, tally: "WriteTally") -> None:
         self.writer, self.tally = writer, tally
 
     def write(self, paths: list[Path], images: list[np.ndarray]) -> None:
@@ -104,7 +104,7 @@ class JobSink:
         self.tally.reporter.advance(outputs)
 
 
-class _Tally:
+class WriteTally:
     """Counts what the writers finished and records each failed file, relative to out_dir."""
 
     def __init__(self, out_dir: Path, skipped: list[Skipped], reporter: Reporter) -> None:
@@ -144,7 +144,7 @@ def run_bulk(job: BulkJob[T], compute: Callable[[list[Pending[T]], JobSink], Non
             todo.append(task)
     remove_stale_temps(*folders)
     skipped = list(job.skipped)
-    tally = _Tally(job.out_dir, skipped, reporter)
+    tally = WriteTally(job.out_dir, skipped, reporter)
     chunks = (_pending(job, todo, partly_done, begin, batch_size) for begin in range(0, len(todo), batch_size))
     started = time.perf_counter()
     reporter.start(f"{job.description} into {job.out_dir}", missing_outputs)
@@ -181,7 +181,7 @@ def _pending(job: BulkJob[T], todo: list[T], partly_done: dict[int, list[int]], 
     return chunk
 
 
-def _run_in_workers(chunks: Iterable[list[Pending[T]]], plan: WorkerPlan, tally: _Tally,
+def _run_in_workers(chunks: Iterable[list[Pending[T]]], plan: WorkerPlan, tally: WriteTally,
                     stop_on_failure: bool) -> None:
     with worker_pool(plan.processes, plan.initializer, plan.initargs) as pool:
         queue = BoundedQueue(pool, 2 * plan.processes, tally)

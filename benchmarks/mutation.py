@@ -58,16 +58,19 @@ KILLED = {"killed", "timeout", "segfault"}
 
 
 def run_module(module: str, max_children: int, show: bool, tests_dir: Path) -> Counter[str]:
-    """Run mutmut on animevae/MODULE.py in a private copy of the project; return the count of each status."""
+    """Run mutmut on animevae/[training/]MODULE.py in a private copy of the project; return the count of each status."""
     with tempfile.TemporaryDirectory(prefix=f"mutation-{module}-") as tmp:
         work = Path(tmp)
         shutil.copytree(REPO / "animevae", work / "animevae", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(tests_dir, work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         tests = [t for t in MODULE_TESTS[module] if (work / t.partition("::")[0]).is_file()]
+        # The torch side's modules live in animevae/training/.
+        source = next(f"{folder}/{module}.py" for folder in ("animevae", "animevae/training")
+                      if (work / folder / f"{module}.py").is_file())
         (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
 source_paths = ["animevae"]
-only_mutate = ["animevae/{module}.py"]
+only_mutate = ["{source}"]
 pytest_add_cli_args_test_selection = {json.dumps(tests)}
 # Wall-clock limit per mutant: multiplier x (its tests' call time + constant), CPU twice that. mutmut's 15 x (t + 1) lets
 # a mutant that loops forever hold the shared machine for 20 minutes; the constant covers what the call time

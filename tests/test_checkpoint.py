@@ -78,7 +78,7 @@ def test_round_trip_restores_weights_optimisers_and_progress(saved, tiny_model_c
 
 
 def test_read_config_reads_only_the_header(saved, monkeypatch: pytest.MonkeyPatch) -> None:
-    import animevae.checkpoint as checkpoint_module
+    import animevae.training.checkpoint as checkpoint_module
 
     path, run_config, *_ = saved
 

@@ -578,7 +578,7 @@ class _CountingReporter:
 
 def test_write_tally_counts_only_written_files_and_lists_failures_by_relative_path(tmp_path: Path) -> None:
     from animevae.data import Skipped
-    from animevae.outputs import WriteTally
+    from animevae.bulk import WriteTally
 
     skipped: list[Skipped] = [Skipped("earlier.png", "unreadable")]
     reporter = _CountingReporter()
