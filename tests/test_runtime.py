@@ -414,3 +414,31 @@ def test_metadata_numbers_are_checked_when_the_model_opens(role: str, metadata: 
     with pytest.raises(ModelError, match=refused) as caught:
         _check_metadata(Path("m.onnx"), role, metadata)
     assert caught.value.hint
+
+
+@pytest.mark.parametrize("marked_by", ["data_location only", "external_data only"])
+def test_a_tensor_marked_external_by_either_field_is_refused(tmp_path: Path, marked_by: str) -> None:
+    """Either field alone makes onnxruntime look outside the file, so either alone must be refused."""
+    from animevae.runtime import refuse_external_data
+
+    model = onnx.load(str(_foreign_onnx(tmp_path / "plain.onnx")))
+    tensor = _outside("w")
+    if marked_by == "data_location only":
+        tensor.ClearField("external_data")
+    else:
+        tensor.data_location = TensorProto.DEFAULT
+    model.graph.initializer.append(tensor)
+    onnx.save_model(model, str(tmp_path / "hostile.onnx"))
+    with pytest.raises(ModelError, match="external data"):
+        refuse_external_data(tmp_path / "hostile.onnx")
+
+
+def test_every_external_tensor_of_a_node_is_named(tmp_path: Path) -> None:
+    """Two attributes of one node, each holding an external tensor: both are found (none forgotten)."""
+    from animevae.runtime import refuse_external_data
+
+    model = onnx.load(str(_foreign_onnx(tmp_path / "plain.onnx")))
+    model.graph.node.append(helper.make_node("Custom", [], [], a=_outside("first"), b=_outside("second")))
+    onnx.save_model(model, str(tmp_path / "hostile.onnx"))
+    with pytest.raises(ModelError, match=r"\(Custom\.a, Custom\.b\)"):
+        refuse_external_data(tmp_path / "hostile.onnx")
