@@ -115,6 +115,9 @@ def test_ssim_matches_the_definition() -> None:
     # Flat images a and b: no variance, SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1) alone.
     flat = ssim(torch.full((1, 3, 11, 11), 0.6), torch.full((1, 3, 11, 11), 0.2)).item()
     assert flat == pytest.approx((2 * 0.6 * 0.2 + 1e-4) / (0.36 + 0.04 + 1e-4), abs=1e-4)  # float32 variances
+    # Dark against black: the luminance term is C1 / (b^2 + C1), so C1 = 0.01^2 itself is pinned.
+    dark = ssim(torch.zeros(1, 3, 11, 11), torch.full((1, 3, 11, 11), 0.1)).item()
+    assert dark == pytest.approx(1e-4 / (0.01 + 1e-4), rel=1e-3)
 
 
 def _rms(a: np.ndarray, b: np.ndarray) -> float:
