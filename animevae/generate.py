@@ -5,7 +5,6 @@ class c is OUT/<name of c>/<i>.png, from (seed, c, i), and OUT/metadata.jsonl la
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from animevae.bulk import BulkJob, JobSink, Pending, WorkerPlan, run_bulk
 from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, to_uint8
 from animevae.labels import ClassInfo
-from animevae.outputs import MANIFEST_NAME, JobResult, file_digest, write_output_file
+from animevae.outputs import MANIFEST_NAME, JobResult, file_digest, is_numbered_png, numbered_png, write_output_file
 from animevae.per_class import (METADATA_NAME, ClassRequest, class_counts, class_image_path, generated_class_images,
                                 write_metadata)
 from animevae.progress import Reporter
@@ -42,14 +41,13 @@ class GenerateResult(JobResult):
 
 
 def image_name(index: int, count: int) -> str:
-    """000000.png, ...: six digits, more only from index 1,000,000 on. Never wider for a larger `count`, so a
-    rerun with another count finds the files it wrote."""
-    return f"{index:06d}.png"
+    """The file name of image `index` (outputs.numbered_png): never wider for a larger `count`."""
+    return numbered_png(index)
 
 
 def generated_images(out_dir: Path) -> list[Path]:
     """The images a generate run wrote into `out_dir` (by their names)."""
-    return [path for path in out_dir.glob("*.png") if re.fullmatch(r"[0-9]{6,}\.png", path.name)]
+    return [path for path in out_dir.glob("*.png") if is_numbered_png(path.name)]
 
 
 def generate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,17 @@ class JobResult:
     def images_per_s(self) -> float:
         """Images written per second of wall time."""
         return self.written / max(self.seconds, 1e-9)
+
+
+def numbered_png(index: int) -> str:
+    """000000.png, ...: six digits, more only from index 1,000,000 on; the name of generated image `index`
+    (in a flat folder or a class folder). Never wider for a larger count, so a rerun finds the files it wrote."""
+    return f"{index:06d}.png"
+
+
+def is_numbered_png(name: str) -> bool:
+    """Whether a file name is one numbered_png gives (how generate recognises its own images)."""
+    return re.fullmatch(r"[0-9]{6,}\.png", name) is not None
 
 
 def file_digest(path: Path) -> str:

@@ -8,13 +8,13 @@ numbering starts at 0 in every class and a rerun with larger counts keeps every 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from animevae.errors import ArgumentError
 from animevae.fileio import is_complete_png, write_bytes_atomic
 from animevae.labels import ClassInfo
+from animevae.outputs import is_numbered_png, numbered_png
 
 METADATA_NAME = "metadata.jsonl"
 
@@ -57,20 +57,15 @@ def class_counts(classes: ClassInfo | None, request: ClassRequest) -> dict[int, 
     return {c: int(wanted) for c in chosen}
 
 
-def class_image_name(index: int) -> str:
-    """000000.png, ...: as unlabelled generation names them, counted within each class."""
-    return f"{index:06d}.png"
-
-
 def class_image_path(out_dir: Path, label: str, index: int) -> Path:
     """OUT/<label>/<index>.png."""
-    return out_dir / label / class_image_name(index)
+    return out_dir / label / numbered_png(index)
 
 
 def generated_class_images(out_dir: Path, classes: ClassInfo) -> list[Path]:
     """The images a by-class generate run wrote into `out_dir` (by their names, in the model's class folders)."""
     return [path for label in classes.names for path in sorted((out_dir / label).glob("*.png"))
-            if re.fullmatch(r"[0-9]{6,}\.png", path.name)]
+            if is_numbered_png(path.name)]
 
 
 def write_metadata(out_dir: Path, classes: ClassInfo, seed: int, model_sha256: str) -> int:
