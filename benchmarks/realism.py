@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--device", default="cpu", help="where the classifier trains: cpu or cuda")
     args = parser.parse_args()
     choice = choose_model(args.runs_dir, None, args.model)
     encoder = open_model(choice.path("encoder"), "encoder", "cpu")
@@ -54,11 +55,13 @@ def main() -> None:
     sampler = open_sampler(decoder, args.temperature)
     started = time.perf_counter()
     fakes = _decode(decoder, sampler(1, list(range(args.per_class + len(real_test)))))
-    sample = realism_score(real_train, fakes[: args.per_class], real_test, fakes[args.per_class :])
+    sample = realism_score(real_train, fakes[: args.per_class], real_test, fakes[args.per_class :],
+                           device=args.device)
     mu_train = np.concatenate([encoder.run(real_train[b : b + 256].numpy())[0] for b in range(0, len(real_train), 256)])
     mu_test = encoder.run(real_test.numpy())[0]
-    recon = realism_score(real_train, _decode(decoder, mu_train), real_test, _decode(decoder, mu_test))
-    print(json.dumps({"model": choice.origin, "latents": sampler.kind, "temperature": args.temperature,
+    recon = realism_score(real_train, _decode(decoder, mu_train), real_test, _decode(decoder, mu_test),
+                          device=args.device)
+    print(json.dumps({"model": choice.origin, "latents": sampler.kind, "classifier_device": args.device, "temperature": args.temperature,
                       "samples": sample.__dict__, "reconstructions": recon.__dict__,
                       "seconds": round(time.perf_counter() - started, 1)}, indent=2))
 

@@ -108,10 +108,11 @@ class DDIMSampler(nn.Module):
         super().__init__()
         self.model = model
         times = torch.linspace(1.0, 0.0, steps + 1)
+        device = model.latent_mean.device  # the biases live where the model does (a GPU during training)
         with torch.no_grad():
-            biases = [torch.stack(b) for b in zip(*(model.time_biases(t.view(1)) for t in times[:-1]))]
+            biases = [torch.stack(b) for b in zip(*(model.time_biases(t.view(1).to(device)) for t in times[:-1]))]
         # (blocks, steps, 1, W): indexed by constants in forward, so the exported graph holds plain tensors.
-        self.register_buffer("biases", torch.stack(biases) if biases else torch.zeros(0, steps, 1, 1))
+        self.register_buffer("biases", torch.stack(biases) if biases else torch.zeros(0, steps, 1, 1, device=device))
         alphas, sigmas = alpha_sigma(times)
         self.schedule = [(float(alphas[k]), float(sigmas[k]), float(alphas[k + 1]), float(sigmas[k + 1]))
                          for k in range(steps)]

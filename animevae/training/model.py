@@ -67,8 +67,10 @@ class DiagonalGaussian:
         self.mu, self.logvar = mu, logvar
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised draw: mu + sigma * eps, (B, latent)."""
-        eps = torch.randn(self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype)
+        """Reparameterised draw: mu + sigma * eps, (B, latent). eps is drawn on the generator's device (a CPU
+        generator serves a GPU batch: the same draws everywhere)."""
+        where = generator.device if generator is not None else self.mu.device
+        eps = torch.randn(self.mu.shape, generator=generator, device=where).to(self.mu.device, self.mu.dtype)
         return self.mu + torch.exp(0.5 * self.logvar) * eps
 
     def mode(self) -> torch.Tensor:
@@ -110,7 +112,10 @@ class VAE(nn.Module):
         each covariance widened by the mean posterior variance (moment matching the aggregate posterior).
 
         With (N,) class `labels`, one mixture per class on that class's posteriors, weighted by the class's share,
-        so that the whole mixture still follows the data. A class with no image here gets the whole set's."""
+        so that the whole mixture still follows the data. A class with no image here gets the whole set's.
+        The fit runs on the CPU in float64 wherever the posteriors are (its seeded draws come from a CPU generator)."""
+        mu, logvar = mu.cpu(), logvar.cpu()
+        labels = labels.cpu() if labels is not None else None
         k = self.config.prior_components
         classes = max(1, len(self.config.classes))
         for c in range(classes):

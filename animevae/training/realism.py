@@ -72,25 +72,26 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test: torch.Tensor,
                   fake_test: torch.Tensor, max_epochs: int = 30, patience: int = 5, seed: int = 0,
-                  batch_size: int = 64, min_steps: int = 300) -> RealismScore:
+                  batch_size: int = 64, min_steps: int = 300, device: torch.device | str = "cpu") -> RealismScore:
     """Train `classifier_net` on (real_train vs fake_train), keeping the weights of the epoch with the lowest
     loss on a tenth it holds out, until `patience` epochs bring no better one; score on the test images.
     The learning rate halves after every two epochs without a better one, so it settles instead of
     wandering. Small sets get more epochs: at least `min_steps` optimiser steps, and patience to match.
 
     All inputs are (N, 3, S, S) float in [0, 1]; the classes are balanced to the smaller side of each split.
-    It trains in fp32: under bf16 autocast it missed plain speckle that fp32 finds at once."""
+    It trains in fp32: under bf16 autocast it missed plain speckle that fp32 finds at once. `device` is where it
+    trains (a GPU scores a model in seconds); the shuffles and flips come from a CPU generator either way."""
     torch.manual_seed(seed)
     per_class = min(len(real_train), len(fake_train))
-    images = torch.cat([real_train[:per_class], fake_train[:per_class]])
-    labels = torch.cat([torch.ones(per_class), torch.zeros(per_class)])
-    net = classifier_net()
+    images = torch.cat([real_train[:per_class], fake_train[:per_class]]).to(device)
+    labels = torch.cat([torch.ones(per_class), torch.zeros(per_class)]).to(device)
+    net = classifier_net().to(device)
     epoch = fit_converged(net, images, labels, F.binary_cross_entropy_with_logits, max_epochs, patience, seed,
                           batch_size, min_steps)
     test_count = min(len(real_test), len(fake_test))
-    test_images = torch.cat([real_test[:test_count], fake_test[:test_count]])
+    test_images = torch.cat([real_test[:test_count], fake_test[:test_count]]).to(device)
     test_labels = torch.cat([torch.ones(test_count), torch.zeros(test_count)])
-    scores = logits(net, test_images)
+    scores = logits(net, test_images).cpu()
     accuracy = ((scores > 0).float() == test_labels).float().mean().item()
     return RealismScore(round(accuracy, 4), round(roc_auc(scores, test_labels), 4), epoch, per_class, test_count)
 
@@ -140,7 +141,7 @@ def _train_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch
         batch = shuffled[begin : begin + batch_size]
         if len(batch) < 2:  # BatchNorm needs two
             continue
-        flip = torch.rand(len(batch), generator=generator) < 0.5
+        flip = (torch.rand(len(batch), generator=generator) < 0.5).to(images.device)
         x = torch.where(flip.view(-1, 1, 1, 1), images[batch].flip(3), images[batch])
         if augment is not None:
             x = augment(x, generator)
