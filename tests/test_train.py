@@ -497,3 +497,18 @@ def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_pat
     assert load_run_sampler(result.run_dir) is None
     export_run(result.run_dir)
     assert not (result.run_dir / "export" / "prior.onnx").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on one: CI has none)")
+def test_one_epoch_on_cuda_with_every_piece(image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig) -> None:
+    """Each CUDA-only failure seen so far mixed a CPU generator or tensor into GPU work (posterior draws, the
+    mixture fit, the DDIM sampler's time biases): one epoch with the adversarial loss and the diffusion prior,
+    in bf16, then an export checked against PyTorch, goes through all of them."""
+    from animevae.training.export import export_run
+
+    config = TrainConfig(epochs=1, batch_size=16, seed=0, precision="bf16", adversarial_weight=0.5,
+                         adversarial_start=0.0, prior_steps=20)
+    result = train(image_dir, replace(tiny_model_config, prior="diffusion"), config, tmp_path / "runs", device="cuda")
+    assert result.device.startswith("cuda") and result.precision == "bf16"
+    assert {"d_loss", "prior_loss"} <= set(read_jsonl(result.run_dir / "metrics.jsonl")[-1])
+    assert set(export_run(result.run_dir).max_abs_diff) >= {"encoder", "decoder", "denoiser", "prior"}
