@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduces the built-in model in animevae/builtin/: 30 minutes of `animevae train` on the 6,000 CC0 faces of
+# Reproduces the built-in model in animevae/builtin/: 60 minutes of `animevae train` on the 6,000 CC0 faces of
 # faces-dev (500 held out by content hash), then `animevae export --onnx`, then copies the ONNX files in.
 # Usage: examples/train_builtin.sh [path/to/faces-dev.tar] [WORK_FOLDER] [MINUTES]   (run from the repository
 # root, venv active). With WORK_FOLDER the run is kept there (runs/builtin), for
-# `animevae evaluate faces-dev --run builtin`. MINUTES (default 30) is the training budget on this machine.
+# `animevae evaluate faces-dev --run builtin`. MINUTES (default 60) is the training budget on this machine.
 set -euo pipefail
 repo=$(pwd)
 tar_path=$(realpath "${1:-../shared/data/faces-dev.tar}")
@@ -15,7 +15,7 @@ fi
 tar -xf "$tar_path" -C "$work"
 cd "$work"
 # The relative folder name is what the model's metadata records as its training data.
-animevae train faces-dev --max-minutes "${3:-30}" --name builtin --seed 0 --quiet
+animevae train faces-dev --max-minutes "${3:-60}" --name builtin --seed 0 --quiet
 animevae export --onnx --run builtin
 tail -n 1 runs/builtin/metrics.jsonl
 cp runs/builtin/export/encoder.onnx runs/builtin/export/decoder.onnx runs/builtin/export/denoiser.onnx \
