@@ -37,6 +37,22 @@ def _no_debug_tracebacks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def fsynced_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths animevae.fileio fsyncs during the test, in order (each fsync still runs)."""
+    import animevae.fileio as fileio
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", recording_fsync)
+    return synced
+
+
+@pytest.fixture
 def runner() -> CliRunner:
     """A Typer CliRunner (stdout and stderr both in result.output)."""
     return CliRunner()

@@ -90,25 +90,13 @@ def test_read_config_reads_only_the_header(saved, monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_checkpoint_creates_its_folders_and_reaches_the_disk(tmp_path: Path, tiny_model_config: ModelConfig,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              fsynced_paths: list[str]) -> None:
     """fsync before the rename: after a power cut the checkpoint is the old one or the new one, never empty."""
-    import os
-
-    import animevae.fileio as fileio
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(fileio.os, "fsync", recording_fsync)
     run_config, modules, optimizers = _trained_state(tiny_model_config)
     path = tmp_path / "runs" / "new" / "last.safetensors"
     save_checkpoint(path, run_config, modules, optimizers, Progress(step=3), torch.Generator().get_state())
     assert load_checkpoint(path).progress.step == 3
-    assert any(Path(p).name.startswith(".last.safetensors") for p in synced)
+    assert any(Path(p).name.startswith(".last.safetensors") for p in fsynced_paths)
 
 
 def test_checkpoint_is_a_plain_safetensors_file(saved) -> None:

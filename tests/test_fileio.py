@@ -253,22 +253,12 @@ def test_pngs_are_written_at_compression_level_1(tmp_path: Path) -> None:
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes() == pillow(1)
 
 
-def test_json_and_fsync_requests_reach_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_and_fsync_requests_reach_the_disk(tmp_path: Path, fsynced_paths: list[str]) -> None:
     """Protects durability of manifests and checkpoints: write_json_atomic (and write_bytes_atomic when asked)
     fsync the temp file before the rename; plain image writes do not pay for it. JSON is pretty and sorted."""
-    import animevae.fileio as fileio
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(fileio.os, "fsync", recording_fsync)
     write_json_atomic(tmp_path / "j.json", {"b": 1, "a": [1, 2]})
     write_bytes_atomic(tmp_path / "synced.bin", b"x", fsync=True)
     write_bytes_atomic(tmp_path / "plain.bin", b"x")
     save_png_atomic(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8))
-    assert [Path(p).name.split(".animevae-tmp-")[0] for p in synced] == [".j.json", ".synced.bin"]
+    assert [Path(p).name.split(".animevae-tmp-")[0] for p in fsynced_paths] == [".j.json", ".synced.bin"]
     assert (tmp_path / "j.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
