@@ -50,7 +50,6 @@ def main() -> None:
     parser.add_argument("--samples-only", action="store_true", help="skip the reconstructions (half the time)")
     args = parser.parse_args()
     choice = choose_model(args.runs_dir, None, args.model)
-    encoder = open_model(choice.path("encoder"), "encoder", "cpu")
     decoder = open_model(choice.path("decoder"), "decoder", "cpu")
     size = int(decoder.metadata["animevae.image_size"])
     loaded = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
@@ -71,6 +70,7 @@ def main() -> None:
                            device=args.device)
     recon = None
     if not args.samples_only:
+        encoder = open_model(choice.path("encoder"), "encoder", "cpu")
         mu_train = np.concatenate([encoder.run(real_train[b : b + 256].numpy())[0] for b in range(0, len(real_train), 256)])
         mu_test = encoder.run(real_test.numpy())[0]
         recon = realism_score(real_train, _decode(decoder, mu_train), real_test, _decode(decoder, mu_test),
