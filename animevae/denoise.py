@@ -14,6 +14,7 @@ from animevae.outputs import JobResult, file_digest
 from animevae.progress import Reporter
 from animevae.runtime import OnnxModel
 from animevae.shard import Shard
+from animevae.shrinkage import gate_large_image, gate_residual
 from animevae.tiling import Tiling, run_tiled
 
 MULTIPLE = 4  # the denoiser halves twice inside: pad H and W up to a multiple of 4
@@ -25,8 +26,10 @@ def default_out_dir(in_dir: Path) -> Path:
 
 
 def denoise_array(denoiser: OnnxModel, images: np.ndarray) -> np.ndarray:
-    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 in one model call (untiled)."""
-    return to_uint8(run_padded(denoiser, to_unit_chw(images)))
+    """(B, H, W, 3) uint8 -> (B, H, W, 3) uint8 in one model call (untiled), each image through the model's
+    residual gate (shrinkage.py)."""
+    batch = to_unit_chw(images)  # (B, 3, H, W)
+    return to_uint8(gate_residual(batch, run_padded(denoiser, batch), denoiser.residual_knee))
 
 
 def run_padded(denoiser: OnnxModel, batch: np.ndarray) -> np.ndarray:
@@ -46,7 +49,8 @@ def denoise_image(denoiser: OnnxModel, rgb: np.ndarray, tiling: Tiling = Tiling(
     # Padded as a whole, as an untiled run pads it: the tiles at the bottom and right then see the same border.
     pad_h, pad_w = -height % MULTIPLE, -width % MULTIPLE
     padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge") if pad_h or pad_w else rgb
-    return np.ascontiguousarray(run_tiled(lambda tiles: denoiser.run(tiles)[0], padded, tiling)[:height, :width])
+    tiled = np.ascontiguousarray(run_tiled(lambda tiles: denoiser.run(tiles)[0], padded, tiling)[:height, :width])
+    return gate_large_image(rgb, tiled, denoiser.residual_knee)
 
 
 def compose_output(layers: ImageLayers, denoised: np.ndarray, strength: float = 1.0) -> np.ndarray:

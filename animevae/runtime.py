@@ -26,6 +26,8 @@ CONTRACT = {
     "denoiser": (("image",), ("denoised",)),
     "prior": (("noise",), ("z",)),
 }
+# A denoiser file's residual gate knee (shrinkage.py), written by `animevae export`.
+RESIDUAL_KNEE_KEY = "animevae.residual_knee"
 _CUDA_HINT = (
     "install only onnxruntime-gpu (`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`), "
     "check `nvidia-smi`, or use --device cpu"
@@ -123,6 +125,11 @@ class OnnxModel:
     def image_size(self) -> int:
         """Side of the square images an encoder reads and a decoder writes; checked when the file was opened."""
         return int(self.metadata["animevae.image_size"])
+
+    @property
+    def residual_knee(self) -> float:
+        """A denoiser's gate knee (shrinkage.py; 0-255 scale); 0, no gate, for files exported before it existed."""
+        return float(self.metadata.get(RESIDUAL_KNEE_KEY, "0"))
 
     @property
     def provider(self) -> str:

@@ -87,7 +87,7 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
 
     With `half`, also decoder.fp16.onnx, checked on CUDA against the fp32 decoder (refused without CUDA:
     onnxruntime's CPU provider would run it no faster, or not at all)."""
-    from animevae.runtime import CUDA, available_providers, nvidia_driver_present
+    from animevae.runtime import CUDA, RESIDUAL_KNEE_KEY, available_providers, nvidia_driver_present
 
     if half and not (CUDA in available_providers() and nvidia_driver_present()):
         raise ModelError("--half needs a CUDA GPU that onnxruntime can use; none here",
@@ -115,7 +115,8 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
     diffs = {}
     for role, (module, example, dims) in graphs.items():
         path = folder / f"{role}.onnx"
-        _export_one(module, example, dims, role, path, _metadata(config, role, vae))
+        gate = {RESIDUAL_KNEE_KEY: str(float(denoiser.knee))} if role == "denoiser" else {}
+        _export_one(module, example, dims, role, path, {**_metadata(config, role, vae), **gate})
         diffs[role] = _compare(module, example, path, role, device)
     if half:
         diffs["decoder_fp16"] = _export_half_decoder(vae, config, folder, latent, batch)

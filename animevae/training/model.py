@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from animevae.config import ModelConfig
+from animevae.shrinkage import gate_residual
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
@@ -203,6 +204,8 @@ class Denoiser(nn.Module):
         self.conv_out = nn.Conv2d(width, 12, 3, 1, 1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        # The residual gate's knee (shrinkage.py; 0-255 scale), calibrated on training faces at each epoch's end.
+        self.register_buffer("knee", torch.zeros(()))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = F.pixel_unshuffle(image * 2.0 - 1.0, 2)  # (B, 12, H/2, W/2)
@@ -211,6 +214,15 @@ class Denoiser(nn.Module):
         features = self.dec(self.up(deep) + skip)  # (B, w, H/2, W/2)
         residual = F.pixel_shuffle(self.conv_out(features), 2)  # (B, 3, H, W), on the [-1, 1] scale
         return (image + 0.5 * residual).clamp(0.0, 1.0)
+
+    def denoise(self, image: torch.Tensor) -> torch.Tensor:
+        """What `animevae denoise` gives: the model's output through the residual gate, (B, 3, H, W)."""
+        return gate_residual(image, self(image), float(self.knee))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # Checkpoints from before the gate have no knee: they load ungated, as they were exported.
+        state_dict.setdefault(f"{prefix}knee", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def add_noise(

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from animevae import FORMAT_VERSION, __version__
+from animevae.training.calibrate import CALIBRATION_FACES, calibrate_knee
 from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
@@ -285,6 +286,11 @@ class Trainer:
         self.ema.train()
         return torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float()
 
+    def calibrate_denoiser(self) -> None:
+        """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands."""
+        clean = self.train_pixels[:CALIBRATION_FACES].float().div_(255.0)
+        self.denoiser.knee.fill_(calibrate_knee(self.denoiser, clean))
+
     def fit_prior(self) -> None:
         """Fit the Gaussian mixture to the posteriors of the whole training split."""
         self.ema.fit_prior(*self.posteriors(), seed=self.config.train.seed, labels=self.train_labels)
@@ -539,6 +545,7 @@ def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partia
     epoch = progress.epoch + 1 if epoch is None else epoch
     if trainer.mixture_due(final):
         trainer.fit_prior()
+    trainer.calibrate_denoiser()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
     record = {"epoch": epoch, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}
