@@ -60,12 +60,14 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
     assert saved == {**asdict(report), "seconds": saved["seconds"]}
     # 40 images: 4 held out (10%), 36 for training, as in training's own split.
     assert (report.held_out, report.train_images, report.samples) == (4, 36, 40)
-    assert set(report.denoise_psnr) == {"0", "15", "25", "50", "jpeg20", "jpeg40"}
+    assert set(report.denoise_psnr) == set(report.denoise_made_worse) == {"0", "15", "25", "50", "jpeg20", "jpeg40",
+                                                                          "jpeg90"}
     assert report.noisy_psnr["0"] == 100.0  # clean input: PSNR capped at 100 dB
+    assert all(0 <= worse <= report.held_out for worse in report.denoise_made_worse.values())
     # sigma 25 noise on [0, 1] images is about 20 dB, sigma 50 about 14 dB (a bit more: clipping removes some).
     assert 19.0 < report.noisy_psnr["25"] < 23.0 and 13.0 < report.noisy_psnr["50"] < report.noisy_psnr["25"]
     assert report.noisy_psnr["25"] < report.noisy_psnr["15"] < 30.0
-    assert report.noisy_psnr["jpeg20"] < report.noisy_psnr["jpeg40"] < report.noisy_psnr["0"]
+    assert report.noisy_psnr["jpeg20"] < report.noisy_psnr["jpeg40"] < report.noisy_psnr["jpeg90"] < report.noisy_psnr["0"]
     # The classifier learns from 20 training images per class and is scored on the 4 held-out images against
     # 4 unseen samples (or their 4 reconstructions): accuracies in eighths.
     assert report.classifier_train_per_class == 20 and report.latents == "diffusion prior"
@@ -163,13 +165,17 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     assert report.copy_rate == pytest.approx(np.mean(sample_nn < np.percentile(held_nn, 1))) == 0.6
     with torch.no_grad():
         recon = vae.decoder(vae.encode(held).mode()).double().numpy()
-        den = denoiser(held).double().numpy()
+        change = (denoiser(held) - held).double().numpy()
+    # What `animevae denoise` saves: the gated output (alpha = min(1, (rms / knee)^2) per image) in 8 bits.
+    rms = np.sqrt((change.reshape(4, -1) ** 2).mean(axis=1)) * 255
+    alpha = np.minimum(1.0, (rms / float(denoiser.knee)) ** 2) if float(denoiser.knee) > 0 else np.ones(4)
+    den = np.round(np.clip(held.double().numpy() + alpha[:, None, None, None] * change, 0, 1) * 255) / 255
     reference_psnr = np.mean([10 * np.log10(1 / ((recon[i] - held[i].numpy()) ** 2).mean()) for i in range(4)])
     assert report.recon_psnr == pytest.approx(reference_psnr, abs=2e-3)
     assert report.recon_ssim == pytest.approx(
         np.mean([_reference_ssim(recon[i], held[i].double().numpy()) for i in range(4)]), abs=2e-4)
     assert report.denoise_psnr["0"] == pytest.approx(
-        np.mean([10 * np.log10(1 / ((den[i] - held[i].numpy()) ** 2).mean()) for i in range(4)]), abs=2e-3)
+        np.mean([10 * np.log10(1 / max(((den[i] - held[i].numpy()) ** 2).mean(), 1e-10)) for i in range(4)]), abs=2e-3)
     assert report.nn_distance_held_out_median == pytest.approx(np.sort(held_nn)[1], abs=1e-4)  # lower median
     assert report.nn_distance_samples_median == pytest.approx(0.0, abs=1e-4)
     assert report.sample_diversity == pytest.approx(

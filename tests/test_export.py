@@ -18,6 +18,7 @@ from animevae.denoise import denoise_array
 from animevae.errors import ModelError
 from animevae.training.export import MAX_ABS_DIFF, export_run, load_run_models
 from animevae.fileio import to_uint8
+from animevae.shrinkage import gate_residual
 from helpers import assert_cli_error, assert_ok, snapshot, temp_leftovers
 
 ROLES = ("encoder", "decoder", "denoiser", "prior")
@@ -143,12 +144,14 @@ def test_denoiser_runs_at_any_size(onnx_models, trained_run, height: int, width:
     out = denoise_array(onnx_models["denoiser"], images)
     assert out.shape == images.shape and out.dtype == np.uint8
 
-    # The same as PyTorch on the edge-padded image, cropped back (+-1 for rounding at .5).
+    # The same as PyTorch on the edge-padded image, cropped back, then gated over the image's own pixels
+    # (+-1 for rounding at .5).
     _, _, denoiser = load_run_models(trained_run.run_dir)
-    padded = np.pad(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0,
-                    ((0, 0), (0, 0), (0, -height % 4), (0, -width % 4)), mode="edge")
+    source = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    padded = np.pad(source, ((0, 0), (0, 0), (0, -height % 4), (0, -width % 4)), mode="edge")
     with torch.no_grad():
-        expected = to_uint8(denoiser(torch.from_numpy(padded)).numpy()[:, :, :height, :width])
+        raw = denoiser(torch.from_numpy(padded)).numpy()[:, :, :height, :width]
+    expected = to_uint8(gate_residual(source, raw, float(denoiser.knee)))
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
 

@@ -3,7 +3,8 @@ damaged images stop being made worse.
 
 Light cases: JPEG quality 90 and 95 (Pillow's 4:2:0 chroma) and Gaussian noise of sigma 5. The knee is the
 smallest on a 0.25 grid at which no face of any light case comes out (rounded to 8 bits, as saved) worse than
-it went in; the smallest knee keeps the most of what the model does to heavier damage. Held-out faces are
+it went in (where none does, the one that spares the most); the smallest knee keeps the most of what the
+model does to heavier damage. Held-out faces are
 never used: they are what `evaluate` scores.
 """
 
@@ -25,8 +26,8 @@ NOISE_SEED = 20_251_127
 
 @torch.no_grad()
 def calibrate_knee(denoiser: Denoiser, clean: torch.Tensor) -> float:
-    """The gate knee for `denoiser` from (N, 3, S, S) clean training images in [0, 1] (at most
-    CALIBRATION_FACES used); where no knee on the grid spares every face, the one that spares the most."""
+    """The gate knee for `denoiser` (0-255 scale) from (N, 3, S, S) clean training images in [0, 1] (at most
+    CALIBRATION_FACES used)."""
     clean = clean[:CALIBRATION_FACES].float().cpu()
     was_training = denoiser.training
     denoiser.eval()
@@ -39,8 +40,10 @@ def calibrate_knee(denoiser: Denoiser, clean: torch.Tensor) -> float:
         noisy = torch.round(noisy * 255.0) / 255.0  # as a saved file holds it
         cases.append((noisy, denoiser(noisy.to(device)).float().cpu(), (noisy - clean).pow(2).flatten(1).sum(1)))
     denoiser.train(was_training)
+    # Scanned upward, not bisected: the count is not monotone in the knee. A tiny share of the change, rounded
+    # to 8 bits, keeps only the model's largest moves, and those can be its mistakes.
     best, fewest = 0.0, None
-    for knee in KNEES:  # ascending: the first that spares every face is the smallest
+    for knee in KNEES:
         worse = sum(int((_squared_error(gate_residual(noisy, output, float(knee)), clean) > before).sum())
                     for noisy, output, before in cases)
         if fewest is None or worse < fewest:

@@ -41,6 +41,8 @@ PRIOR_BATCH = 256
 # A diffusion-prior run refits the mixture (about 8 s on 2 cores) at most this often, and at its end: between
 # refits its sample sheets draw from the last fit.
 MIXTURE_REFIT_S = 120.0
+# The denoiser's gate knee is recalibrated (calibrate.py) at most this often, and at the run's end.
+CALIBRATION_REFRESH_S = 60.0
 
 
 @dataclass
@@ -107,6 +109,7 @@ class Trainer:
         self.sample_u = torch.rand(SAMPLE_COUNT, generator=self.generator)
         self.progress = Progress()
         self.mixture_fitted_at: float | None = None
+        self.calibrated_at: float | None = None
         self.autocast_dtype = torch.bfloat16 if config.train.precision == "bf16" else None
 
     @property
@@ -290,6 +293,14 @@ class Trainer:
         """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands."""
         clean = self.train_pixels[:CALIBRATION_FACES].float().div_(255.0)
         self.denoiser.knee.fill_(calibrate_knee(self.denoiser, clean))
+        self.calibrated_at = time.monotonic()
+
+    def calibration_due(self, final: bool) -> bool:
+        """Whether an epoch's end should recalibrate the gate: at the end of the run, the first time, or when
+        the last calibration is CALIBRATION_REFRESH_S old (each takes about a second; epochs can be seconds)."""
+        if final or self.calibrated_at is None:
+            return True
+        return time.monotonic() - self.calibrated_at >= CALIBRATION_REFRESH_S
 
     def fit_prior(self) -> None:
         """Fit the Gaussian mixture to the posteriors of the whole training split."""
@@ -511,13 +522,14 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                         if time.monotonic() - last_save > config.checkpoint_minutes * 60:
                             save()
                     progress.elapsed_s = elapsed()
-                    metrics = _end_epoch(trainer, run_dir, losses, partial=False)
+                    last = (config.epochs is not None and progress.epoch + 1 >= config.epochs) or fraction() >= 1.0
+                    metrics = _end_epoch(trainer, run_dir, losses, partial=False, final=last)
                     progress.epoch, progress.batch = progress.epoch + 1, 0
                     save()
             except Stop:
                 progress.elapsed_s = elapsed()
                 if not with_prior:
-                    metrics = _end_epoch(trainer, run_dir, losses, partial=True)
+                    metrics = _end_epoch(trainer, run_dir, losses, partial=True, final=True)
             if with_prior and not trainer.prior_trained and ctx.is_main:
                 reporter.stop()
                 prior_stats = trainer.train_prior(prior_seconds(), reporter, stop_requested)
@@ -545,7 +557,8 @@ def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partia
     epoch = progress.epoch + 1 if epoch is None else epoch
     if trainer.mixture_due(final):
         trainer.fit_prior()
-    trainer.calibrate_denoiser()
+    if trainer.calibration_due(final):
+        trainer.calibrate_denoiser()
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
     record = {"epoch": epoch, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}

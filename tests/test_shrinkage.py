@@ -1,0 +1,118 @@
+"""The denoiser's residual gate (shrinkage.py), its calibration on training faces (calibrate.py), and its way
+from a checkpoint through export into `animevae denoise` and `evaluate`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from animevae.config import ModelConfig
+from animevae.shrinkage import ROWS_PER_CHUNK, gate_large_image, gate_residual
+from animevae.training.calibrate import calibrate_knee
+from animevae.training.model import Denoiser
+from helpers import TINY_MODEL
+
+
+def _change_of_rms(rms_255: float, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A random change (float, [0, 1] scale) whose root-mean-square is exactly rms_255 / 255."""
+    change = np.random.default_rng(seed).standard_normal(shape)
+    return (change / np.sqrt(np.mean(change**2)) * rms_255 / 255.0).astype(np.float32)
+
+
+def test_the_gate_keeps_heavy_changes_and_damps_light_ones_by_the_square_of_their_size() -> None:
+    noisy = np.full((3, 3, 8, 8), 0.5, np.float32)
+    change = np.stack([_change_of_rms(rms, (3, 8, 8), seed) for seed, rms in enumerate((20.0, 4.0, 2.0))])
+    gated = gate_residual(noisy, noisy + change, knee=8.0)
+    kept = [(g - n).ravel() @ c.ravel() / (c.ravel() @ c.ravel()) for g, n, c in zip(gated, noisy, change)]
+    assert kept == pytest.approx([1.0, 0.25, 0.0625], rel=1e-4)  # min(1, (rms / knee)^2) per image
+    np.testing.assert_array_equal(gate_residual(noisy, noisy + change, knee=0.0), noisy + change)  # 0: no gate
+
+
+def test_the_gate_is_the_same_arithmetic_on_torch_tensors() -> None:
+    noisy = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    output = noisy + np.stack([_change_of_rms(rms, (3, 8, 8), seed) for seed, rms in enumerate((3.0, 9.0))])
+    from_numpy = gate_residual(noisy, output, knee=6.0)
+    from_torch = gate_residual(torch.from_numpy(noisy), torch.from_numpy(output), knee=6.0)
+    np.testing.assert_allclose(from_torch.numpy(), from_numpy, atol=1e-6)
+
+
+def test_a_large_image_is_gated_as_a_whole_across_row_chunks() -> None:
+    rows = ROWS_PER_CHUNK * 2 + 37  # chunks of unequal length
+    rng = np.random.default_rng(1)
+    noisy = rng.integers(0, 256, (rows, 50, 3), dtype=np.uint8)
+    denoised = np.clip(noisy.astype(int) + rng.integers(-6, 7, noisy.shape), 0, 255).astype(np.uint8)
+    gated = gate_large_image(noisy, denoised, knee=10.0)
+    as_batch = gate_residual(noisy[None].astype(np.float32) / 255, denoised[None].astype(np.float32) / 255, 10.0)[0]
+    assert np.abs(gated.astype(int) - np.round(as_batch * 255).astype(int)).max() <= 1
+    assert 0 < np.abs(gated.astype(int) - denoised.astype(int)).max()  # it did damp
+    assert gate_large_image(noisy, denoised, knee=0.0) is denoised
+    assert gate_large_image(noisy, denoised, knee=0.5) is denoised  # a change far above the knee: kept whole
+
+
+def _faces(count: int = 24, size: int = 16) -> torch.Tensor:
+    """(count, 3, size, size) flat-coloured blocks with dark outlines: cartoon-like clean images in [0, 1]."""
+    generator = torch.Generator().manual_seed(0)
+    colours = torch.rand(count, 3, 1, 1, generator=generator)
+    images = colours.expand(count, 3, size, size).clone()
+    images[:, :, size // 4, :] = images[:, :, :, size // 3] = 0.05
+    return images
+
+
+def test_an_identity_denoiser_needs_no_gate() -> None:
+    denoiser = Denoiser(ModelConfig(**TINY_MODEL))  # a fresh denoiser returns its input
+    assert calibrate_knee(denoiser, _faces()) == 0.0
+
+
+def test_a_denoiser_that_damages_light_input_gets_the_smallest_knee_that_spares_every_face() -> None:
+    torch.manual_seed(0)
+    denoiser = Denoiser(ModelConfig(**TINY_MODEL))
+    torch.nn.init.normal_(denoiser.conv_out.weight, std=0.003)  # a small change of its own to every image
+    faces = _faces()
+    knee = calibrate_knee(denoiser, faces)
+    assert knee > 0.0
+    from animevae.training.calibrate import LIGHT_SIGMA, NOISE_SEED
+    from animevae.training.degrade import jpeg_batch
+    from animevae.training.model import add_noise
+
+    def worse(k: float) -> int:
+        light = [jpeg_batch(faces, 90), jpeg_batch(faces, 95),
+                 add_noise(faces, LIGHT_SIGMA, torch.Generator().manual_seed(NOISE_SEED))]
+        count = 0
+        for noisy in light:
+            noisy = torch.round(noisy * 255) / 255
+            with torch.no_grad():
+                out = torch.round(gate_residual(noisy, denoiser(noisy), k).clamp(0, 1) * 255) / 255
+            count += int(((out - faces).pow(2).flatten(1).sum(1) > (noisy - faces).pow(2).flatten(1).sum(1)).sum())
+        return count
+
+    assert worse(knee) == 0 and worse(0.0) > 0 and worse(knee - 0.25) > 0
+
+
+def test_the_knee_is_saved_with_the_denoiser_and_old_checkpoints_load_ungated() -> None:
+    config = ModelConfig(**TINY_MODEL)
+    denoiser = Denoiser(config)
+    denoiser.knee.fill_(6.5)
+    state = denoiser.state_dict()
+    assert float(state["knee"]) == 6.5
+    restored = Denoiser(config)
+    restored.load_state_dict(state)
+    assert float(restored.knee) == 6.5
+    old = {k: v for k, v in state.items() if k != "knee"}  # a checkpoint from before the gate
+    restored.load_state_dict(old)
+    assert float(restored.knee) == 0.0
+
+
+def test_a_trained_run_exports_its_calibrated_knee_and_denoise_applies_it(trained_run, onnx_models) -> None:
+    from animevae.denoise import denoise_array, run_padded
+    from animevae.fileio import to_uint8, to_unit_chw
+    from animevae.training.checkpoint import load_checkpoint
+
+    denoiser = onnx_models["denoiser"]
+    saved = load_checkpoint(trained_run.run_dir / "last.safetensors").module_state("denoiser")
+    assert denoiser.residual_knee == pytest.approx(float(saved["knee"])) and denoiser.residual_knee > 0.0
+    faces = (np.random.default_rng(2).random((4, 16, 16, 3)) * 255).astype(np.uint8)
+    raw = run_padded(denoiser, to_unit_chw(faces))
+    expected = to_uint8(gate_residual(to_unit_chw(faces), raw, denoiser.residual_knee))
+    np.testing.assert_array_equal(denoise_array(denoiser, faces), expected)
+    assert not np.array_equal(expected, to_uint8(raw))  # the gate changed something here
