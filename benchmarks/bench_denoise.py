@@ -7,10 +7,11 @@ to uint8 as a saved PNG would be. Compared (images/s, all cores, medians of --re
         strength h tuned on the very images it is scored on, one process per core
 and prints ours/nlm for both.
 
-Then the quality cases, ours only: Gaussian sigma 25 and 50, JPEG quality 20, 40 and 90 (Pillow, its default
-4:2:0 chroma) and clean input, PSNR of input and output; once on the faces one by one, once on a mosaic of all
+Then the quality cases, ours only: Gaussian sigma 25 and 50, JPEG quality 20, 40, 90 and 95 (Pillow, its
+default 4:2:0 chroma) and clean input, PSNR of input and output; once on the faces one by one, once on a mosaic of all
 of them (25 x 20 faces, 1600 x 1280 pixels) denoised tiled, as a large real image would be, and compared
-with the same mosaic denoised untiled in one call.
+with the same mosaic denoised untiled in one call; the last columns score the same model with its residual
+gate off (animevae/shrinkage.py), which is what the gate buys.
 `--write-mosaic PATH --mosaic-size 4000x3000` also writes one large mosaic PNG (faces repeated to fill it), for
 timing `animevae denoise` on a big image:
 
@@ -31,6 +32,7 @@ import argparse
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, sq
 from animevae.training.degrade import jpeg_bytes_roundtrip
 from animevae.denoise import denoise_array, denoise_image
 from animevae.model_files import choose_model
-from animevae.runtime import open_model
+from animevae.runtime import RESIDUAL_KNEE_KEY, open_model
 from animevae.writer import usable_cores
 
 SIGMA = 25.0
@@ -84,7 +86,7 @@ def degraded_cases(clean: np.ndarray) -> dict[str, np.ndarray]:
     cases = {f"sigma {s}": np.clip(np.round(clean + rng.standard_normal(clean.shape) * s), 0, 255).astype(np.uint8)
              for s in (25, 50)}
     flat = clean.reshape(-1, *clean.shape[-3:])
-    for quality in (20, 40, 90):
+    for quality in (20, 40, 90, 95):
         cases[f"jpeg q{quality}"] = np.stack([jpeg_bytes_roundtrip(i, quality) for i in flat]).reshape(clean.shape)
     cases["clean"] = clean
     return cases
@@ -104,11 +106,16 @@ def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> N
         example.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(picture).resize((picture.shape[1] * 2, 256), Image.Resampling.NEAREST).save(example)
     size = "x".join(map(str, mosaic.shape[1::-1]))
+    # The same model with its residual gate off (shrinkage.py): what the gate buys, face by face.
+    ungated = replace(denoiser, metadata={**denoiser.metadata, RESIDUAL_KNEE_KEY: "0"})
+    print(f"gate knee {denoiser.residual_knee:g} (0-255 scale)")
     print(f"{'case':<10} {'faces: input':>13} {'ours':>7} {'gain':>6}   {'mosaic ' + size:>18} {'ours':>7} {'gain':>6}"
-          f"   tiled vs untiled, max |diff|   faces made worse")
+          f"   tiled vs untiled, max |diff|   faces made worse   ungated: ours, made worse")
     for name in face_cases:
         noisy = face_cases[name]
         out = np.concatenate([denoise_array(denoiser, noisy[b : b + 64]) for b in range(0, len(noisy), 64)])
+        raw = np.concatenate([denoise_array(ungated, noisy[b : b + 64]) for b in range(0, len(noisy), 64)])
+        raw_psnrs = psnrs(raw, faces)
         big_in = mosaic_cases[name]
         big_out = denoise_image(denoiser, big_in)
         untiled = denoise_array(denoiser, big_in[None])[0]
@@ -119,12 +126,14 @@ def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> N
         # The hardest reading of "never made worse": each face on its own, not the mean.
         gains = face_out - face_in
         worse = int((gains < 0).sum())
+        raw_worse = int((raw_psnrs < face_in).sum())
         if name == "clean":  # the input is exact: no PSNR, no gain; any change is a loss
             print(f"{name:<10} {'exact':>13} {a_out:7.2f} {'':>6}   {'exact':>18} {b_out:7.2f} {'':>6}   {diff}/255"
-                  f"{'':>23}{worse}/{len(faces)} changed")
+                  f"{'':>23}{worse}/{len(faces)} changed   {raw_psnrs.mean():7.2f}, {raw_worse}/{len(faces)} changed")
             continue
         print(f"{name:<10} {a_in:13.2f} {a_out:7.2f} {a_out - a_in:+6.2f}   {b_in:18.2f} {b_out:7.2f} {b_out - b_in:+6.2f}"
-              f"   {diff}/255{'':>23}{worse}/{len(faces)}" + (f", the worst by {-gains.min():.2f} dB" if worse else ""))
+              f"   {diff}/255{'':>23}{worse}/{len(faces)}" + (f", the worst by {-gains.min():.2f} dB" if worse else "")
+              + f"   {raw_psnrs.mean():7.2f}, {raw_worse}/{len(faces)}")
 
 
 def main() -> None:
