@@ -432,10 +432,9 @@ def evaluate(
     table.add_row("reconstruction PSNR / SSIM", f"{report.recon_psnr:.2f} dB / {report.recon_ssim:.3f}")
     for sigma, value in report.denoise_psnr.items():
         label = "clean input" if sigma == "0" else f"sigma {sigma}" if sigma.isdigit() else f"JPEG quality {sigma[4:]}"
-        worse = report.denoise_made_worse[sigma]
-        effect = f"{worse} changed" if sigma == "0" else f"{worse} made worse"
-        table.add_row(f"denoise PSNR, {label}",
-                      f"{value:.2f} dB (input {report.noisy_psnr[sigma]:.2f}; {effect} of {report.held_out})")
+        effect = "changed" if sigma == "0" else "made worse"
+        table.add_row(f"denoise PSNR, {label} (images {effect})", f"{value:.2f} dB (input "
+                      f"{report.noisy_psnr[sigma]:.2f}; {report.denoise_made_worse[sigma]}/{report.held_out})")
     unmeasured = f"not measurable ({report.held_out} held-out image; needs 2)"
     table.add_row("sample diversity (vs held-out)",
                   unmeasured if report.sample_diversity is None else f"{report.sample_diversity:.3f}")
