@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import re
 import sys
@@ -262,6 +263,15 @@ def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
             raise ModelError(f"{path} has a latent prior with invalid numbers in its metadata",
                              "export the model again with `animevae export --onnx`")
         _check_classes(path, metadata, prior)
+    if role == "denoiser" and RESIDUAL_KNEE_KEY in metadata:
+        try:
+            knee = float(metadata[RESIDUAL_KNEE_KEY])
+        except ValueError:
+            knee = math.nan
+        if not (math.isfinite(knee) and knee >= 0):  # NaN would turn every output pixel into NaN
+            raise ModelError(f"{path} has a malformed residual_knee in its metadata "
+                             f"({metadata[RESIDUAL_KNEE_KEY][:20]!r}; a number >= 0 expected)",
+                             "export the model again with `animevae export --onnx`")
 
 
 def _check_classes(path: Path, metadata: dict[str, str], prior: "LatentPrior") -> None:  # noqa: F821

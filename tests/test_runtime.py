@@ -394,7 +394,12 @@ def _packed(values: list[float]) -> str:
     ("decoder", _decoder_metadata(), None),
     ("decoder", _decoder_metadata(**{"animevae.image_size": "1"}), None),  # the smallest size that parses
     ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "8"}, None),
-    ("denoiser", {}, None),  # sizes are for the encoder and decoder only
+    ("denoiser", {}, None),  # sizes are for the encoder and decoder only; no knee: ungated
+    ("denoiser", {"animevae.residual_knee": "7.25"}, None),
+    ("denoiser", {"animevae.residual_knee": "0"}, None),
+    ("denoiser", {"animevae.residual_knee": "nan"}, "residual_knee"),
+    ("denoiser", {"animevae.residual_knee": "-1"}, "residual_knee"),
+    ("denoiser", {"animevae.residual_knee": "seven"}, "residual_knee"),
     ("encoder", {"animevae.image_size": "0", "animevae.latent_dim": "8"}, "image_size"),
     ("encoder", {"animevae.image_size": "16", "animevae.latent_dim": "x"}, "latent_dim"),
     ("decoder", {"animevae.image_size": "16"}, "latent_dim"),

@@ -116,3 +116,35 @@ def test_a_trained_run_exports_its_calibrated_knee_and_denoise_applies_it(traine
     expected = to_uint8(gate_residual(to_unit_chw(faces), raw, denoiser.residual_knee))
     np.testing.assert_array_equal(denoise_array(denoiser, faces), expected)
     assert not np.array_equal(expected, to_uint8(raw))  # the gate changed something here
+
+
+def test_a_denoiser_file_without_a_knee_runs_ungated(onnx_models) -> None:
+    from dataclasses import replace
+
+    from animevae.denoise import denoise_array, run_padded
+    from animevae.fileio import to_uint8, to_unit_chw
+    from animevae.runtime import RESIDUAL_KNEE_KEY
+
+    gated = onnx_models["denoiser"]
+    older = replace(gated, metadata={k: v for k, v in gated.metadata.items() if k != RESIDUAL_KNEE_KEY})
+    faces = (np.random.default_rng(2).random((4, 16, 16, 3)) * 255).astype(np.uint8)
+    assert older.residual_knee == 0.0
+    np.testing.assert_array_equal(denoise_array(older, faces), to_uint8(run_padded(older, to_unit_chw(faces))))
+
+
+def test_training_calibrates_first_and_on_its_final_weights_and_not_twice(tmp_path, monkeypatch) -> None:
+    import animevae.training.train as train_module
+    from animevae.config import TrainConfig
+    from helpers import write_blobs
+
+    monkeypatch.setattr(train_module, "CALIBRATION_REFRESH_S", 1e9)  # only the first and the final one
+    steps: list[int] = []
+    calibrate = train_module.Trainer.calibrate_denoiser
+    monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",
+                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+    write_blobs(tmp_path / "faces", count=40)
+    result = train_module.train(tmp_path / "faces", ModelConfig(**TINY_MODEL),  # a diffusion prior trains last
+                                TrainConfig(epochs=2, batch_size=16, seed=0, precision="fp32"), tmp_path / "runs",
+                                device="cpu")
+    per_epoch = result.progress.step // 2
+    assert steps == [per_epoch, 2 * per_epoch]  # epoch 1, then the last epoch; the prior's report reuses it

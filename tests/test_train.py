@@ -26,7 +26,7 @@ from animevae.training.train import train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
-                 "noisy_psnr_50"}
+                 "noisy_psnr_50", "denoise_knee"}
 
 
 class RecordingReporter:
@@ -101,8 +101,13 @@ def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> 
         assert record["val_psnr"] == pytest.approx(mean_psnr(vae.decoder(vae.encode(clean.float()).mode())), abs=2e-3)
         for sigma in (25, 50):
             assert record[f"noisy_psnr_{sigma}"] == pytest.approx(mean_psnr(noisy[sigma]), abs=2e-3)
-            # What `animevae denoise` would save: the gated output (test_shrinkage.py) in 8 bits.
-            saved = torch.round(denoiser.denoise(noisy[sigma].float()) * 255) / 255
+            # What `animevae denoise` would save: the output gated by alpha = min(1, (rms / knee)^2) per image
+            # (rms: the change's root-mean-square, 0-255 scale), in 8 bits.
+            assert record["denoise_knee"] == float(denoiser.knee)
+            change = denoiser(noisy[sigma].float()).double() - noisy[sigma]
+            rms = change.flatten(1).pow(2).mean(1).sqrt() * 255
+            alpha = (rms / float(denoiser.knee)).pow(2).clamp(max=1.0).view(-1, 1, 1, 1)
+            saved = torch.round((noisy[sigma] + alpha * change).clamp(0, 1) * 255) / 255
             assert record[f"denoise_psnr_{sigma}"] == pytest.approx(mean_psnr(saved), abs=2e-3)
 
 

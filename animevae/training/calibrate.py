@@ -1,10 +1,11 @@
 """Calibrating the denoiser's residual gate (shrinkage.py) on training faces: the knee at which lightly
 damaged images stop being made worse.
 
-Light cases: JPEG quality 90 and 95 (Pillow's 4:2:0 chroma) and Gaussian noise of sigma 5. The knee is the
-smallest on a 0.25 grid at which no face of any light case comes out (rounded to 8 bits, as saved) worse than
-it went in (where none does, the one that spares the most); the smallest knee keeps the most of what the
-model does to heavier damage. Held-out faces are
+Light cases: JPEG quality 90 and 95 (Pillow's 4:2:0 chroma) and Gaussian noise of sigma 5, each on the same
+CALIBRATION_FACES training images drawn at random (seeded) from the whole training split, so every style is
+in them. The knee is the smallest on a 0.25 grid up to 32 at which no image of any light case comes out
+(rounded to 8 bits, as saved) worse than it went in; if no knee spares every image, the knee with the fewest
+made worse. The smallest knee keeps the most of what the model does to heavier damage. Held-out images are
 never used: they are what `evaluate` scores.
 """
 
@@ -20,32 +21,43 @@ from animevae.training.model import Denoiser, add_noise
 LIGHT_JPEG_QUALITIES = (90, 95)
 LIGHT_SIGMA = 5.0
 KNEES = np.arange(0.0, 32.0 + 1e-9, 0.25)  # 0-255 scale; 0: no gate
-CALIBRATION_FACES = 256
+CALIBRATION_FACES = 512
 NOISE_SEED = 20_251_127
+
+
+def calibration_rows(count: int, seed: int = 0) -> torch.Tensor:
+    """(min(count, CALIBRATION_FACES),) indices of a training split of `count` images, drawn at random (a
+    prepared set keeps its files in name order, and so its styles in blocks)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:CALIBRATION_FACES].sort().values
 
 
 @torch.no_grad()
 def calibrate_knee(denoiser: Denoiser, clean: torch.Tensor) -> float:
-    """The gate knee for `denoiser` (0-255 scale) from (N, 3, S, S) clean training images in [0, 1] (at most
-    CALIBRATION_FACES used)."""
-    clean = clean[:CALIBRATION_FACES].float().cpu()
+    """The gate knee for `denoiser` (0-255 scale) from (N, 3, S, S) clean training images in [0, 1]."""
+    clean = clean.float().cpu()
     was_training = denoiser.training
     denoiser.eval()
     generator = torch.Generator().manual_seed(NOISE_SEED)
     light = [jpeg_batch(clean, quality) for quality in LIGHT_JPEG_QUALITIES]
     light.append(add_noise(clean, LIGHT_SIGMA, generator))
     device = next(denoiser.parameters()).device
-    cases = []  # (noisy, output, squared error before) per light case
-    for noisy in light:
-        noisy = torch.round(noisy * 255.0) / 255.0  # as a saved file holds it
-        cases.append((noisy, denoiser(noisy.to(device)).float().cpu(), (noisy - clean).pow(2).flatten(1).sum(1)))
+    noisy = torch.cat([torch.round(images * 255.0) / 255.0 for images in light])  # as a saved file holds it
+    output = torch.cat([denoiser(batch.to(device)).float().cpu() for batch in noisy.split(256)])
     denoiser.train(was_training)
+    reference = clean.repeat(len(light), 1, 1, 1)  # (L * N, 3, S, S): each light case's clean images
+    before = _squared_error(noisy, reference)  # (L * N,)
+    rms = (output - noisy).flatten(1).pow(2).mean(1).sqrt() * 255.0  # (L * N,), the change's size
+    ungated_worse = _squared_error(output, reference) > before
     # Scanned upward, not bisected: the count is not monotone in the knee. A tiny share of the change, rounded
     # to 8 bits, keeps only the model's largest moves, and those can be its mistakes.
     best, fewest = 0.0, None
     for knee in KNEES:
-        worse = sum(int((_squared_error(gate_residual(noisy, output, float(knee)), clean) > before).sum())
-                    for noisy, output, before in cases)
+        damped = rms < knee  # the images the gate changes at this knee; the others keep the whole change
+        worse = int(ungated_worse[~damped].sum())
+        if damped.any():
+            gated = gate_residual(noisy[damped], output[damped], float(knee))
+            worse += int((_squared_error(gated, reference[damped]) > before[damped]).sum())
         if fewest is None or worse < fewest:
             best, fewest = float(knee), worse
         if worse == 0:

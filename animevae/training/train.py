@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.training.calibrate import CALIBRATION_FACES, calibrate_knee
+from animevae.training.calibrate import calibrate_knee, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
@@ -41,8 +41,9 @@ PRIOR_BATCH = 256
 # A diffusion-prior run refits the mixture (about 8 s on 2 cores) at most this often, and at its end: between
 # refits its sample sheets draw from the last fit.
 MIXTURE_REFIT_S = 120.0
-# The denoiser's gate knee is recalibrated (calibrate.py) at most this often, and at the run's end.
-CALIBRATION_REFRESH_S = 60.0
+# The denoiser's gate knee is recalibrated (calibrate.py, about 4-8 s on 2 cores) at most this often, and at
+# the run's end: only checkpoints taken between see an older knee.
+CALIBRATION_REFRESH_S = 300.0
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Trainer:
         self.progress = Progress()
         self.mixture_fitted_at: float | None = None
         self.calibrated_at: float | None = None
+        self.calibrated_step: int | None = None
         self.autocast_dtype = torch.bfloat16 if config.train.precision == "bf16" else None
 
     @property
@@ -291,13 +293,16 @@ class Trainer:
 
     def calibrate_denoiser(self) -> None:
         """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands."""
-        clean = self.train_pixels[:CALIBRATION_FACES].float().div_(255.0)
+        rows = calibration_rows(len(self.train_pixels), self.config.train.seed)
+        clean = self.train_pixels[rows.to(self.train_pixels.device)].float().div_(255.0)
         self.denoiser.knee.fill_(calibrate_knee(self.denoiser, clean))
-        self.calibrated_at = time.monotonic()
+        self.calibrated_at, self.calibrated_step = time.monotonic(), self.progress.step
 
     def calibration_due(self, final: bool) -> bool:
         """Whether an epoch's end should recalibrate the gate: at the end of the run, the first time, or when
-        the last calibration is CALIBRATION_REFRESH_S old (each takes about a second; epochs can be seconds)."""
+        the last calibration is CALIBRATION_REFRESH_S old (epochs can be seconds)."""
+        if self.calibrated_step == self.progress.step:  # the denoiser has not changed since
+            return False
         if final or self.calibrated_at is None:
             return True
         return time.monotonic() - self.calibrated_at >= CALIBRATION_REFRESH_S
@@ -539,6 +544,8 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                                      epoch=progress.epoch + (1 if progress.batch > 0 else 0))
         except KeyboardInterrupt:
             interrupted = True
+            if ctx.is_main and trainer.calibration_due(final=True):  # the checkpoint's knee fits its weights
+                trainer.calibrate_denoiser()
         finally:
             reporter.stop()
             save()
@@ -559,7 +566,8 @@ def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partia
         trainer.fit_prior()
     if trainer.calibration_due(final):
         trainer.calibrate_denoiser()
-    metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate()}
+    metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate(),
+               "denoise_knee": float(trainer.denoiser.knee)}
     record = {"epoch": epoch, "step": progress.step, "partial": partial,
               "elapsed_s": round(progress.elapsed_s, 1), **metrics}
     _append_metrics(run_dir / "metrics.jsonl", record)
