@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from animevae import FORMAT_VERSION
 from animevae.errors import DeviceError, ModelError
+from animevae.shrinkage import RESIDUAL_KNEE_KEY
 from animevae.writer import usable_cores
 
 CUDA = "CUDAExecutionProvider"
@@ -27,8 +28,6 @@ CONTRACT = {
     "denoiser": (("image",), ("denoised",)),
     "prior": (("noise",), ("z",)),
 }
-# A denoiser file's residual gate knee (shrinkage.py), written by `animevae export`.
-RESIDUAL_KNEE_KEY = "animevae.residual_knee"
 _CUDA_HINT = (
     "install only onnxruntime-gpu (`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`), "
     "check `nvidia-smi`, or use --device cpu"

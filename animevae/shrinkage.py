@@ -18,6 +18,8 @@ import numpy as np
 # numpy arrays or torch tensors: the same arithmetic serves onnxruntime's outputs and the training side.
 Images = TypeVar("Images")
 ROWS_PER_CHUNK = 256  # rows of a large uint8 image converted to float at a time: bounded memory
+# Where a denoiser file carries its knee: ONNX metadata written by `animevae export`, read by runtime.py.
+RESIDUAL_KNEE_KEY = "animevae.residual_knee"
 
 
 def gate_alpha(rms_255: Images, knee: float) -> Images:

@@ -43,7 +43,8 @@ from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, sq
 from animevae.training.degrade import jpeg_bytes_roundtrip
 from animevae.denoise import denoise_array, denoise_image
 from animevae.model_files import choose_model
-from animevae.runtime import RESIDUAL_KNEE_KEY, open_model
+from animevae.runtime import open_model
+from animevae.shrinkage import RESIDUAL_KNEE_KEY
 from animevae.writer import usable_cores
 
 SIGMA = 25.0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from animevae.config import ModelConfig
-from animevae.shrinkage import ROWS_PER_CHUNK, gate_large_image, gate_residual
+from animevae.shrinkage import RESIDUAL_KNEE_KEY, ROWS_PER_CHUNK, gate_large_image, gate_residual
 from animevae.training.calibrate import calibrate_knee
 from animevae.training.model import Denoiser
 from helpers import TINY_MODEL
@@ -123,7 +123,6 @@ def test_a_denoiser_file_without_a_knee_runs_ungated(onnx_models) -> None:
 
     from animevae.denoise import denoise_array, run_padded
     from animevae.fileio import to_uint8, to_unit_chw
-    from animevae.runtime import RESIDUAL_KNEE_KEY
 
     gated = onnx_models["denoiser"]
     older = replace(gated, metadata={k: v for k, v in gated.metadata.items() if k != RESIDUAL_KNEE_KEY})

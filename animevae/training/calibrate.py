@@ -16,6 +16,7 @@ import torch
 
 from animevae.shrinkage import gate_residual
 from animevae.training.degrade import jpeg_batch
+from animevae.training.evaluate import as_saved
 from animevae.training.model import Denoiser, add_noise
 
 LIGHT_JPEG_QUALITIES = (90, 95)
@@ -42,7 +43,7 @@ def calibrate_knee(denoiser: Denoiser, clean: torch.Tensor) -> float:
     light = [jpeg_batch(clean, quality) for quality in LIGHT_JPEG_QUALITIES]
     light.append(add_noise(clean, LIGHT_SIGMA, generator))
     device = next(denoiser.parameters()).device
-    noisy = torch.cat([torch.round(images * 255.0) / 255.0 for images in light])  # as a saved file holds it
+    noisy = torch.cat([as_saved(images) for images in light])  # as a saved file holds it
     output = torch.cat([denoiser(batch.to(device)).float().cpu() for batch in noisy.split(256)])
     denoiser.train(was_training)
     reference = clean.repeat(len(light), 1, 1, 1)  # (L * N, 3, S, S): each light case's clean images
@@ -67,4 +68,4 @@ def calibrate_knee(denoiser: Denoiser, clean: torch.Tensor) -> float:
 
 def _squared_error(images: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Per-image squared error of `images` rounded to 8 bits, as saved, against `clean`, (N,)."""
-    return (torch.round(images.clamp(0.0, 1.0) * 255.0) / 255.0 - clean).pow(2).flatten(1).sum(1)
+    return (as_saved(images) - clean).pow(2).flatten(1).sum(1)

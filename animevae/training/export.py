@@ -24,6 +24,7 @@ from animevae.labels import CLASSES_KEY, ClassInfo
 from animevae.training.diffusion import DDIMSampler, LatentDiffusion
 from animevae.training.model import VAE, Denoiser
 from animevae.prior import LatentPrior
+from animevae.shrinkage import RESIDUAL_KNEE_KEY
 from animevae.runs import CHECKPOINT_NAME, EXPORT_DIR, HALF_DECODER
 
 MAX_ABS_DIFF = 1e-4
@@ -87,7 +88,7 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
 
     With `half`, also decoder.fp16.onnx, checked on CUDA against the fp32 decoder (refused without CUDA:
     onnxruntime's CPU provider would run it no faster, or not at all)."""
-    from animevae.runtime import CUDA, RESIDUAL_KNEE_KEY, available_providers, nvidia_driver_present
+    from animevae.runtime import CUDA, available_providers, nvidia_driver_present
 
     if half and not (CUDA in available_providers() and nvidia_driver_present()):
         raise ModelError("--half needs a CUDA GPU that onnxruntime can use; none here",
@@ -115,8 +116,7 @@ def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> Export
     diffs = {}
     for role, (module, example, dims) in graphs.items():
         path = folder / f"{role}.onnx"
-        gate = {RESIDUAL_KNEE_KEY: str(float(denoiser.knee))} if role == "denoiser" else {}
-        _export_one(module, example, dims, role, path, {**_metadata(config, role, vae), **gate})
+        _export_one(module, example, dims, role, path, _metadata(config, role, vae, denoiser))
         diffs[role] = _compare(module, example, path, role, device)
     if half:
         diffs["decoder_fp16"] = _export_half_decoder(vae, config, folder, latent, batch)
@@ -144,8 +144,9 @@ def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int,
     return diff
 
 
-def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
+def _metadata(config: RunConfig, role: str, vae: VAE, denoiser: Denoiser | None = None) -> dict[str, str]:
     labelled = bool(config.model.classes)
+    gate = {RESIDUAL_KNEE_KEY: str(float(denoiser.knee))} if role == "denoiser" and denoiser is not None else {}
     prior = {} if role != "decoder" else LatentPrior(
         vae.prior_weights.numpy(), vae.prior_means.numpy(), vae.prior_scale_trils.numpy(),
         vae.prior_classes.numpy() if labelled else None).to_metadata()
@@ -153,6 +154,7 @@ def _metadata(config: RunConfig, role: str, vae: VAE) -> dict[str, str]:
     return {
         **prior,
         **classes,
+        **gate,
         "animevae.role": role,
         "animevae.version": __version__,
         "animevae.format_version": str(FORMAT_VERSION),
