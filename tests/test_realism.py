@@ -47,3 +47,18 @@ def test_classifier_rows_spread_over_the_whole_set_and_repeat_with_the_seed() ->
     assert 280 <= int((rows >= 4000).sum()) <= 390
     assert rows.tolist() == classifier_rows(6000, 1000).tolist() != classifier_rows(6000, 1000, seed=1).tolist()
     assert classifier_rows(10, 1000).tolist() == list(range(10))  # fewer rows than asked: all of them
+
+
+def test_a_classifier_still_at_chance_is_not_stopped_early() -> None:
+    # Early stopping at a plateau of chance level once scored filtered reconstructions 0.54 that a patient
+    # classifier told apart 0.95 of the time: where nothing is learnt yet, patience must not end the fit.
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(240, 3, 8, 8, generator=generator)
+    same = realism_score(images[:80], images[80:160], images[160:200], images[200:], max_epochs=9, patience=1,
+                         min_steps=1)
+    assert same.epochs == 9
+    smooth = torch.rand(240, 3, 1, 1, generator=generator).expand(240, 3, 8, 8).contiguous()
+    speckled = (smooth + 0.3 * torch.randn(smooth.shape, generator=generator)).clamp(0, 1)
+    obvious = realism_score(smooth[:160], speckled[:160], smooth[160:], speckled[160:], max_epochs=40, patience=1,
+                            min_steps=1)
+    assert obvious.accuracy >= 0.95 and obvious.epochs < 40  # learnt, then stopped when it stopped improving
