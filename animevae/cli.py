@@ -448,6 +448,10 @@ def evaluate(
     table.add_row("samples drawn from", report.latents)
     for style, share in report.style_share_train.items():
         table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")
+    for style, accuracy in report.realism_recon_by_style.items():
+        on_samples = report.realism_samples_by_style.get(style)
+        table.add_row(f"style {style}: classifier accuracy, samples / reconstructions",
+                      f"{'-' if on_samples is None else f'{on_samples:.3f}'} / {accuracy:.3f}")
     if report.classes is not None:
         _class_rows(table, report.classes)
     console.print(table)

@@ -73,6 +73,9 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
     for accuracy in (report.realism_samples_accuracy, report.realism_recon_accuracy):
         assert accuracy * 8 == pytest.approx(round(accuracy * 8))
     assert report.style_share_train == {"face": 1.0}  # the blob files are face000.png, face001.png, ...
+    # One style: its accuracy is the whole accuracy.
+    assert report.realism_recon_by_style == {"face": report.realism_recon_accuracy}
+    assert report.realism_samples_by_style == {"face": report.realism_samples_accuracy}
 
 
 def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:

@@ -62,3 +62,21 @@ def test_a_classifier_still_at_chance_is_not_stopped_early() -> None:
     obvious = realism_score(smooth[:160], speckled[:160], smooth[160:], speckled[160:], max_epochs=40, patience=1,
                             min_steps=1)
     assert obvious.accuracy >= 0.95 and obvious.epochs < 40  # learnt, then stopped when it stopped improving
+
+
+def test_accuracy_per_group_tells_where_the_generator_gives_itself_away() -> None:
+    # Group "flat": generated images are speckled copies (obvious); group "same": both sides one distribution.
+    generator = torch.Generator().manual_seed(3)
+    flat = torch.rand(200, 3, 1, 1, generator=generator).expand(200, 3, 8, 8).contiguous()
+    speckled = (flat + 0.3 * torch.randn(flat.shape, generator=generator)).clamp(0, 1)
+    noise = torch.rand(200, 3, 8, 8, generator=generator)
+    real = torch.cat([flat[:100], noise[:100]])  # (200, 3, 8, 8): half flat, half noise
+    fake = torch.cat([speckled[:100], torch.rand(100, 3, 8, 8, generator=generator)])
+    order = torch.randperm(200, generator=generator)
+    groups = ["flat"] * 100 + ["same"] * 100
+    train, test = order[:140], order[140:]
+    score = realism_score(real[train], fake[train], real[test], fake[test], max_epochs=20,
+                          real_groups=[groups[i] for i in test], fake_groups=[groups[i] for i in test])
+    assert set(score.by_group) == {"flat", "same"}
+    assert score.by_group["flat"] >= 0.8 and score.by_group["same"] <= 0.75, score.by_group
+    assert realism_score(real[train], fake[train], real[test], fake[test], max_epochs=1).by_group == {}

@@ -91,6 +91,10 @@ class QualityReport:
     latents: str = ""
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
+    # The realism classifier's accuracy per style (held-out faces and what was made of them, together; a
+    # sample's style is its nearest training face's): which styles give the model away.
+    realism_samples_by_style: dict[str, float] = field(default_factory=dict)
+    realism_recon_by_style: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     # Measures the set is too small for (None above): they need at least MIN_HELD_OUT held-out images.
     not_measurable: list[str] = field(default_factory=list)
@@ -274,17 +278,23 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     enough = len(held_out) >= MIN_HELD_OUT  # sets of 2-19 images hold out one
     real_train = train_images[classifier_rows(len(train_images), classifier_images)]
     drawn = as_saved(draw_samples(vae, max(samples, len(real_train) + len(held_out)), sampler=sampler))
+    sources = _sources(data, len(images), runs_dir / ".cache")
+    train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
+    held_styles = [style_of(sources[i]) for i in val_idx] if sources else None
     realism = recon_realism = None
     if enough:
-        realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
+        scored = drawn[len(real_train) :]  # the samples the classifier is tested on
+        scored_styles = ([train_styles[i] for i in nearest_distances(scored, train_images)[1].tolist()]
+                         if held_styles else None)
+        realism = realism_score(real_train, drawn[: len(real_train)], held_out, scored,
+                                real_groups=held_styles, fake_groups=scored_styles)
         recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
-                                      as_saved(reconstruct(vae, held_out)))
+                                      as_saved(reconstruct(vae, held_out)), real_groups=held_styles,
+                                      fake_groups=held_styles)
     generated = drawn[:samples]
     sample_nn, sample_where = nearest_distances(generated, train_images)
     held_nn, _ = nearest_distances(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
-    sources = _sources(data, len(images), runs_dir / ".cache")
-    train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
         recon_psnr=round(recon_psnr, 3), recon_ssim=round(recon_ssim, 4),
@@ -302,6 +312,8 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         latents="diffusion prior" if sampler is not None else "Gaussian mixture",
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
+        realism_samples_by_style=realism.by_group if realism else {},
+        realism_recon_by_style=recon_realism.by_group if recon_realism else {},
     )
     report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
                                                "realism_recon_accuracy", "realism_recon_auc"]

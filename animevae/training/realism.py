@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,8 @@ class RealismScore:
     epochs: int
     train_per_class: int
     test_per_class: int
+    # Accuracy over the test images of each group (real and generated together), where groups were given.
+    by_group: dict[str, float] = field(default_factory=dict)
 
 
 def classifier_net(width: int = 32, classes: int = 1) -> nn.Sequential:
@@ -78,7 +80,8 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test: torch.Tensor,
                   fake_test: torch.Tensor, max_epochs: int = MAX_EPOCHS, patience: int = 5, seed: int = 0,
-                  batch_size: int = 64, min_steps: int = 300, device: torch.device | str = "cpu") -> RealismScore:
+                  batch_size: int = 64, min_steps: int = 300, device: torch.device | str = "cpu",
+                  real_groups: list[str] | None = None, fake_groups: list[str] | None = None) -> RealismScore:
     """Train `classifier_net` on (real_train vs fake_train), keeping the weights of the epoch with the lowest
     loss on a tenth it holds out, until `patience` epochs bring no better one (never while that loss is still
     at chance level, see CHANCE_SHARE); score on the test images.
@@ -87,7 +90,9 @@ def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test:
 
     All inputs are (N, 3, S, S) float in [0, 1]; the classes are balanced to the smaller side of each split.
     It trains in fp32: under bf16 autocast it missed plain speckle that fp32 finds at once. `device` is where it
-    trains (a GPU scores a model in seconds); the shuffles and flips come from a CPU generator either way."""
+    trains (a GPU scores a model in seconds); the shuffles and flips come from a CPU generator either way.
+    `real_groups` and `fake_groups` name a group (a style) for each test image: accuracy is then also given
+    per group, which tells where a generator gives itself away."""
     torch.manual_seed(seed)
     per_class = min(len(real_train), len(fake_train))
     images = torch.cat([real_train[:per_class], fake_train[:per_class]]).to(device)
@@ -99,8 +104,15 @@ def realism_score(real_train: torch.Tensor, fake_train: torch.Tensor, real_test:
     test_images = torch.cat([real_test[:test_count], fake_test[:test_count]]).to(device)
     test_labels = torch.cat([torch.ones(test_count), torch.zeros(test_count)])
     scores = logits(net, test_images).cpu()
-    accuracy = ((scores > 0).float() == test_labels).float().mean().item()
-    return RealismScore(round(accuracy, 4), round(roc_auc(scores, test_labels), 4), epoch, per_class, test_count)
+    correct = ((scores > 0).float() == test_labels).float()  # (2 * test_count,)
+    by_group: dict[str, float] = {}
+    if real_groups is not None and fake_groups is not None:
+        groups = [*real_groups[:test_count], *fake_groups[:test_count]]
+        for name in sorted(set(groups)):
+            rows = torch.tensor([g == name for g in groups])
+            by_group[name] = round(correct[rows].mean().item(), 4)
+    return RealismScore(round(correct.mean().item(), 4), round(roc_auc(scores, test_labels), 4), epoch, per_class,
+                        test_count, by_group)
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
