@@ -281,18 +281,19 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     sources = _sources(data, len(images), runs_dir / ".cache")
     train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
     held_styles = [style_of(sources[i]) for i in val_idx] if sources else None
+    # Every drawn sample's nearest training face, once: the first `samples` are scored for copying and style
+    # shares, those after the classifier's training rows are its test samples.
+    drawn_nn, drawn_where = nearest_distances(drawn, train_images)
     realism = recon_realism = None
     if enough:
-        scored = drawn[len(real_train) :]  # the samples the classifier is tested on
-        scored_styles = ([train_styles[i] for i in nearest_distances(scored, train_images)[1].tolist()]
-                         if held_styles else None)
-        realism = realism_score(real_train, drawn[: len(real_train)], held_out, scored,
+        scored_styles = [train_styles[i] for i in drawn_where[len(real_train) :].tolist()] if held_styles else None
+        realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :],
                                 real_groups=held_styles, fake_groups=scored_styles)
         recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
                                       as_saved(reconstruct(vae, held_out)), real_groups=held_styles,
                                       fake_groups=held_styles)
     generated = drawn[:samples]
-    sample_nn, sample_where = nearest_distances(generated, train_images)
+    sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
     held_nn, _ = nearest_distances(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
     report = QualityReport(
