@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,12 @@ def equal_neighbours(images: torch.Tensor) -> float:
     return (images.diff(dim=3).abs().amax(1) == 0).float().mean().item()
 
 
-def _run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([session.run(None, {session.get_inputs()[0].name: x[b : b + 256]})[0]
-                           for b in range(0, len(x), 256)])
+def _batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """run() over `x` in batches of 256, the outputs joined."""
+    return np.concatenate([run(x[b : b + 256]) for b in range(0, len(x), 256)])
 
 
-def _images_per_second(run: object, batch: np.ndarray, repeats: int = 5) -> float:
+def _images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, repeats: int = 5) -> float:
     """Median throughput of run(batch) over `repeats` calls, after one warm-up."""
     run(batch)
     times = []
@@ -91,10 +92,9 @@ def main() -> None:
     pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)
     real_train = pixels[torch.from_numpy(train_idx)][classifier_rows(len(train_idx), args.per_class)]
     real_test = pixels[torch.from_numpy(val_idx)]
+    encode, decode = (lambda x: encoder.run(x)[0]), (lambda z: decoder.run(z)[0])
     # decode(mu(x)), unrounded, (N, 3, S, S)
-    recon = [torch.from_numpy(decoder.run(np.concatenate([encoder.run(x[b : b + 256].numpy())[0]
-                                                         for b in range(0, len(x), 256)]))[0])
-             for x in (real_train, real_test)]
+    recon = [torch.from_numpy(_batched(decode, _batched(encode, x.numpy()))) for x in (real_train, real_test)]
     range_filter = RangeFilter(args.sigma).eval()
     with torch.no_grad():
         filtered = [torch.cat([range_filter(x[b : b + 256]) for b in range(0, len(x), 256)]) for x in recon]
@@ -115,8 +115,8 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         filter_session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        alone = _images_per_second(lambda batch: decoder.run(batch), z)
-        with_filter = _images_per_second(lambda batch: _run(filter_session, decoder.run(batch)[0]), z)
+        alone = _images_per_second(decode, z)
+        with_filter = _images_per_second(lambda batch: filter_session.run(None, {"image": decode(batch)})[0], z)
     print(json.dumps({"model": choice.origin, "sigma": args.sigma, "held_out": len(real_test),
                       "real": {"equal_neighbours": round(equal_neighbours(real_test), 4),
                                "psnr_through_filter": round(psnr(real_filtered, real_test).mean().item(), 2)},
