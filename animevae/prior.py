@@ -16,7 +16,10 @@ import numpy as np
 
 WEIGHTS_KEY = "animevae.prior_weights"
 MEANS_KEY = "animevae.prior_means"
+# The components' scales: Cholesky factors of full covariances (K, D, D), or standard deviations of diagonal
+# ones (K, D). A decoder carries one of the two.
 TRILS_KEY = "animevae.prior_scale_trils"
+DIAGONAL_KEY = "animevae.prior_scales"
 # Labelled models only: the class of each component, (K,) (one mixture per class).
 CLASSES_KEY = "animevae.prior_classes"
 
@@ -33,14 +36,15 @@ def unpack_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """sum_k weights[k] N(means[k], scale_trils[k] scale_trils[k]^T): weights (K,), means (K, D), trils (K, D, D).
+    """sum_k weights[k] N(means[k], S_k S_k^T): weights (K,), means (K, D), and `scales`: the Cholesky factors
+    S_k (K, D, D) of full covariances, or the standard deviations (K, D) of diagonal ones (S_k = diag(scales[k])).
 
     A labelled model's prior also has `classes` (K,): the class each component belongs to, so that the
     components of class c, their weights renormalised, are that class's own mixture."""
 
     weights: np.ndarray
     means: np.ndarray
-    scale_trils: np.ndarray
+    scales: np.ndarray
     classes: np.ndarray | None = None
 
     @classmethod
@@ -55,19 +59,26 @@ class LatentPrior:
         decoder's own unless given."""
         if latent_dim is None:
             latent_dim = int(metadata["animevae.latent_dim"])
-        if not all(key in metadata for key in (WEIGHTS_KEY, MEANS_KEY, TRILS_KEY)):
+        scale_key = DIAGONAL_KEY if DIAGONAL_KEY in metadata else TRILS_KEY
+        if not all(key in metadata for key in (WEIGHTS_KEY, MEANS_KEY, scale_key)):
             return cls.standard(latent_dim)
         weights = unpack_array(metadata[WEIGHTS_KEY], (-1,))
         k = len(weights)
         classes = unpack_array(metadata[CLASSES_KEY], (k,)).astype(np.int64) if CLASSES_KEY in metadata else None
+        scale_shape = (k, latent_dim) if scale_key == DIAGONAL_KEY else (k, latent_dim, latent_dim)
         return cls(weights, unpack_array(metadata[MEANS_KEY], (k, latent_dim)),
-                   unpack_array(metadata[TRILS_KEY], (k, latent_dim, latent_dim)), classes)
+                   unpack_array(metadata[scale_key], scale_shape), classes)
+
+    @property
+    def diagonal(self) -> bool:
+        """Whether the components have diagonal covariances (`scales` is (K, D))."""
+        return self.scales.ndim == 2
 
     def to_metadata(self) -> dict[str, str]:
         """The metadata entries that `from_metadata` reads."""
         classes = {} if self.classes is None else {CLASSES_KEY: pack_array(self.classes)}
         return {WEIGHTS_KEY: pack_array(self.weights), MEANS_KEY: pack_array(self.means),
-                TRILS_KEY: pack_array(self.scale_trils), **classes}
+                DIAGONAL_KEY if self.diagonal else TRILS_KEY: pack_array(self.scales), **classes}
 
     def latent(self, seed: int, index: int, temperature: float = 1.0) -> np.ndarray:
         """The latent of image `index`: (D,) float32, from a generator seeded by (seed, index) alone, so an
@@ -87,8 +98,10 @@ class LatentPrior:
         eps = rng.standard_normal(self.means.shape[1], dtype=np.float32)
         if temperature != 1.0:
             eps *= np.float32(temperature)
+        if self.diagonal:
+            return self.means[component] + self.scales[component] * eps
         # One image at a time: no batch-size-dependent BLAS blocking.
-        return self.means[component] + self.scale_trils[component] @ eps
+        return self.means[component] + self.scales[component] @ eps
 
     @cached_property
     def cumulative(self) -> np.ndarray:
@@ -112,8 +125,8 @@ class LatentPrior:
     @cached_property
     def covariance(self) -> np.ndarray:
         """Covariance of the whole mixture, (D, D) float64."""
-        trils, means, w = self.scale_trils.astype(np.float64), self.means.astype(np.float64), self.weights
-        within = np.einsum("k,kij,klj->il", w, trils, trils)
+        scales, means, w = self.scales.astype(np.float64), self.means.astype(np.float64), self.weights
+        within = np.diag(w @ scales**2) if self.diagonal else np.einsum("k,kij,klj->il", w, scales, scales)
         centred = means - self.mean.astype(np.float64)
         return within + np.einsum("k,ki,kj->ij", w, centred, centred)
 

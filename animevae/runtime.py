@@ -253,7 +253,7 @@ def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
     if role == "decoder":
         try:
             prior = LatentPrior.from_metadata(metadata)
-            usable = all(np.isfinite(a).all() for a in (prior.weights, prior.means, prior.scale_trils))
+            usable = all(np.isfinite(a).all() for a in (prior.weights, prior.means, prior.scales))
             usable = usable and len(prior.weights) > 0 and (prior.weights >= 0).all() and prior.weights.sum() > 0
         except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
             raise ModelError(f"{path} has a malformed latent prior in its metadata ({str(error)[:120]})",

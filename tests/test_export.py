@@ -91,7 +91,7 @@ def test_metadata(protos, trained_run) -> None:
         assert json.loads(meta["animevae.config"])["model"]["channels"] == [8, 16]
         assert meta["animevae.training_data"] == str(trained_run.data_dir)
         # Only the decoder carries the fitted prior, and it is the checkpoint's.
-        for key in ("animevae.prior_weights", "animevae.prior_means", "animevae.prior_scale_trils"):
+        for key in ("animevae.prior_weights", "animevae.prior_means", "animevae.prior_scales"):
             assert (key in meta) == (role == "decoder")
 
 
@@ -103,7 +103,7 @@ def test_decoder_prior_matches_the_checkpoint(protos, trained_run) -> None:
     prior = LatentPrior.from_metadata(meta, 8)
     np.testing.assert_array_equal(prior.weights, vae.prior_weights.numpy())
     np.testing.assert_array_equal(prior.means, vae.prior_means.numpy())
-    np.testing.assert_array_equal(prior.scale_trils, vae.prior_scale_trils.numpy())
+    np.testing.assert_array_equal(prior.scales, vae.prior_component_scales.numpy())
 
 
 def test_encoder_and_decoder_have_a_dynamic_batch_only(onnx_models) -> None:

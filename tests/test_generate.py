@@ -59,11 +59,12 @@ def test_latents_come_from_the_fitted_prior() -> None:
 
 
 def test_session_decoder_carries_a_fitted_prior(onnx_models) -> None:
-    from animevae.prior import MEANS_KEY, TRILS_KEY, WEIGHTS_KEY
+    from animevae.prior import DIAGONAL_KEY, MEANS_KEY, TRILS_KEY, WEIGHTS_KEY
 
     metadata = onnx_models["decoder"].metadata
-    assert {WEIGHTS_KEY, MEANS_KEY, TRILS_KEY} <= metadata.keys()
+    assert {WEIGHTS_KEY, MEANS_KEY, DIAGONAL_KEY} <= metadata.keys() and TRILS_KEY not in metadata
     prior = LatentPrior.from_metadata(metadata, 8)
+    assert prior.diagonal and prior.scales.shape == (len(prior.weights), 8)
     assert prior.mean.shape == (8,) and prior.scale_tril.shape == (8, 8)
     assert np.allclose(prior.scale_tril, np.tril(prior.scale_tril))  # lower-triangular
     assert not np.array_equal(prior.scale_tril, np.eye(8))  # fitted, not N(0, I)
@@ -455,8 +456,26 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
     np.testing.assert_allclose(prior.scale_tril @ prior.scale_tril.T, prior.covariance, rtol=1e-5)
     assert prior.scale_tril[0, 1] == 0  # lower-triangular
     restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
-    for name in ("weights", "means", "scale_trils"):
+    for name in ("weights", "means", "scales"):
         assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
+
+
+def test_a_diagonal_mixture_draws_and_round_trips_as_the_same_full_one_would() -> None:
+    """Diagonal scales (K, D) are the full mixture with diagonal Cholesky factors: the same latents, moments and
+    metadata round trip, under their own key (a decoder carries one kind, and older decoders the full one)."""
+    from animevae.prior import DIAGONAL_KEY, TRILS_KEY
+
+    weights, means = np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32)
+    scales = np.array([[1, 2], [0.5, 3]], np.float32)
+    diagonal, full = LatentPrior(weights, means, scales), LatentPrior(weights, means, np.stack([np.diag(s) for s in scales]))
+    assert diagonal.diagonal and not full.diagonal
+    for index in range(20):
+        np.testing.assert_allclose(diagonal.latent(3, index, 0.5), full.latent(3, index, 0.5), rtol=1e-6)
+    np.testing.assert_allclose(diagonal.covariance, full.covariance, rtol=1e-12)
+    metadata = diagonal.to_metadata()
+    assert DIAGONAL_KEY in metadata and TRILS_KEY not in metadata
+    restored = LatentPrior.from_metadata({**metadata, "animevae.latent_dim": "2"})
+    assert restored.diagonal and np.array_equal(restored.scales, scales)
 
 
 def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:

@@ -108,7 +108,7 @@ def test_class_latents_depend_on_seed_class_and_index_alone_and_stay_in_their_cl
     k, d = 6, 4
     prior = LatentPrior(rng.random(k).astype(np.float32), rng.standard_normal((k, d)).astype(np.float32),
                         np.stack([np.eye(d, dtype=np.float32) * 0.01] * k), np.array([0, 0, 1, 1, 2, 2]))
-    again = LatentPrior(prior.weights, prior.means, prior.scale_trils, prior.classes)
+    again = LatentPrior(prior.weights, prior.means, prior.scales, prior.classes)
     assert np.array_equal(prior.class_latent(3, 1, 7), again.class_latent(3, 1, 7))
     assert not np.array_equal(prior.class_latent(3, 1, 7), prior.class_latent(3, 2, 7))
     for label in range(3):
@@ -116,7 +116,7 @@ def test_class_latents_depend_on_seed_class_and_index_alone_and_stay_in_their_cl
             nearest = np.argmin(((prior.means - prior.class_latent(5, label, index)) ** 2).sum(1))
             assert prior.classes[nearest] == label
     # An unlabelled draw is the stream it always was: seeded by (seed, index).
-    unlabelled = LatentPrior(prior.weights, prior.means, prior.scale_trils)
+    unlabelled = LatentPrior(prior.weights, prior.means, prior.scales)
     assert np.array_equal(prior.latent(3, 7), unlabelled.latent(3, 7))
 
 

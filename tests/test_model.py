@@ -103,8 +103,9 @@ def test_vae_loss_is_finite_and_prefers_better_reconstructions() -> None:
     assert torch.isfinite(loss_fn(image, image, posterior)[0])
 
 
-def test_fit_prior_single_component_moment_matches_the_aggregate_posterior() -> None:
-    vae = VAE(ModelConfig(**{**TINY, "prior_components": 1}))
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_fit_prior_single_component_moment_matches_the_aggregate_posterior(covariance: str) -> None:
+    vae = VAE(ModelConfig(**{**TINY, "prior_components": 1, "prior_covariance": covariance}))
     eps, uniform = torch.randn(3, 8), torch.rand(3)
     torch.testing.assert_close(vae.sample_latent(eps, uniform), eps)  # N(0, I) before fitting
 
@@ -113,18 +114,26 @@ def test_fit_prior_single_component_moment_matches_the_aggregate_posterior() -> 
     logvar = torch.full((3000, 8), math.log(0.25))
     vae.fit_prior(mu, logvar)
     torch.testing.assert_close(vae.prior_means[0], mu.mean(0))
-    tril = vae.prior_scale_trils[0].double()
-    expected = torch.cov(mu.double().T, correction=0) + torch.eye(8, dtype=torch.float64) * (0.25 + 1e-6)
-    torch.testing.assert_close(tril @ tril.T, expected, rtol=1e-4, atol=1e-4)
-    assert torch.equal(vae.prior_scale_trils[0], torch.tril(vae.prior_scale_trils[0]))
+    covariance_of_mu = torch.cov(mu.double().T, correction=0)
+    if covariance == "full":
+        tril = vae.prior_scale_trils[0].double()
+        expected = covariance_of_mu + torch.eye(8, dtype=torch.float64) * (0.25 + 1e-6)
+        torch.testing.assert_close(tril @ tril.T, expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(vae.prior_scale_trils[0], torch.tril(vae.prior_scale_trils[0]))
+    else:
+        expected = torch.diagonal(covariance_of_mu) + 0.25
+        torch.testing.assert_close(vae.prior_scales[0].double() ** 2, expected, rtol=1e-4, atol=1e-4)
     draws = vae.sample_latent(torch.randn(20000, 8, generator=generator), torch.rand(20000, generator=generator))
     torch.testing.assert_close(draws.mean(0), mu.mean(0), atol=0.1, rtol=0)
-    # The prior travels with the weights.
-    assert {"prior_weights", "prior_means", "prior_scale_trils"} <= vae.state_dict().keys()
+    torch.testing.assert_close(draws.var(0), (mu.var(0) + 0.25).float(), rtol=0.06, atol=0)
+    # The prior travels with the weights, under the key its kind of covariance has.
+    scale_key = "prior_scale_trils" if covariance == "full" else "prior_scales"
+    assert {"prior_weights", "prior_means", scale_key} <= vae.state_dict().keys()
 
 
-def test_fit_prior_finds_separate_clusters() -> None:
-    vae = VAE(ModelConfig(**{**TINY, "prior_components": 4}))
+@pytest.mark.parametrize("covariance", ["full", "diagonal"])
+def test_fit_prior_finds_separate_clusters(covariance: str) -> None:
+    vae = VAE(ModelConfig(**{**TINY, "prior_components": 4, "prior_covariance": covariance}))
     generator = torch.Generator().manual_seed(1)
     centres = torch.tensor([[-6.0] * 8, [6.0] * 8])
     mu = torch.cat([centres[0] + torch.randn(600, 8, generator=generator),
@@ -135,6 +144,46 @@ def test_fit_prior_finds_separate_clusters() -> None:
     assert (draws.mean(1).abs() < 3).float().mean() < 0.02
     assert 0.7 < (draws.mean(1) > 0).float().mean() < 0.8
     assert torch.isclose(vae.prior_weights.sum(), torch.tensor(1.0))
+
+
+def test_a_diagonal_mixture_follows_a_curved_set_that_one_full_gaussian_fills_across() -> None:
+    """Why many diagonal components: points on a ring; the diagonal mixture's draws stay near the ring, the
+    single full Gaussian (the same moments) puts many in the empty middle."""
+    generator = torch.Generator().manual_seed(2)
+    angle = torch.rand(4000, generator=generator) * 2 * math.pi
+    ring = torch.zeros(4000, 8)
+    ring[:, 0], ring[:, 1] = 5 * torch.cos(angle), 5 * torch.sin(angle)
+    ring += 0.1 * torch.randn(4000, 8, generator=generator)
+    logvar = torch.full_like(ring, math.log(0.01))
+    radii = {}
+    for covariance, components in (("diagonal", 64), ("full", 1)):
+        vae = VAE(ModelConfig(**{**TINY, "prior_components": components, "prior_covariance": covariance}))
+        vae.fit_prior(ring, logvar)
+        draws = vae.sample_latent(torch.randn(4000, 8, generator=generator), torch.rand(4000, generator=generator))
+        radii[covariance] = draws[:, :2].norm(dim=1)
+    assert ((radii["diagonal"] - 5).abs() < 1).float().mean() > 0.9
+    assert ((radii["full"] - 5).abs() < 1).float().mean() < 0.5
+
+
+def test_a_diagonal_mixture_uses_no_more_components_than_its_points_support() -> None:
+    from animevae.training.model import DIAGONAL_POINTS_PER_COMPONENT, fit_diagonal_mixture
+
+    points = torch.randn(5 * DIAGONAL_POINTS_PER_COMPONENT, 4, dtype=torch.float64)
+    weights, means, scales = fit_diagonal_mixture(points, torch.zeros(4, dtype=torch.float64), 200)
+    assert weights.shape == (200,) and means.shape == (200, 4) and scales.shape == (200, 4)
+    assert (weights > 0).sum() <= 5 and torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert (scales > 0).all()
+
+
+def test_a_config_written_before_diagonal_mixtures_keeps_full_covariances() -> None:
+    raw = json.loads(RunConfig(name="old", model=ModelConfig(**TINY)).to_json())
+    del raw["model"]["prior_covariance"]
+    old = RunConfig.from_dict(raw)
+    assert old.model.prior_covariance == "full"
+    assert "prior_scale_trils" in VAE(old.model).state_dict()
+    assert ModelConfig().prior_covariance == "diagonal"
+    with pytest.raises(ValueError, match="prior_covariance"):
+        ModelConfig(**{**TINY, "prior_covariance": "spherical"}).check()
 
 
 # --- denoiser ----------------------------------------------------------------------------------

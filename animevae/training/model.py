@@ -94,12 +94,16 @@ class VAE(nn.Module):
         self.decoder = Decoder(config)
         # Gaussian mixture fitted to the training latents after each epoch (see prior.py); N(0, I) until then.
         # A labelled set gets one mixture of k components per class: components c*k .. c*k+k-1 are class c's.
+        # The scales: standard deviations (K, D) of diagonal components, or Cholesky factors (K, D, D) of full ones.
         k, d, classes = config.prior_components, config.latent_dim, max(1, len(config.classes))
         weights = torch.zeros(k * classes)
         weights[::k] = 1.0 / classes
         self.register_buffer("prior_weights", weights)
         self.register_buffer("prior_means", torch.zeros(k * classes, d))
-        self.register_buffer("prior_scale_trils", torch.eye(d).repeat(k * classes, 1, 1))
+        if config.prior_covariance == "diagonal":
+            self.register_buffer("prior_scales", torch.ones(k * classes, d))
+        else:  # the key runs before diagonal mixtures stored
+            self.register_buffer("prior_scale_trils", torch.eye(d).repeat(k * classes, 1, 1))
         if config.classes:  # only then: checkpoints of unlabelled runs keep the keys they always had
             self.register_buffer("prior_classes", torch.arange(classes).repeat_interleave(k))
 
@@ -107,10 +111,16 @@ class VAE(nn.Module):
         """(B, 3, S, S) in [0, 1] -> posterior over (B, latent)."""
         return DiagonalGaussian(*self.encoder(image))
 
+    @property
+    def prior_component_scales(self) -> torch.Tensor:
+        """The mixture's scales: (K, D) standard deviations (diagonal) or (K, D, D) Cholesky factors (full)."""
+        return self.prior_scales if self.config.prior_covariance == "diagonal" else self.prior_scale_trils
+
     @torch.no_grad()
     def fit_prior(self, mu: torch.Tensor, logvar: torch.Tensor, seed: int = 0, labels: torch.Tensor | None = None) -> None:
-        """Fit the sampling prior to (N, latent) posteriors: a full-covariance Gaussian mixture on mu by EM,
-        each covariance widened by the mean posterior variance (moment matching the aggregate posterior).
+        """Fit the sampling prior to (N, latent) posteriors: a Gaussian mixture on mu by EM (diagonal or full
+        covariances, as configured), each covariance widened by the mean posterior variance (moment matching the
+        aggregate posterior).
 
         With (N,) class `labels`, one mixture per class on that class's posteriors, weighted by the class's share,
         so that the whole mixture still follows the data. A class with no image here gets the whole set's.
@@ -124,11 +134,11 @@ class VAE(nn.Module):
             share = rows.float().mean() if labels is not None else torch.tensor(1.0)
             if not rows.any():
                 rows = torch.ones(len(mu), dtype=torch.bool)
-            weights, means, trils = fit_gaussian_mixture(
-                mu[rows].double(), logvar[rows].double().exp().mean(0), k, seed=seed + c)
+            fit = fit_diagonal_mixture if self.config.prior_covariance == "diagonal" else fit_gaussian_mixture
+            weights, means, scales = fit(mu[rows].double(), logvar[rows].double().exp().mean(0), k, seed=seed + c)
             self.prior_weights[c * k : (c + 1) * k] = weights * share
             self.prior_means[c * k : (c + 1) * k] = means
-            self.prior_scale_trils[c * k : (c + 1) * k] = trils
+            self.prior_component_scales[c * k : (c + 1) * k] = scales
 
     def sample_latent(self, eps: torch.Tensor, uniform: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent) standard-normal draws and (B,) uniform draws -> (B, latent) latents from the prior; with
@@ -139,6 +149,8 @@ class VAE(nn.Module):
             weights = self.prior_weights * (self.prior_classes[None, :] == label[:, None])  # (B, K)
             cumulative = (weights.cumsum(1) / weights.sum(1, keepdim=True))[:, :-1]
         component = torch.searchsorted(cumulative.contiguous(), uniform[:, None].contiguous(), right=True).squeeze(1)
+        if self.config.prior_covariance == "diagonal":
+            return self.prior_means[component] + self.prior_scales[component] * eps
         return self.prior_means[component] + (self.prior_scale_trils[component] @ eps.unsqueeze(2)).squeeze(2)
 
     def forward(
@@ -280,6 +292,41 @@ def fit_gaussian_mixture(x: torch.Tensor, extra_variance: torch.Tensor, componen
     out_trils = torch.eye(d, dtype=x.dtype).repeat(components, 1, 1)
     out_weights[:used], out_means[:used], out_trils[:used] = weights, means, trils
     return out_weights.float(), out_means.float(), out_trils.float()
+
+
+# A diagonal component is fitted from at least this many points (fewer make near-copies of them).
+DIAGONAL_POINTS_PER_COMPONENT = 16
+
+
+def fit_diagonal_mixture(x: torch.Tensor, extra_variance: torch.Tensor, components: int, iterations: int = 30,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EM for a diagonal-covariance Gaussian mixture on (N, D) points, started from a seeded sample of them.
+
+    Uses at most one component per DIAGONAL_POINTS_PER_COMPONENT points; the rest get weight 0. Returns weights
+    (K,), means (K, D) and standard deviations (K, D) (each variance + extra_variance).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n, d = x.shape
+    used = max(1, min(components, n // DIAGONAL_POINTS_PER_COMPONENT))
+    means = x[torch.randperm(n, generator=generator)[:used]].clone()  # (K, D)
+    variances = x.var(0, correction=0).clamp(min=1e-6).expand(used, d).clone() if n > 1 else torch.ones(used, d, dtype=x.dtype)
+    weights = torch.full((used,), 1.0 / used, dtype=x.dtype)
+    squares = x.pow(2)  # (N, D)
+    for _ in range(iterations):
+        precision = 1.0 / variances  # (K, D)
+        # sum_d (x - m)^2 / v as three matrix products: (N, K)
+        distance = squares @ precision.T - 2.0 * x @ (means * precision).T + (means.pow(2) * precision).sum(1)
+        log_prob = -0.5 * (distance + torch.log(variances).sum(1)) + torch.log(weights)
+        resp = torch.softmax(log_prob, dim=1)  # (N, K)
+        counts = resp.sum(0) + 1e-9  # (K,)
+        weights = counts / counts.sum()
+        means = (resp.T @ x) / counts[:, None]
+        variances = ((resp.T @ squares) / counts[:, None] - means.pow(2)).clamp(min=1e-6)
+    out_weights = torch.zeros(components, dtype=x.dtype)
+    out_means = torch.zeros(components, d, dtype=x.dtype)
+    out_scales = torch.ones(components, d, dtype=x.dtype)
+    out_weights[:used], out_means[:used], out_scales[:used] = weights, means, (variances + extra_variance).sqrt()
+    return out_weights.float(), out_means.float(), out_scales.float()
 
 
 def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
