@@ -495,7 +495,11 @@ def info(
     for key in ("run", "version", "format_version", "image_size", "latent_dim", "training_data"):
         console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
     prior = prior_path_for(decoder.path)
-    console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}")
+    mixture = models.prior
+    used = int((mixture.weights > 0).sum())
+    kind = "diagonal" if mixture.diagonal else "full"
+    console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}; "
+                  f"the mixture: {used} components with {kind} covariances")
     classes = ClassInfo.from_metadata(meta)
     console.print(f"  classes: {len(classes.names) if classes else 'none (trained without labels)'}")
     if classes is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -264,6 +265,7 @@ def test_prepare_train_export_generate_denoise(runner, image_dir: Path, tmp_path
     assert "latent_dim: 8" in info.output and "image_size: 16" in info.output
     assert "--device cpu runs on: CPUExecutionProvider" in info.output
     assert "latents: Gaussian mixture (decoder metadata)" in info.output
+    assert re.search(r"the mixture: \d+ components with diagonal covariances", info.output)
 
     generated = runner.invoke(app, ["generate", "--count", "6", *CPU])
     assert_ok(generated)
