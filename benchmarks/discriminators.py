@@ -24,13 +24,10 @@ import torch
 from torch import nn
 
 from animevae.config import ModelConfig
-from animevae.data import load_training_images, split_holdout
-from animevae.model_files import choose_model
-from animevae.progress import SilentReporter
-from animevae.runtime import open_model
 from animevae.training.adversarial import PatchDiscriminator, hinge_discriminator_loss
 from animevae.training.evaluate import as_saved
 from animevae.training.realism import classifier_net, classifier_rows
+from realism_cues import coder_and_faces  # a sibling script: python puts benchmarks/ on the path
 
 
 def classifier_patch(width: int = 32) -> nn.Module:
@@ -55,13 +52,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    choice = choose_model(args.runs_dir, None, args.model)
-    decoder, encoder = (open_model(choice.path(role), role, "cpu") for role in ("decoder", "encoder"))
-    size = int(decoder.metadata["animevae.image_size"])
-    loaded = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
-    train_idx, _ = split_holdout(loaded.hashes, len(loaded.images), 500)
-    pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)
-    real = pixels[torch.from_numpy(train_idx)][classifier_rows(len(train_idx), 2000)]  # (N, 3, S, S)
+    _, decoder, encoder, train_faces, _ = coder_and_faces(args.runs_dir, args.model, args.data)
+    real = train_faces[classifier_rows(len(train_faces), 2000)]  # (N, 3, S, S)
     recon = np.concatenate([decoder.run(encoder.run(real[b : b + 256].numpy())[0])[0] for b in range(0, len(real), 256)])
     fake = as_saved(torch.from_numpy(recon))
     candidates = {"patch": (lambda: PatchDiscriminator(ModelConfig()), 2e-4),

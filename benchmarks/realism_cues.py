@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from animevae.data import load_training_images, split_holdout
-from animevae.model_files import choose_model
+from animevae.model_files import ModelChoice, choose_model
 from animevae.progress import SilentReporter
-from animevae.runtime import open_model
+from animevae.runtime import OnnxModel, open_model
 from animevae.training.evaluate import as_saved
 from animevae.training.model import psnr
 from animevae.training.realism import classifier_rows, realism_score
@@ -76,6 +76,18 @@ def _images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarra
     return len(batch) / float(np.median(times))
 
 
+def coder_and_faces(runs_dir: Path, model: str, data: Path) -> tuple[ModelChoice, OnnxModel, OnnxModel, torch.Tensor, torch.Tensor]:
+    """The model's choice, decoder and encoder (onnxruntime, CPU), and the data's training and held-out faces
+    (N, 3, S, S) in [0, 1], split as `train` splits them (500 held out)."""
+    choice = choose_model(runs_dir, None, model)
+    decoder, encoder = (open_model(choice.path(role), role, "cpu") for role in ("decoder", "encoder"))
+    size = int(decoder.metadata["animevae.image_size"])
+    loaded = load_training_images(data, size, runs_dir / ".cache", SilentReporter())
+    train_idx, val_idx = split_holdout(loaded.hashes, len(loaded.images), 500)
+    pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)
+    return choice, decoder, encoder, pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -84,14 +96,9 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
     args = parser.parse_args()
-    choice = choose_model(args.runs_dir, None, args.model)
-    decoder, encoder = (open_model(choice.path(role), role, "cpu") for role in ("decoder", "encoder"))
-    size = int(decoder.metadata["animevae.image_size"])
-    loaded = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
-    train_idx, val_idx = split_holdout(loaded.hashes, len(loaded.images), 500)
-    pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)
-    real_train = pixels[torch.from_numpy(train_idx)][classifier_rows(len(train_idx), args.per_class)]
-    real_test = pixels[torch.from_numpy(val_idx)]
+    choice, decoder, encoder, train_faces, real_test = coder_and_faces(args.runs_dir, args.model, args.data)
+    size = real_test.shape[-1]
+    real_train = train_faces[classifier_rows(len(train_faces), args.per_class)]
     encode, decode = (lambda x: encoder.run(x)[0]), (lambda z: decoder.run(z)[0])
     # decode(mu(x)), unrounded, (N, 3, S, S)
     recon = [torch.from_numpy(_batched(decode, _batched(encode, x.numpy()))) for x in (real_train, real_test)]
