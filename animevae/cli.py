@@ -498,8 +498,8 @@ def info(
     mixture = models.prior
     used = int((mixture.weights > 0).sum())
     kind = "diagonal" if mixture.diagonal else "full"
-    console.print(f"  latents: {f'diffusion prior ({prior.name})' if prior else 'Gaussian mixture (decoder metadata)'}; "
-                  f"the mixture: {used} components with {kind} covariances")
+    source = f"diffusion prior ({prior.name})" if prior else "Gaussian mixture (decoder metadata)"
+    console.print(f"  latents: {source}; the mixture: {used} components with {kind} covariances")
     classes = ClassInfo.from_metadata(meta)
     console.print(f"  classes: {len(classes.names) if classes else 'none (trained without labels)'}")
     if classes is not None:

@@ -4,7 +4,8 @@ The adversarial loss (animevae.training.adversarial) only helps if its discrimin
 from real faces. This trains each candidate with the hinge loss on real training faces against the model's
 reconstructions of other training faces (fixed images, 8-bit as saved: the easiest case, with no generator
 moving away), `--steps` steps of 32 + 32 images (both sides drawn from the same faces, so that telling
-them apart cannot come from remembering which faces are on which side), and prints its hinge loss (1.0 = cannot tell, 0 = certain)
+them apart cannot come from remembering which faces are on which side), and prints its hinge loss (1.0 =
+cannot tell, 0 = certain)
 and the mean logits of each side, every 50 steps and as the median of the last 50:
 - `patch`: the discriminator `train --adversarial-weight` uses (pix2pix's, lighter, no normalisation);
 - `classifier_patch`: the realism classifier's layers (a full-resolution first stage, BatchNorm) with one
@@ -54,7 +55,8 @@ def main() -> None:
     torch.manual_seed(0)
     _, decoder, encoder, train_faces, _ = coder_and_faces(args.runs_dir, args.model, args.data)
     real = train_faces[classifier_rows(len(train_faces), 2000)]  # (N, 3, S, S)
-    recon = np.concatenate([decoder.run(encoder.run(real[b : b + 256].numpy())[0])[0] for b in range(0, len(real), 256)])
+    recon = np.concatenate([decoder.run(encoder.run(real[b : b + 256].numpy())[0])[0]
+                            for b in range(0, len(real), 256)])
     fake = as_saved(torch.from_numpy(recon))
     candidates = {"patch": (lambda: PatchDiscriminator(ModelConfig()), 2e-4),
                   "classifier_patch": (classifier_patch, 1e-3)}
@@ -73,8 +75,8 @@ def main() -> None:
             optimizer.step()
             losses.append(loss.item())
             if step % 50 == 0:
-                print(f"{name:17s} step {step:4d}  hinge loss {loss.item():.3f}  logits real {logits[:32].mean().item():+.2f}"
-                      f" reconstructed {logits[32:].mean().item():+.2f}", flush=True)
+                print(f"{name:17s} step {step:4d}  hinge loss {loss.item():.3f}  logits real "
+                      f"{logits[:32].mean().item():+.2f} reconstructed {logits[32:].mean().item():+.2f}", flush=True)
         print(f"{name}: lr {lr}, median hinge loss of the last 50 steps {statistics.median(losses[-50:]):.3f}")
 
 

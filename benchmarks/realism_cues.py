@@ -76,7 +76,8 @@ def _images_per_second(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarra
     return len(batch) / float(np.median(times))
 
 
-def coder_and_faces(runs_dir: Path, model: str, data: Path) -> tuple[ModelChoice, OnnxModel, OnnxModel, torch.Tensor, torch.Tensor]:
+def coder_and_faces(runs_dir: Path, model: str,
+                    data: Path) -> tuple[ModelChoice, OnnxModel, OnnxModel, torch.Tensor, torch.Tensor]:
     """The model's choice, decoder and encoder (onnxruntime, CPU), and the data's training and held-out faces
     (N, 3, S, S) in [0, 1], split as `train` splits them (500 held out)."""
     choice = choose_model(runs_dir, None, model)

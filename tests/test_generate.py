@@ -467,7 +467,8 @@ def test_a_diagonal_mixture_draws_and_round_trips_as_the_same_full_one_would() -
 
     weights, means = np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32)
     scales = np.array([[1, 2], [0.5, 3]], np.float32)
-    diagonal, full = LatentPrior(weights, means, scales), LatentPrior(weights, means, np.stack([np.diag(s) for s in scales]))
+    diagonal = LatentPrior(weights, means, scales)
+    full = LatentPrior(weights, means, np.stack([np.diag(s) for s in scales]))
     assert diagonal.diagonal and not full.diagonal
     for index in range(20):
         np.testing.assert_allclose(diagonal.latent(3, index, 0.5), full.latent(3, index, 0.5), rtol=1e-6)

@@ -65,7 +65,8 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     config = json.loads((run / "config.json").read_text())
     assert config["name"] == "run"
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
-                               "denoiser_blocks": 1, "prior_components": 200, "prior_covariance": "diagonal", "upsample": "transpose",
+                               "denoiser_blocks": 1, "prior_components": 200, "prior_covariance": "diagonal",
+                               "upsample": "transpose",
                                "prior": "diffusion", "prior_width": 16, "prior_blocks": 1,
                                "prior_sampling_steps": 10, "disc_channels": 4,
                                "classes": [], "class_counts": []}  # a flat folder: no classes

@@ -309,7 +309,8 @@ def fit_diagonal_mixture(x: torch.Tensor, extra_variance: torch.Tensor, componen
     n, d = x.shape
     used = max(1, min(components, n // DIAGONAL_POINTS_PER_COMPONENT))
     means = x[torch.randperm(n, generator=generator)[:used]].clone()  # (K, D)
-    variances = x.var(0, correction=0).clamp(min=1e-6).expand(used, d).clone() if n > 1 else torch.ones(used, d, dtype=x.dtype)
+    spread = x.var(0, correction=0).clamp(min=1e-6) if n > 1 else torch.ones(d, dtype=x.dtype)
+    variances = spread.expand(used, d).clone()  # (K, D)
     weights = torch.full((used,), 1.0 / used, dtype=x.dtype)
     squares = x.pow(2)  # (N, D)
     for _ in range(iterations):
