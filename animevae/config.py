@@ -25,7 +25,7 @@ class ModelConfig:
     # Gaussians in the mixture fitted to the training latents: the default prior, and what interpolate and
     # traverse read the latent space's centre and main directions from. "diagonal" covariances let many small
     # components follow the data (the built-in model: 200 of them gave samples 0.85 of the held-out faces'
-    # diversity, where 10 full ones, about all the data supports, gave 0.80, both copying under 0.1%;
+    # diversity, where 10 full ones, about all the data supports, gave 0.81, both copying under 0.1%;
     # benchmarks/priors.py);
     # "full" is what runs before it used, and what their config.json files mean (see RunConfig.from_dict).
     prior_components: int = 200

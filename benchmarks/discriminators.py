@@ -28,7 +28,7 @@ from animevae.config import ModelConfig
 from animevae.training.adversarial import PatchDiscriminator, hinge_discriminator_loss
 from animevae.training.evaluate import as_saved
 from animevae.training.realism import classifier_net, classifier_rows
-from realism_cues import coder_and_faces  # a sibling script: python puts benchmarks/ on the path
+from realism_cues import batched, coder_and_faces  # a sibling script: python puts benchmarks/ on the path
 
 
 def classifier_patch(width: int = 32) -> nn.Module:
@@ -55,8 +55,7 @@ def main() -> None:
     torch.manual_seed(0)
     _, decoder, encoder, train_faces, _ = coder_and_faces(args.runs_dir, args.model, args.data)
     real = train_faces[classifier_rows(len(train_faces), 2000)]  # (N, 3, S, S)
-    recon = np.concatenate([decoder.run(encoder.run(real[b : b + 256].numpy())[0])[0]
-                            for b in range(0, len(real), 256)])
+    recon = batched(lambda x: decoder.run(encoder.run(x)[0])[0], real.numpy())
     fake = as_saved(torch.from_numpy(recon))
     candidates = {"patch": (lambda: PatchDiscriminator(ModelConfig()), 2e-4),
                   "classifier_patch": (classifier_patch, 1e-3)}

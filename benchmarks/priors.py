@@ -16,9 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from animevae.data import load_training_images, split_holdout
+from animevae.prior import LatentPrior
 from animevae.progress import SilentReporter
 from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_distances
 from animevae.training.export import load_run_models
@@ -30,15 +32,6 @@ def posteriors(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         moments = [vae.encoder(images[i : i + 512]) for i in range(0, len(images), 512)]
     return torch.cat([m for m, _ in moments]), torch.cat([v for _, v in moments])
-
-
-def draw(weights: torch.Tensor, means: torch.Tensor, scales: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """(count, D) draws of a mixture with diagonal (K, D) or full (K, D, D) scales."""
-    generator = torch.Generator().manual_seed(seed)
-    component = torch.multinomial(weights.double(), count, replacement=True, generator=generator)
-    eps = torch.randn(count, means.shape[1], generator=generator)
-    spread = scales[component] * eps if scales.ndim == 2 else (scales[component] @ eps[:, :, None])[..., 0]
-    return means[component] + spread
 
 
 def main() -> None:
@@ -74,10 +67,12 @@ def main() -> None:
         else:
             weights, means, scales = fit_diagonal_mixture(mu.double(), extra, components)
         fit_s = time.perf_counter() - started
+        prior = LatentPrior(weights.numpy(), means.numpy(), scales.numpy())  # drawn as `generate` draws
         spreads, copies = [], []
         for seed in range(args.repeats):
             with torch.no_grad():
-                images = as_saved(vae.decoder(draw(weights, means, scales, args.samples, seed)))
+                latents = np.stack([prior.latent(seed, index) for index in range(args.samples)])  # (n, D)
+                images = as_saved(vae.decoder(torch.from_numpy(latents)))
             nearest, _ = nearest_distances(images, train_images)
             spreads.append(mean_pairwise_distance(images) / held_spread)
             copies.append((nearest < threshold).float().mean().item())

@@ -60,7 +60,7 @@ def equal_neighbours(images: torch.Tensor) -> float:
     return (images.diff(dim=3).abs().amax(1) == 0).float().mean().item()
 
 
-def _batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+def batched(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """run() over `x` in batches of 256, the outputs joined."""
     return np.concatenate([run(x[b : b + 256]) for b in range(0, len(x), 256)])
 
@@ -102,7 +102,7 @@ def main() -> None:
     real_train = train_faces[classifier_rows(len(train_faces), args.per_class)]
     encode, decode = (lambda x: encoder.run(x)[0]), (lambda z: decoder.run(z)[0])
     # decode(mu(x)), unrounded, (N, 3, S, S)
-    recon = [torch.from_numpy(_batched(decode, _batched(encode, x.numpy()))) for x in (real_train, real_test)]
+    recon = [torch.from_numpy(batched(decode, batched(encode, x.numpy()))) for x in (real_train, real_test)]
     range_filter = RangeFilter(args.sigma).eval()
     with torch.no_grad():
         filtered = [torch.cat([range_filter(x[b : b + 256]) for b in range(0, len(x), 256)]) for x in recon]
