@@ -22,13 +22,14 @@ class ModelConfig:
     # How the decoder doubles its resolution: "transpose" (4x4 stride-2 transposed conv) or "resize"
     # (nearest-neighbour upsample + 3x3 conv); benchmarks/bench_decoders.py measures both.
     upsample: str = "transpose"
-    # Gaussians in the mixture fitted to the training latents: the default prior, and what interpolate and
-    # traverse read the latent space's centre and main directions from. "diagonal" covariances let many small
-    # components follow the data (the built-in model: 200 of them gave samples 0.85 of the held-out faces'
-    # diversity, where 10 full ones, about all the data supports, gave 0.81, both copying under 0.1%;
-    # benchmarks/priors.py);
+    # Gaussians in the mixture fitted to the training latents and their mirror images: the default prior, and
+    # what interpolate and traverse read the latent space's centre and main directions from. "diagonal"
+    # covariances let many small components follow the data (at most one per 16 latents, see
+    # model.DIAGONAL_POINTS_PER_COMPONENT: 687 on faces-dev, whose samples have 0.89 of the held-out faces'
+    # diversity in a 10-minute run, where 200 gave 0.85 and 10 full ones, about all the data supports, 0.83,
+    # all copying under 0.1%; benchmarks/priors.py);
     # "full" is what runs before it used, and what their config.json files mean (see RunConfig.from_dict).
-    prior_components: int = 200
+    prior_components: int = 700
     prior_covariance: str = "diagonal"
     # Where samples come from: "mixture" (the Gaussian mixture) or "diffusion" (the learned prior of diffusion.py,
     # exported as prior.onnx). In a 10-minute CPU run the diffusion prior's samples were no more realistic and

@@ -1,12 +1,14 @@
 """Which latent mixture gives samples the spread of real faces without copying them. Several fits in one run.
 
-Fits each candidate mixture to the run's training latents (as `train` does at the end of a run), decodes
+Fits each candidate mixture to the run's training latents and their mirror images (as `train` does at the end
+of a run; `--plain-diagonal` fits on the training latents alone, as the previous version did), decodes
 `--samples` draws of each for `--repeats` seeds, and prints per candidate: sample diversity (mean pairwise RMS
 distance of the samples over the held-out faces', mean and spread over the seeds), the copying rate (samples
 closer to a training face than 99% of held-out faces are), and the fit's time. The run's own decoder is used for
 every candidate; only the prior changes.
 
-    python benchmarks/priors.py --data faces-dev --run builtin-run-folder [--components 10,200]
+    python benchmarks/priors.py --data faces-dev --run builtin-run-folder [--full 10] [--diagonal 200,700]
+                                [--plain-diagonal 200]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from animevae.prior import LatentPrior
 from animevae.progress import SilentReporter
 from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_distances
 from animevae.training.export import load_run_models
-from animevae.training.model import fit_diagonal_mixture, fit_gaussian_mixture
+from animevae.training.model import fit_mixture
 
 
 def posteriors(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +42,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="the run folder (holds last.safetensors)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the prepared-set cache lives")
     parser.add_argument("--full", default="10", help="comma-separated component counts of full-covariance fits")
-    parser.add_argument("--diagonal", default="200,400", help="comma-separated counts of diagonal fits")
+    parser.add_argument("--diagonal", default="200,700", help="comma-separated counts of diagonal fits")
+    parser.add_argument("--plain-diagonal", default="200",
+                        help="comma-separated counts of diagonal fits on the unmirrored latents")
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -53,19 +57,17 @@ def main() -> None:
     held_spread = mean_pairwise_distance(held_out)
     held_nn, _ = nearest_distances(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item()
-    mu, logvar = posteriors(vae, train_images)
-    extra = logvar.double().exp().mean(0)
-    candidates = [("full", int(k)) for k in args.full.split(",") if k] + \
-                 [("diagonal", int(k)) for k in args.diagonal.split(",") if k]
+    plain = posteriors(vae, train_images)
+    mirrored = [torch.cat(pair) for pair in zip(plain, posteriors(vae, train_images.flip(3)))]
+    candidates = [("full", int(k), mirrored) for k in args.full.split(",") if k] + \
+                 [("diagonal", int(k), mirrored) for k in args.diagonal.split(",") if k] + \
+                 [("diagonal", int(k), plain) for k in args.plain_diagonal.split(",") if k]
     print(f"{len(train_images)} training latents, {len(held_out)} held-out faces, {args.samples} samples x "
           f"{args.repeats} seeds per candidate")
-    print(f"{'mixture':22s} {'used':>5s} {'fit s':>6s} {'diversity (std)':>16s} {'copying':>8s}")
-    for kind, components in candidates:
+    print(f"{'mixture':28s} {'used':>5s} {'fit s':>6s} {'diversity (std)':>16s} {'copying':>8s}")
+    for kind, components, (mu, logvar) in candidates:
         started = time.perf_counter()
-        if kind == "full":  # on a seeded 3,072 of the points, as train fits it
-            weights, means, scales = fit_gaussian_mixture(mu.double(), extra, components)
-        else:
-            weights, means, scales = fit_diagonal_mixture(mu.double(), extra, components)
+        weights, means, scales = fit_mixture(mu, logvar, components, kind)
         fit_s = time.perf_counter() - started
         prior = LatentPrior(weights.numpy(), means.numpy(), scales.numpy())  # drawn as `generate` draws
         spreads, copies = [], []
@@ -76,7 +78,8 @@ def main() -> None:
             nearest, _ = nearest_distances(images, train_images)
             spreads.append(mean_pairwise_distance(images) / held_spread)
             copies.append((nearest < threshold).float().mean().item())
-        print(f"{kind + ' ' + str(components):22s} {int((weights > 0).sum()):5d} {fit_s:6.1f} "
+        name = f"{kind} {components}" + ("" if mu is mirrored[0] else " (unmirrored)")
+        print(f"{name:28s} {int((weights > 0).sum()):5d} {fit_s:6.1f} "
               f"{statistics.mean(spreads):9.3f} ({statistics.pstdev(spreads):.3f}) {statistics.mean(copies):8.2%}")
 
 

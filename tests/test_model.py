@@ -175,6 +175,23 @@ def test_a_diagonal_mixture_uses_no_more_components_than_its_points_support() ->
     assert (scales > 0).all()
 
 
+def test_a_float32_diagonal_fit_far_from_the_origin_matches_the_float64_one() -> None:
+    """The fit runs in float32; latents centred far from 0 (a shifted latent space) must not lose the clusters'
+    fine scale to cancellation in the expanded distances."""
+    from animevae.training.model import fit_diagonal_mixture
+
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.randn(8, 16, generator=generator, dtype=torch.float64) * 0.05
+    points = (centres.repeat_interleave(50, 0) + 0.005 * torch.randn(400, 16, generator=generator,
+                                                                      dtype=torch.float64)) + 300.0
+    extra = torch.full((16,), 1e-6, dtype=torch.float64)
+    w64, m64, s64 = fit_diagonal_mixture(points, extra, 8)
+    w32, m32, s32 = fit_diagonal_mixture(points.float(), extra.float(), 8)
+    torch.testing.assert_close(w32, w64, atol=1e-3, rtol=0)
+    torch.testing.assert_close(m32, m64, atol=1e-4, rtol=0)
+    torch.testing.assert_close(s32, s64, atol=2e-4, rtol=0.02)
+
+
 def test_a_config_written_before_diagonal_mixtures_keeps_full_covariances() -> None:
     raw = json.loads(RunConfig(name="old", model=ModelConfig(**TINY)).to_json())
     del raw["model"]["prior_covariance"]

@@ -65,7 +65,7 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     config = json.loads((run / "config.json").read_text())
     assert config["name"] == "run"
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
-                               "denoiser_blocks": 1, "prior_components": 200, "prior_covariance": "diagonal",
+                               "denoiser_blocks": 1, "prior_components": 700, "prior_covariance": "diagonal",
                                "upsample": "transpose",
                                "prior": "diffusion", "prior_width": 16, "prior_blocks": 1,
                                "prior_sampling_steps": 10, "disc_channels": 4,
@@ -505,6 +505,38 @@ def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_pat
     assert load_run_sampler(result.run_dir) is None
     export_run(result.run_dir)
     assert not (result.run_dir / "export" / "prior.onnx").exists()
+
+
+def test_the_mixture_fits_mirrored_latents_first_last_and_on_interrupt_not_every_epoch(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.train as train_module
+    from animevae.training.model import DIAGONAL_POINTS_PER_COMPONENT
+
+    monkeypatch.setattr(train_module, "MIXTURE_REFIT_S", 1e9)  # only the first fit and the final one
+    fits: list[tuple[int, int]] = []  # (step, rows fitted)
+    fit_at = train_module.Trainer.fit_prior
+    fit_rows = train_module.VAE.fit_prior
+    steps: list[int] = []
+    monkeypatch.setattr(train_module.Trainer, "fit_prior", lambda self: (steps.append(self.progress.step), fit_at(self))[1])
+    monkeypatch.setattr(train_module.VAE, "fit_prior",
+                        lambda self, mu, *a, **k: (fits.append((steps[-1], len(mu))), fit_rows(self, mu, *a, **k))[1])
+    config = replace(tiny_model_config, prior="mixture", prior_components=50)
+    result = train(image_dir, config, TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs",
+                   device="cpu")
+    train_count = 40 - 4  # a tenth held out
+    per_epoch = result.progress.step // 3
+    assert fits == [(per_epoch, 2 * train_count), (3 * per_epoch, 2 * train_count)]  # each face and its mirror
+    _, vae, _ = load_run_models(result.run_dir)
+    assert int((vae.prior_weights > 0).sum()) == 2 * train_count // DIAGONAL_POINTS_PER_COMPONENT
+
+    # Ctrl-C before any epoch ends: the checkpoint's mixture is fitted on the weights it holds.
+    fits.clear()
+    reporter = RecordingReporter(on_step=1, action=lambda: os.kill(os.getpid(), signal.SIGINT))
+    interrupted = train(image_dir, config, TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs",
+                        name="stopped", device="cpu", reporter=reporter)
+    assert interrupted.interrupted and fits == [(1, 2 * train_count)]
+    _, stopped_vae, _ = load_run_models(interrupted.run_dir)
+    assert int((stopped_vae.prior_weights > 0).sum()) == 2 * train_count // DIAGONAL_POINTS_PER_COMPONENT
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on one: CI has none)")
