@@ -74,6 +74,16 @@ class LatentPrior:
         """Whether the components have diagonal covariances (`scales` is (K, D))."""
         return self.scales.ndim == 2
 
+    def used(self) -> "LatentPrior":
+        """The same mixture without its zero-weight components (a fit pads to the configured count, and a labelled
+        model has that many per class): the same draws, since a component of weight 0 is never picked, and a
+        decoder's metadata a fraction of the size."""
+        keep = self.weights > 0
+        if keep.all() or not keep.any():
+            return self
+        return LatentPrior(self.weights[keep], self.means[keep], self.scales[keep],
+                           None if self.classes is None else self.classes[keep])
+
     def to_metadata(self) -> dict[str, str]:
         """The metadata entries that `from_metadata` reads."""
         classes = {} if self.classes is None else {CLASSES_KEY: pack_array(self.classes)}

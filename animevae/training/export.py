@@ -149,7 +149,7 @@ def _metadata(config: RunConfig, role: str, vae: VAE, denoiser: Denoiser | None 
     gate = {RESIDUAL_KNEE_KEY: str(float(denoiser.knee))} if role == "denoiser" and denoiser is not None else {}
     prior = {} if role != "decoder" else LatentPrior(
         vae.prior_weights.numpy(), vae.prior_means.numpy(), vae.prior_component_scales.numpy(),
-        vae.prior_classes.numpy() if labelled else None).to_metadata()
+        vae.prior_classes.numpy() if labelled else None).used().to_metadata()
     classes = {CLASSES_KEY: ClassInfo(config.model.classes, config.model.class_counts).to_json()} if labelled else {}
     return {
         **prior,
