@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from animevae.data import split_holdout
-from animevae.training.evaluate import classifier_accuracy, mean_pairwise_distance, nearest_distances, reconstruction_scores
+from animevae.training.evaluate import classifier_accuracy, mean_pairwise_distance, nearest_training_faces, reconstruction_scores
 from animevae.progress import SilentReporter
 from animevae.data import load_training_images
 
@@ -104,8 +104,8 @@ def main() -> None:
     with torch.no_grad():
         recon_psnr, recon_ssim = reconstruction_scores(_Adapter(model), held_out)
         samples = model.decode(torch.randn(1000, 128, generator=torch.Generator().manual_seed(0)))
-    sample_nn, _ = nearest_distances(samples, train_x)
-    held_nn, _ = nearest_distances(held_out, train_x)
+    sample_nn, _ = nearest_training_faces(samples, train_x)
+    held_nn, _ = nearest_training_faces(held_out, train_x)
     plain = {
         "recon_psnr": round(recon_psnr, 3), "recon_ssim": round(recon_ssim, 4),
         "sample_diversity": round(mean_pairwise_distance(samples) / mean_pairwise_distance(held_out), 4),

@@ -24,7 +24,7 @@ import torch
 from animevae.data import load_training_images, split_holdout
 from animevae.prior import LatentPrior
 from animevae.progress import SilentReporter
-from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_distances
+from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces
 from animevae.training.export import load_run_models
 from animevae.training.model import fit_mixture
 
@@ -55,7 +55,7 @@ def main() -> None:
     pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
     train_images, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
     held_spread = mean_pairwise_distance(held_out)
-    held_nn, _ = nearest_distances(held_out, train_images)
+    held_nn, _ = nearest_training_faces(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item()
     plain = posteriors(vae, train_images)
     mirrored = [torch.cat(pair) for pair in zip(plain, posteriors(vae, train_images.flip(3)))]
@@ -75,7 +75,7 @@ def main() -> None:
             with torch.no_grad():
                 latents = np.stack([prior.latent(seed, index) for index in range(args.samples)])  # (n, D)
                 images = as_saved(vae.decoder(torch.from_numpy(latents)))
-            nearest, _ = nearest_distances(images, train_images)
+            nearest, _ = nearest_training_faces(images, train_images)
             spreads.append(mean_pairwise_distance(images) / held_spread)
             copies.append((nearest < threshold).float().mean().item())
         name = f"{kind} {components}" + ("" if mu is mirrored[0] else " (unmirrored)")

@@ -17,7 +17,7 @@ import torch
 
 from animevae.training.checkpoint import load_checkpoint
 from animevae.data import split_holdout
-from animevae.training.evaluate import (as_saved, draw_samples, mean_pairwise_distance, nearest_distances, reconstruct,
+from animevae.training.evaluate import (as_saved, draw_samples, mean_pairwise_distance, nearest_training_faces, reconstruct,
                                reconstruction_scores)
 from animevae.training.export import load_run_models, load_run_sampler
 from animevae.training.model import VAE
@@ -57,7 +57,7 @@ def main() -> None:
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         train_images, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
         real_train = train_images[classifier_rows(len(train_images), args.per_class)]
-        held_nn, _ = nearest_distances(held_out, train_images)
+        held_nn, _ = nearest_training_faces(held_out, train_images)
         threshold = torch.quantile(held_nn, 0.01).item()
         held_diversity = mean_pairwise_distance(held_out)
         weights = {"ema": ema_vae, "raw": _raw_vae(run_dir)}
@@ -77,7 +77,7 @@ def main() -> None:
                 drawn = as_saved(draw_samples(weights[name], len(real_train) + len(held_out), seed=1, sampler=prior,
                                               temperature=temperature))
                 sample = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
-                sample_nn, _ = nearest_distances(drawn[:1000], train_images)
+                sample_nn, _ = nearest_training_faces(drawn[:1000], train_images)
                 print(json.dumps({
                     "run": run_dir.name, "weights": name, "prior": prior_name, "temperature": temperature,
                     "samples_accuracy": sample.accuracy, "samples_auc": sample.auc,

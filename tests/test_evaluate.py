@@ -34,6 +34,19 @@ def test_nearest_distances_find_the_closest_reference() -> None:
     assert torch.allclose(distance, torch.tensor([0.05, 0.1]), atol=1e-6)
 
 
+def test_a_mirrored_training_face_is_as_near_as_the_face_itself() -> None:
+    """Training flips faces and the prior is fitted on both orientations: a sample that is a training face
+    mirrored is a copy, and copying must see it (against the unmirrored faces alone it looks novel)."""
+    from animevae.training.evaluate import nearest_training_faces
+
+    generator = torch.Generator().manual_seed(0)
+    train_images = torch.rand(6, 3, 8, 8, generator=generator)
+    mirrored_copy = train_images[4:5].flip(3)
+    assert nearest_distances(mirrored_copy, train_images)[0].item() > 0.2
+    distance, index = nearest_training_faces(mirrored_copy, train_images)
+    assert distance.item() < 1e-6 and index.tolist() == [4]
+
+
 def test_mean_pairwise_distance_of_copies_is_zero() -> None:
     same = torch.zeros(5, 3, 4, 4)
     assert mean_pairwise_distance(same) == pytest.approx(0.0, abs=1e-6)
@@ -150,12 +163,13 @@ def test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_per
     train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     held, train_set = pixels[val_idx], pixels[train_idx]
-    held_nn = _nearest(held.double().numpy(), train_set.double().numpy())
+    # Distances to the training images and their mirror images: a mirrored training face is a copy too.
+    held_nn = _nearest(held.double().numpy(), torch.cat([train_set, train_set.flip(3)]).double().numpy())
     assert len(set(held_nn.tolist())) == 4, "distinct held-out distances, so the percentiles are apart"
-    # 6 exact copies of training images (distance 0) and 4 copies of the held-out image whose distance is the
-    # second largest: above the 1st percentile of held-out distances, below the 99th.
+    # 6 exact copies of training images (distance 0; 3 of them mirrored) and 4 copies of the held-out image whose
+    # distance is the second largest: above the 1st percentile of held-out distances, below the 99th.
     middle = int(np.argsort(held_nn)[2])
-    samples = torch.cat([train_set[:6], held[middle].expand(4, -1, -1, -1)])
+    samples = torch.cat([train_set[:3], train_set[3:6].flip(3), held[middle].expand(4, -1, -1, -1)])
     monkeypatch.setattr(evaluate, "draw_samples", lambda vae, count, seed=0, **options: samples)
 
     report = evaluate_run(trained_run.run_dir, trained_run.data_dir, trained_run.runs_dir, samples=len(samples),

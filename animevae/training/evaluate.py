@@ -76,7 +76,8 @@ class QualityReport:
     samples: int
     # Mean pairwise RMS distance between samples, divided by the same between held-out images (1.0: as varied).
     sample_diversity: float | None
-    # Fraction of samples closer to their nearest training image than 99% of held-out images are to theirs.
+    # Fraction of samples closer to their nearest training image (or its mirror image) than 99% of held-out images
+    # are to theirs.
     copy_rate: float
     nn_distance_samples_median: float
     nn_distance_held_out_median: float
@@ -186,6 +187,13 @@ def draw_samples(vae: VAE, count: int, seed: int = 0, sampler: DDIMSampler | Non
     return torch.cat([vae.decoder(z) for z in _batches(latents)])
 
 
+def nearest_training_faces(queries: torch.Tensor, train_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `nearest_distances`, against the training faces and their mirror images (training flips faces and
+    the prior is fitted on both, so a mirrored training face is a copy too); indices are into `train_images`."""
+    distance, index = nearest_distances(queries, torch.cat([train_images, train_images.flip(3)]))
+    return distance, index % len(train_images)
+
+
 def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RMS pixel distance from each query to its nearest reference, and that reference's index, (Q,) each."""
     q, r = queries.flatten(1).double(), references.flatten(1).double()
@@ -283,7 +291,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     held_styles = [style_of(sources[i]) for i in val_idx] if sources else None
     # Every drawn sample's nearest training face, once: the first `samples` are scored for copying and style
     # shares, those after the classifier's training rows are its test samples.
-    drawn_nn, drawn_where = nearest_distances(drawn, train_images)
+    drawn_nn, drawn_where = nearest_training_faces(drawn, train_images)
     realism = recon_realism = None
     if enough:
         scored_styles = [train_styles[i] for i in drawn_where[len(real_train) :].tolist()] if held_styles else None
@@ -294,7 +302,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
                                       fake_groups=held_styles)
     generated = drawn[:samples]
     sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
-    held_nn, _ = nearest_distances(held_out, train_images)
+    held_nn, _ = nearest_training_faces(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
