@@ -26,8 +26,8 @@ class ModelConfig:
     # what interpolate and traverse read the latent space's centre and main directions from. "diagonal"
     # covariances let many small components follow the data (at most one per 16 latents, see
     # model.DIAGONAL_POINTS_PER_COMPONENT: 687 on faces-dev, whose samples have 0.89 of the held-out faces'
-    # diversity in a 10-minute run, where 200 gave 0.85 and 10 full ones, about all the data supports, 0.83,
-    # all copying under 0.1%; benchmarks/priors.py);
+    # diversity in a 10-minute run at 0.32% copying, where 200 gave 0.85 and 10 full ones, about all the data
+    # supports, 0.83; benchmarks/priors.py);
     # "full" is what runs before it used, and what their config.json files mean (see RunConfig.from_dict).
     prior_components: int = 700
     prior_covariance: str = "diagonal"

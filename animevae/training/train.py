@@ -313,7 +313,7 @@ class Trainer:
         """Fit the Gaussian mixture to the posteriors of the whole training split and of its mirror images:
         training flips faces, so both are faces the decoder draws, and twice the points carry twice the
         components before they start to copy (on the 10-minute run, 687 components: diversity 0.89, copying
-        0.08%; 200 on the unmirrored latents: 0.85; benchmarks/priors.py)."""
+        0.32%; 200 on the unmirrored latents: 0.85; benchmarks/priors.py)."""
         labels = self.train_labels.repeat(2) if self.train_labels is not None else None
         self.ema.fit_prior(*self.posteriors(mirrored=True), seed=self.config.train.seed, labels=labels)
         self.mixture_fitted_at, self.mixture_fitted_step = time.monotonic(), self.progress.step
