@@ -215,7 +215,7 @@ def train(
     data: Annotated[Path, typer.Argument(help="Folder of images, or a set written by `animevae prepare`.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: run, run-2, ...).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default 10 unless --max-minutes).")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.01, help="Wall-clock budget for the VAE and denoiser together.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.01, help="Wall-clock budget for the whole run (VAE, denoiser, prior, and the final evaluation).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (cosine decay).")] = 2e-3,
     latent_dim: Annotated[int, typer.Option("--latent-dim", min=1, help="Size of the latent vector.")] = 128,

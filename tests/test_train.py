@@ -507,6 +507,27 @@ def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_pat
     assert not (result.run_dir / "export" / "prior.onnx").exists()
 
 
+@pytest.mark.slow
+def test_a_time_budget_includes_the_final_epoch_end(image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-minutes covers everything: the run stops early by what its dearest epoch end cost, so the final
+    epoch end (mixture fit, calibration, evaluation, sample sheet) starts early enough to end within the budget,
+    not one epoch end after it. Each epoch end is made at least 1 s dearer, in a 15 s budget."""
+    import time as time_module
+
+    import animevae.training.train as train_module
+
+    end_epoch = train_module._end_epoch
+    monkeypatch.setattr(train_module, "_end_epoch",
+                        lambda *args, **kwargs: (time_module.sleep(1.0), end_epoch(*args, **kwargs))[1])
+    config = replace(tiny_model_config, prior="mixture")
+    result = train(image_dir, config, TrainConfig(max_minutes=0.25, batch_size=16, precision="fp32"),
+                   tmp_path / "runs", device="cpu")
+    final = read_jsonl(result.run_dir / "metrics.jsonl")[-1]
+    assert final["elapsed_s"] < 14.5  # without the reserve the final epoch end starts at 15 s
+    assert result.progress.elapsed_s < 16.0  # and it ends about when the budget does
+
+
 def test_the_mixture_fits_mirrored_latents_first_last_and_on_interrupt_not_every_epoch(
         image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     import animevae.training.train as train_module

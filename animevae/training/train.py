@@ -38,10 +38,10 @@ EVAL_SIGMAS = (25, 50)
 SAMPLE_COUNT = 16
 DENOISER_CROP = 32
 PRIOR_BATCH = 256
-# A run refits the mixture (about 3 s on 2 cores for faces-dev's 11,000 mirrored latents) at its first epoch's
-# end, then at most this often, and at its end or interruption: between refits the sample sheets draw from the
-# last fit. Refitting at every epoch's end would cost a 10-minute run a quarter of a minute more.
-MIXTURE_REFIT_S = 120.0
+# A run refits the mixture (12 s on 2 cores for faces-dev: 10 s to encode the 11,000 faces and mirror images,
+# 2.5 s of EM) at its first epoch's end, then at most this often, and at its end or interruption: between refits
+# the sample sheets draw from the last fit. Refitting at every epoch's end cost a 10-minute run about 2 minutes.
+MIXTURE_REFIT_S = 300.0
 # The denoiser's gate knee is recalibrated (calibrate.py, about 4-8 s on 2 cores) at most this often, and at
 # the run's end: only checkpoints taken between see an older knee.
 CALIBRATION_REFRESH_S = 300.0
@@ -495,17 +495,27 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
     interrupted = False
     # The slowest rank's clock: every rank must agree on the learning rate and on when to stop.
     shared_elapsed = elapsed_before
+    # The dearest epoch end so far (mixture fit, gate calibration, evaluation, sample sheet; rank 0's, shared):
+    # a run on a time budget stops that much early, so that its final epoch end fits in the budget too.
+    end_cost = local_end_cost = 0.0
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - session_start
 
     def fraction() -> float:
         by_steps = progress.step / total_steps if total_steps else 0.0
-        by_time = shared_elapsed / vae_budget_s if vae_budget_s else 0.0
+        by_time = (shared_elapsed + end_cost) / vae_budget_s if vae_budget_s else 0.0
         return max(by_steps, by_time)
 
     def prior_seconds() -> float | None:
-        return max(0.0, budget_s - elapsed()) if budget_s else None
+        return max(0.0, budget_s - elapsed() - end_cost) if budget_s else None
+
+    def end_epoch(**options: object) -> dict[str, float]:
+        nonlocal local_end_cost
+        started = time.monotonic()
+        result = _end_epoch(trainer, run_dir, **options)
+        local_end_cost = max(local_end_cost, time.monotonic() - started)
+        return result
 
     def save() -> None:
         nonlocal last_save
@@ -528,29 +538,33 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                         losses = trainer.step(indices, adversarial=adversarial)
                         progress.batch += 1
                         reporter.advance(1, epoch=progress.epoch + 1, **losses)
-                        shared_elapsed, stop = ctx.max([elapsed(), float(stop_requested())])
+                        shared_elapsed, stop, end_cost = ctx.max([elapsed(), float(stop_requested()), local_end_cost])
                         if stop:
                             raise KeyboardInterrupt
-                        if vae_budget_s and shared_elapsed >= vae_budget_s:
+                        if vae_budget_s and shared_elapsed + end_cost >= vae_budget_s:
                             raise Stop
                         if time.monotonic() - last_save > config.checkpoint_minutes * 60:
                             save()
                     progress.elapsed_s = elapsed()
-                    last = (config.epochs is not None and progress.epoch + 1 >= config.epochs) or fraction() >= 1.0
-                    metrics = _end_epoch(trainer, run_dir, losses, partial=False, final=last)
+                    # Also the last when the final epoch end would not fit after this one.
+                    last = (config.epochs is not None and progress.epoch + 1 >= config.epochs) or fraction() >= 1.0 \
+                        or bool(vae_budget_s and shared_elapsed + 2 * end_cost >= vae_budget_s)
+                    metrics = end_epoch(losses=losses, partial=False, final=last)
                     progress.epoch, progress.batch = progress.epoch + 1, 0
                     save()
+                    if last:
+                        break
             except Stop:
                 progress.elapsed_s = elapsed()
                 if not with_prior:
-                    metrics = _end_epoch(trainer, run_dir, losses, partial=True, final=True)
+                    metrics = end_epoch(losses=losses, partial=True, final=True)
             if with_prior and not trainer.prior_trained and ctx.is_main:
                 reporter.stop()
                 prior_stats = trainer.train_prior(prior_seconds(), reporter, stop_requested)
                 progress.elapsed_s = elapsed()
                 # The report of the last (possibly partial) epoch, made again with samples from the new prior.
-                metrics = _end_epoch(trainer, run_dir, {**losses, **prior_stats}, partial=progress.batch > 0, final=True,
-                                     epoch=progress.epoch + (1 if progress.batch > 0 else 0))
+                metrics = end_epoch(losses={**losses, **prior_stats}, partial=progress.batch > 0, final=True,
+                                    epoch=progress.epoch + (1 if progress.batch > 0 else 0))
         except KeyboardInterrupt:
             interrupted = True
             if ctx.is_main and trainer.mixture_due(final=True):  # the checkpoint's mixture fits its weights
