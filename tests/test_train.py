@@ -526,6 +526,10 @@ def test_a_time_budget_includes_the_final_epoch_end(image_dir: Path, tmp_path: P
     final = read_jsonl(result.run_dir / "metrics.jsonl")[-1]
     assert final["elapsed_s"] < 14.5  # without the reserve the final epoch end starts at 15 s
     assert result.progress.elapsed_s < 16.0  # and it ends about when the budget does
+    # The finished run, resumed, keeps its reserve: it has nothing left to train.
+    resumed = train(image_dir, config, TrainConfig(max_minutes=0.25, batch_size=16, precision="fp32"),
+                    tmp_path / "runs", name=result.run_dir.name, device="cpu", resume=True)
+    assert resumed.progress.step == result.progress.step
 
 
 def test_the_mixture_fits_mirrored_latents_first_last_and_on_interrupt_not_every_epoch(

@@ -45,6 +45,8 @@ MIXTURE_REFIT_S = 300.0
 # The denoiser's gate knee is recalibrated (calibrate.py, about 4-8 s on 2 cores) at most this often, and at
 # the run's end: only checkpoints taken between see an older knee.
 CALIBRATION_REFRESH_S = 300.0
+# Progress.extra key of the dearest epoch end's seconds (see _run_loop).
+END_COST = "end_cost_s"
 
 
 @dataclass
@@ -495,9 +497,10 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
     interrupted = False
     # The slowest rank's clock: every rank must agree on the learning rate and on when to stop.
     shared_elapsed = elapsed_before
-    # The dearest epoch end so far (mixture fit, gate calibration, evaluation, sample sheet; rank 0's, shared):
-    # a run on a time budget stops that much early, so that its final epoch end fits in the budget too.
-    end_cost = local_end_cost = 0.0
+    # The dearest epoch end so far (mixture fit, gate calibration, evaluation, sample sheet; rank 0's, shared,
+    # and kept in the checkpoint, so a finished run resumed does not train on into its reserve): a run on a time
+    # budget stops that much early, so that its final epoch end fits in the budget too.
+    end_cost = local_end_cost = float(progress.extra.get(END_COST, 0.0))
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - session_start
@@ -515,6 +518,7 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
         started = time.monotonic()
         result = _end_epoch(trainer, run_dir, **options)
         local_end_cost = max(local_end_cost, time.monotonic() - started)
+        progress.extra[END_COST] = local_end_cost
         return result
 
     def save() -> None:
