@@ -59,26 +59,25 @@ def main() -> None:
     threshold = torch.quantile(held_nn, 0.01).item()
     plain = posteriors(vae, train_images)
     mirrored = [torch.cat(pair) for pair in zip(plain, posteriors(vae, train_images.flip(3)))]
-    candidates = [("full", int(k), mirrored) for k in args.full.split(",") if k] + \
-                 [("diagonal", int(k), mirrored) for k in args.diagonal.split(",") if k] + \
-                 [("diagonal", int(k), plain) for k in args.plain_diagonal.split(",") if k]
+    candidates = [("full", int(k), mirrored, "") for k in args.full.split(",") if k] + \
+                 [("diagonal", int(k), mirrored, "") for k in args.diagonal.split(",") if k] + \
+                 [("diagonal", int(k), plain, " (unmirrored)") for k in args.plain_diagonal.split(",") if k]
     print(f"{len(train_images)} training latents, {len(held_out)} held-out faces, {args.samples} samples x "
           f"{args.repeats} seeds per candidate")
     print(f"{'mixture':28s} {'used':>5s} {'fit s':>6s} {'diversity (std)':>16s} {'copying':>8s}")
-    for kind, components, (mu, logvar) in candidates:
+    for kind, components, (mu, logvar), note in candidates:
         started = time.perf_counter()
         weights, means, scales = fit_mixture(mu, logvar, components, kind)
         fit_s = time.perf_counter() - started
         prior = LatentPrior(weights.numpy(), means.numpy(), scales.numpy())  # drawn as `generate` draws
-        spreads, copies = [], []
-        for seed in range(args.repeats):
-            with torch.no_grad():
-                latents = np.stack([prior.latent(seed, index) for index in range(args.samples)])  # (n, D)
-                images = as_saved(vae.decoder(torch.from_numpy(latents)))
-            nearest, _ = nearest_training_faces(images, train_images)
-            spreads.append(mean_pairwise_distance(images) / held_spread)
-            copies.append((nearest < threshold).float().mean().item())
-        name = f"{kind} {components}" + ("" if mu is mirrored[0] else " (unmirrored)")
+        draws = [np.stack([prior.latent(seed, index) for index in range(args.samples)]) for seed in range(args.repeats)]
+        with torch.no_grad():
+            images = torch.stack([as_saved(vae.decoder(torch.from_numpy(z))) for z in draws])  # (repeats, n, 3, S, S)
+        # Every seed's samples in one pass over the training faces and their mirror images: (repeats, n)
+        nearest = nearest_training_faces(images.flatten(0, 1), train_images)[0].view(args.repeats, -1)
+        spreads = [mean_pairwise_distance(seed_images) / held_spread for seed_images in images]
+        copies = (nearest < threshold).float().mean(1).tolist()
+        name = f"{kind} {components}{note}"
         print(f"{name:28s} {int((weights > 0).sum()):5d} {fit_s:6.1f} "
               f"{statistics.mean(spreads):9.3f} ({statistics.pstdev(spreads):.3f}) {statistics.mean(copies):8.2%}")
 

@@ -542,7 +542,8 @@ def test_the_mixture_fits_mirrored_latents_first_last_and_on_interrupt_not_every
     fit_at = train_module.Trainer.fit_prior
     fit_rows = train_module.VAE.fit_prior
     steps: list[int] = []
-    monkeypatch.setattr(train_module.Trainer, "fit_prior", lambda self: (steps.append(self.progress.step), fit_at(self))[1])
+    monkeypatch.setattr(train_module.Trainer, "fit_prior",
+                        lambda self: (steps.append(self.progress.step), fit_at(self))[1])
     monkeypatch.setattr(train_module.VAE, "fit_prior",
                         lambda self, mu, *a, **k: (fits.append((steps[-1], len(mu))), fit_rows(self, mu, *a, **k))[1])
     config = replace(tiny_model_config, prior="mixture", prior_components=50)

@@ -289,9 +289,11 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     sources = _sources(data, len(images), runs_dir / ".cache")
     train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
     held_styles = [style_of(sources[i]) for i in val_idx] if sources else None
-    # Every drawn sample's nearest training face, once: the first `samples` are scored for copying and style
-    # shares, those after the classifier's training rows are its test samples.
-    drawn_nn, drawn_where = nearest_training_faces(drawn, train_images)
+    # Every drawn sample's and held-out face's nearest training face, in one pass over the faces and their
+    # mirror images: the first `samples` drawn are scored for copying and style shares, those after the
+    # classifier's training rows are its test samples.
+    nearest, where = nearest_training_faces(torch.cat([drawn, held_out]), train_images)
+    (drawn_nn, held_nn), drawn_where = nearest.split([len(drawn), len(held_out)]), where[: len(drawn)]
     realism = recon_realism = None
     if enough:
         scored_styles = [train_styles[i] for i in drawn_where[len(real_train) :].tolist()] if held_styles else None
@@ -302,7 +304,6 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
                                       fake_groups=held_styles)
     generated = drawn[:samples]
     sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
-    held_nn, _ = nearest_training_faces(held_out, train_images)
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),

@@ -340,7 +340,8 @@ def fit_diagonal_mixture(x: torch.Tensor, extra_variance: torch.Tensor, componen
     out_weights = torch.zeros(components, dtype=x.dtype)
     out_means = torch.zeros(components, d, dtype=x.dtype)
     out_scales = torch.ones(components, d, dtype=x.dtype)
-    out_weights[:used], out_means[:used], out_scales[:used] = weights, means + centre, (variances + extra_variance).sqrt()
+    out_weights[:used], out_means[:used] = weights, means + centre
+    out_scales[:used] = (variances + extra_variance).sqrt()
     return out_weights.float(), out_means.float(), out_scales.float()
 
 

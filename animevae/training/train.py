@@ -302,15 +302,6 @@ class Trainer:
         self.denoiser.knee.fill_(calibrate_knee(self.denoiser, clean))
         self.calibrated_at, self.calibrated_step = time.monotonic(), self.progress.step
 
-    def calibration_due(self, final: bool) -> bool:
-        """Whether an epoch's end should recalibrate the gate: at the end of the run, the first time, or when
-        the last calibration is CALIBRATION_REFRESH_S old (epochs can be seconds)."""
-        if self.calibrated_step == self.progress.step:  # the denoiser has not changed since
-            return False
-        if final or self.calibrated_at is None:
-            return True
-        return time.monotonic() - self.calibrated_at >= CALIBRATION_REFRESH_S
-
     def fit_prior(self) -> None:
         """Fit the Gaussian mixture to the posteriors of the whole training split and of its mirror images:
         training flips faces, so both are faces the decoder draws, and twice the points carry twice the
@@ -320,15 +311,14 @@ class Trainer:
         self.ema.fit_prior(*self.posteriors(mirrored=True), seed=self.config.train.seed, labels=labels)
         self.mixture_fitted_at, self.mixture_fitted_step = time.monotonic(), self.progress.step
 
-    def mixture_due(self, final: bool) -> bool:
-        """Whether an epoch's end (or an interruption) should refit the mixture: never when the weights have not
-        changed since the last fit; else at the end of the run, the first time, or when the last fit is
-        MIXTURE_REFIT_S old."""
-        if self.mixture_fitted_step == self.progress.step:
-            return False
-        if final or self.mixture_fitted_at is None:
-            return True
-        return time.monotonic() - self.mixture_fitted_at >= MIXTURE_REFIT_S
+    def refresh_fits(self, final: bool) -> None:
+        """Refit the mixture and recalibrate the gate where due (see `_due`): at an epoch's end, and on an
+        interruption (final), so that a checkpoint's mixture and knee fit its weights."""
+        step = self.progress.step
+        if _due(self.mixture_fitted_at, self.mixture_fitted_step, step, final, MIXTURE_REFIT_S):
+            self.fit_prior()
+        if _due(self.calibrated_at, self.calibrated_step, step, final, CALIBRATION_REFRESH_S):
+            self.calibrate_denoiser()
 
     def train_prior(self, seconds: float | None, reporter: Reporter,
                     stop_requested: Callable[[], bool] = lambda: False) -> dict[str, float]:
@@ -384,6 +374,17 @@ class Trainer:
         rows.append(self.ema.decoder(self.sample_latents()))
         self.ema.train()
         return contact_sheet(to_uint8(torch.cat(rows).float().cpu().numpy()))
+
+
+def _due(done_at: float | None, done_step: int | None, step: int, final: bool, every_s: float) -> bool:
+    """Whether a fit last done at monotonic time `done_at`, at step `done_step`, is due again at `step`: never
+    when the weights have not changed since; else at the end of the run, the first time, or when it is `every_s`
+    old (epochs can be seconds)."""
+    if done_step == step:
+        return False
+    if final or done_at is None:
+        return True
+    return time.monotonic() - done_at >= every_s
 
 
 def _release_run_dir(run_dir: Path) -> None:
@@ -500,7 +501,7 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
     # The dearest epoch end so far (mixture fit, gate calibration, evaluation, sample sheet; rank 0's, shared,
     # and kept in the checkpoint, so a finished run resumed does not train on into its reserve): a run on a time
     # budget stops that much early, so that its final epoch end fits in the budget too.
-    end_cost = local_end_cost = float(progress.extra.get(END_COST, 0.0))
+    end_cost = float(progress.extra.get(END_COST, 0.0))
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - session_start
@@ -514,11 +515,9 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
         return max(0.0, budget_s - elapsed() - end_cost) if budget_s else None
 
     def end_epoch(**options: object) -> dict[str, float]:
-        nonlocal local_end_cost
         started = time.monotonic()
         result = _end_epoch(trainer, run_dir, **options)
-        local_end_cost = max(local_end_cost, time.monotonic() - started)
-        progress.extra[END_COST] = local_end_cost
+        progress.extra[END_COST] = max(progress.extra.get(END_COST, 0.0), time.monotonic() - started)
         return result
 
     def save() -> None:
@@ -542,7 +541,8 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                         losses = trainer.step(indices, adversarial=adversarial)
                         progress.batch += 1
                         reporter.advance(1, epoch=progress.epoch + 1, **losses)
-                        shared_elapsed, stop, end_cost = ctx.max([elapsed(), float(stop_requested()), local_end_cost])
+                        shared_elapsed, stop, end_cost = ctx.max([elapsed(), float(stop_requested()),
+                                                                  progress.extra.get(END_COST, 0.0)])
                         if stop:
                             raise KeyboardInterrupt
                         if vae_budget_s and shared_elapsed + end_cost >= vae_budget_s:
@@ -571,10 +571,8 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                                     epoch=progress.epoch + (1 if progress.batch > 0 else 0))
         except KeyboardInterrupt:
             interrupted = True
-            if ctx.is_main and trainer.mixture_due(final=True):  # the checkpoint's mixture fits its weights
-                trainer.fit_prior()
-            if ctx.is_main and trainer.calibration_due(final=True):  # and so does its knee
-                trainer.calibrate_denoiser()
+            if ctx.is_main:
+                trainer.refresh_fits(final=True)
         finally:
             reporter.stop()
             save()
@@ -591,10 +589,7 @@ def _end_epoch(trainer: Trainer, run_dir: Path, losses: dict[str, float], partia
         return {}
     progress = trainer.progress
     epoch = progress.epoch + 1 if epoch is None else epoch
-    if trainer.mixture_due(final):
-        trainer.fit_prior()
-    if trainer.calibration_due(final):
-        trainer.calibrate_denoiser()
+    trainer.refresh_fits(final)
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **trainer.evaluate(),
                "denoise_knee": float(trainer.denoiser.knee)}
     record = {"epoch": epoch, "step": progress.step, "partial": partial,
