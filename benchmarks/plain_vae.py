@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from animevae.data import split_holdout
-from animevae.training.evaluate import classifier_accuracy, mean_pairwise_distance, nearest_training_faces, reconstruction_scores
+from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces, reconstruction_scores
+from animevae.training.realism import classifier_rows, realism_score
 from animevae.progress import SilentReporter
 from animevae.data import load_training_images
 
@@ -103,14 +104,20 @@ def main() -> None:
     model.eval()
     with torch.no_grad():
         recon_psnr, recon_ssim = reconstruction_scores(_Adapter(model), held_out)
-        samples = model.decode(torch.randn(1000, 128, generator=torch.Generator().manual_seed(0)))
+        # As `evaluate` draws and scores them: 1,000 samples for the classifier's training side, then one per
+        # held-out face for its test; the first 1,000 for diversity and copying. Rounded to 8 bits, as saved.
+        real_train = train_x[classifier_rows(len(train_x), 1000)]
+        drawn = as_saved(model.decode(torch.randn(len(real_train) + len(held_out), 128,
+                                                  generator=torch.Generator().manual_seed(0))))
+    samples = drawn[:1000]
     sample_nn, _ = nearest_training_faces(samples, train_x)
     held_nn, _ = nearest_training_faces(held_out, train_x)
+    realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
     plain = {
         "recon_psnr": round(recon_psnr, 3), "recon_ssim": round(recon_ssim, 4),
         "sample_diversity": round(mean_pairwise_distance(samples) / mean_pairwise_distance(held_out), 4),
         "copy_rate": round((sample_nn < torch.quantile(held_nn, 0.01)).float().mean().item(), 4),
-        "real_vs_generated_accuracy": round(classifier_accuracy(held_out, samples), 4),
+        "realism_samples_accuracy": realism.accuracy, "realism_samples_auc": realism.auc,
     }
     print(f"plain VAE: {steps} steps of 64 in {args.minutes:g} min")
     ours = json.loads((args.run / "evaluation.json").read_text()) if args.run else {}
