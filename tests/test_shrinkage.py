@@ -89,6 +89,33 @@ def test_a_denoiser_that_damages_light_input_gets_the_smallest_knee_that_spares_
     assert worse(knee) == 0 and worse(0.0) > 0 and worse(knee - 0.25) > 0
 
 
+@pytest.mark.parametrize("spoiled", [0, 5])
+def test_the_knee_scan_counts_as_gating_each_image_and_saving_it_would(spoiled: int) -> None:
+    """The scan (images sorted by the change's size, in place, on the 0-255 scale) against the plain count at
+    every knee: gate, round to 8 bits, compare with the input's error. With `spoiled` images worse at any
+    share of the change, no knee spares every image and the one with the fewest made worse is chosen."""
+    from animevae.training.calibrate import KNEES, _smallest_sparing_knee
+    from animevae.training.evaluate import as_saved
+
+    generator = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 256, (60, 3, 8, 8), generator=generator).float() / 255
+    noisy = as_saved(clean + torch.randn(clean.shape, generator=generator) * 6 / 255)
+    # Changes of many sizes (about 1-40 levels), in no order
+    scale = torch.linspace(0.2, 1.4, len(clean))[torch.randperm(len(clean), generator=generator), None, None, None]
+    # Half the way back to the clean image, plus an error of its own: each image is made worse up to its own knee
+    output = noisy + (clean - noisy) * 0.5 + torch.randn(clean.shape, generator=generator) * scale * 8 / 255
+    output[:spoiled] = noisy[:spoiled] + (noisy[:spoiled] - clean[:spoiled]) * 3  # away from the clean image
+
+    def worse(knee: float) -> int:
+        gated = as_saved(gate_residual(noisy, output, knee))
+        return int(((gated - clean).pow(2).flatten(1).sum(1) > (noisy - clean).pow(2).flatten(1).sum(1)).sum())
+
+    counts = [worse(float(k)) for k in KNEES]
+    expected = float(KNEES[counts.index(0)]) if 0 in counts else float(KNEES[int(np.argmin(counts))])
+    assert (0 in counts) == (spoiled == 0) and len(set(counts)) > 20  # many knees matter
+    assert _smallest_sparing_knee(noisy.clone(), output.clone(), clean.clone()) == expected
+
+
 def test_the_knee_is_saved_with_the_denoiser_and_old_checkpoints_load_ungated() -> None:
     config = ModelConfig(**TINY_MODEL)
     denoiser = Denoiser(config)
