@@ -42,8 +42,8 @@ PRIOR_BATCH = 256
 # 2.5 s of EM) at its first epoch's end, then at most this often, and at its end or interruption: between refits
 # the sample sheets draw from the last fit. Refitting at every epoch's end cost a 10-minute run about 2 minutes.
 MIXTURE_REFIT_S = 300.0
-# The denoiser's gate knee is recalibrated (calibrate.py, about 4-8 s on 2 cores) at most this often, and at
-# the run's end: only checkpoints taken between see an older knee.
+# The denoiser's gate knee is recalibrated (calibrate.py: 3 s for a fresh denoiser on 2 cores, 10 s for a
+# trained one) at most this often, and at the run's end: only checkpoints taken between see an older knee.
 CALIBRATION_REFRESH_S = 300.0
 # Progress.extra key of the dearest epoch end's seconds (see _run_loop).
 END_COST = "end_cost_s"
