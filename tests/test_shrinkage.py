@@ -100,7 +100,7 @@ def test_the_knee_scan_counts_as_gating_each_image_and_saving_it_would(spoiled: 
     generator = torch.Generator().manual_seed(3)
     clean = torch.randint(0, 256, (60, 3, 8, 8), generator=generator).float() / 255
     noisy = as_saved(clean + torch.randn(clean.shape, generator=generator) * 6 / 255)
-    # Changes of many sizes (about 1-40 levels), in no order
+    # Errors of many sizes (changes of 3-12 levels rms), in no order
     scale = torch.linspace(0.2, 1.4, len(clean))[torch.randperm(len(clean), generator=generator), None, None, None]
     # Half the way back to the clean image, plus an error of its own: each image is made worse up to its own knee
     output = noisy + (clean - noisy) * 0.5 + torch.randn(clean.shape, generator=generator) * scale * 8 / 255
