@@ -63,7 +63,7 @@ def _smallest_sparing_knee(noisy: torch.Tensor, output: torch.Tensor, reference:
     rms = change.pow(2).mean(1).sqrt()  # (M,)
     rms, order = rms.sort()
     base, change, target = base[order], change[order], target[order]
-    before = _squared_error_255(base - target, None)  # (M,)
+    before = _squared_error_255(base.clone(), target)  # (M,)
     ungated_worse = _squared_error_255(base + change, target) > before
     work = torch.empty_like(base)
     best, fewest = 0.0, None
@@ -81,9 +81,7 @@ def _smallest_sparing_knee(noisy: torch.Tensor, output: torch.Tensor, reference:
     return best
 
 
-def _squared_error_255(images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Per-image squared error of (N, P) 0-255 `images` rounded to 8 bits, as saved, against `target` (None:
-    `images` is already the difference), (N,) float64 (float32 sums of 8-bit squares lose units). In place."""
-    if target is not None:
-        images = images.round_().clamp_(0.0, 255.0).sub_(target)
-    return images.square_().sum(1, dtype=torch.float64)
+def _squared_error_255(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image squared error of (N, P) 0-255 `images` rounded to 8 bits, as saved, against `target`, (N,)
+    float64 (float32 sums of 8-bit squares lose units). In place."""
+    return images.round_().clamp_(0.0, 255.0).sub_(target).square_().sum(1, dtype=torch.float64)
