@@ -110,8 +110,9 @@ def main() -> None:
         drawn = as_saved(model.decode(torch.randn(len(real_train) + len(held_out), 128,
                                                   generator=torch.Generator().manual_seed(0))))
     samples = drawn[:1000]
-    sample_nn, _ = nearest_training_faces(samples, train_x)
-    held_nn, _ = nearest_training_faces(held_out, train_x)
+    # One pass over the training faces and their mirror images for the samples and the held-out faces.
+    sample_nn, held_nn = nearest_training_faces(torch.cat([samples, held_out]), train_x)[0].split(
+        [len(samples), len(held_out)])
     realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :])
     plain = {
         "recon_psnr": round(recon_psnr, 3), "recon_ssim": round(recon_ssim, 4),
