@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from animevae.training.realism import classifier_net, fit_converged, logits
 
-# Style is visible at a glance: a quarter of the realism classifier's width tells it, at a sixteenth of the cost.
+# Style is visible at a glance: half the realism classifier's width tells it, at about a quarter of the cost.
 CLASSIFIER_WIDTH = 16
 # Blur for half of each training batch: downscaled by up to this factor (antialiased) and scaled back up.
 MAX_BLUR = 3.0
