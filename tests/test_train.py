@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from animevae.training.checkpoint import load_checkpoint
+from animevae.training.checkpoint import PRIOR_TRAINED, load_checkpoint
 from animevae.config import ModelConfig, TrainConfig
 from animevae.data import prepare_images, save_prepared, split_holdout
 from animevae.errors import DataError, DeviceError, ModelError
@@ -22,7 +22,7 @@ from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
 from animevae.data import TrainingData, load_training_images
-from animevae.training.train import train
+from animevae.training.train import prior_schedule_fraction, train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
@@ -492,6 +492,25 @@ def test_the_prior_trains_on_the_final_latents_and_exports_beside_the_decoder(tr
     sampler = load_run_sampler(trained_run.run_dir)
     assert sampler is not None and len(sampler.schedule) == 10
     assert (trained_run.export_dir / "prior.onnx").is_file()
+
+
+def test_a_step_of_the_vae_marks_a_trained_prior_stale(tiny_model_config: ModelConfig) -> None:
+    # A finished diffusion run resumed for longer trains the VAE on: its prior must then be trained again.
+    trainer = _trainer(replace(tiny_model_config, prior="diffusion"))
+    trainer.progress.extra[PRIOR_TRAINED] = True
+    assert trainer.prior_trained
+    trainer.step(torch.arange(8))
+    assert not trainer.prior_trained
+
+
+@pytest.mark.parametrize(("steps", "elapsed", "seconds", "expected"), [
+    (500, 5.0, None, 0.5),  # no budget: by steps alone
+    (1000, 5.0, 50.0, 0.1),  # the steps are done long before the time: the time decides
+    (250, 50.0, 40.0, 0.25),  # the time is spent before the steps: the steps decide
+    (300, 0.1, 0.0, 0.3),  # no time left for the prior: by steps
+])
+def test_the_prior_schedule_follows_whichever_end_of_its_phase_comes_last(steps, elapsed, seconds, expected) -> None:
+    assert prior_schedule_fraction(steps, 1000, elapsed, seconds) == pytest.approx(expected)
 
 
 def test_a_mixture_run_trains_no_prior_and_exports_none(image_dir: Path, tmp_path: Path,

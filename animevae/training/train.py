@@ -68,6 +68,14 @@ def cosine_decay(fraction: float) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(fraction, 1.0)))
 
 
+def prior_schedule_fraction(steps: int, min_steps: int, elapsed_s: float, seconds: float | None) -> float:
+    """How much of the prior's phase is done, for its learning-rate schedule. The phase runs `min_steps` steps
+    and, with `seconds`, also until that time is spent: it is as far along as the later of the two ends allows,
+    so the rate reaches its floor at the phase's end, not at whichever end comes first."""
+    by_steps = steps / min_steps
+    return by_steps if seconds is None else min(by_steps, elapsed_s / max(seconds, 1e-9))
+
+
 class Stop(Exception):
     """Raised inside the loop when the time budget is spent."""
 
@@ -199,6 +207,9 @@ class Trainer:
         total.backward()
         self.opt_vae.step()
         self._update_ema()
+        # A diffusion prior trained on the latents before this step no longer models them (a finished run
+        # resumed for longer): it is trained again at the run's end.
+        self.progress.extra.pop(PRIOR_TRAINED, None)
         if adversarial:
             losses["d_loss"] = self._discriminator_step(batch, recon.detach())
         # (B, 3, c, c) windows of 1-2 c resized to c: 4x cheaper steps than whole images, same conv weights
@@ -335,8 +346,7 @@ class Trainer:
         start, steps, total = time.monotonic(), 0, 0.0
         reporter.start("training the latent prior", None)
         while steps < config.prior_steps or (seconds is not None and time.monotonic() - start < seconds):
-            by_time = (time.monotonic() - start) / max(seconds, 1e-9) if seconds is not None else 0.0
-            done = max(steps / config.prior_steps, by_time)
+            done = prior_schedule_fraction(steps, config.prior_steps, time.monotonic() - start, seconds)
             for group in self.opt_prior.param_groups:
                 group["lr"] = config.prior_lr * cosine_decay(done)
             batch = latents[torch.randint(len(latents), (PRIOR_BATCH,), generator=generator).to(latents.device)]
