@@ -433,6 +433,12 @@ def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.
     return train, validation
 
 
+def hash_keys(hashes: Iterable[str]) -> np.ndarray:
+    """(N,) int64 keys, sorted: the first 15 hex digits (60 bits) of each sha256 content hash. A run keeps its
+    training split's keys, so evaluate can refuse to score held-out images the run was trained on."""
+    return np.sort(np.array([int(h[:15], 16) for h in hashes], dtype=np.int64))
+
+
 @dataclass
 class TrainingData:
     """A loaded training set: (N, S, S, 3) uint8 images, their content hashes, their labels (None: unlabelled)."""

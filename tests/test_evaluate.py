@@ -241,3 +241,20 @@ def test_a_labelled_run_is_not_scored_on_unlabelled_data(labelled_run, trained_r
 
     with pytest.raises(DataError, match="cats"):
         evaluate_run(labelled_run.run_dir, trained_run.data_dir, labelled_run.runs_dir, samples=10)
+
+
+def test_evaluate_refuses_to_score_held_out_images_the_run_trained_on(trained_run, runner, tmp_path) -> None:
+    # The run's training images alone, as a folder of their own: their held-out tenth was trained on, and scoring
+    # it would flatter the run.
+    from PIL import Image
+
+    data = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    train_idx, _ = split_holdout(data.hashes, len(data.images), 500)
+    subset = tmp_path / "trained-only"
+    subset.mkdir()
+    for index in train_idx:
+        Image.fromarray(data.images[index]).save(subset / f"{index:03d}.png")
+    result = runner.invoke(app, ["evaluate", str(subset), "--runs-dir", str(trained_run.runs_dir),
+                                 "--samples", "20", "--classifier-images", "10"])
+    assert result.exit_code != 0
+    assert "3 of the 3 images" in result.output and "were trained on by run" in result.output

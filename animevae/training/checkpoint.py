@@ -19,6 +19,8 @@ from animevae.fileio import atomic_path
 CHECKPOINT_KIND = "animevae-checkpoint"
 # Progress.extra flag: the diffusion prior has had its training phase (train.py sets it, export reads it).
 PRIOR_TRAINED = "prior_trained"
+# The training split's content-hash keys (data.hash_keys), for evaluate's check that it scores unseen images.
+TRAIN_KEYS = "data.train_hash_keys"
 
 
 @dataclass
@@ -40,9 +42,11 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     progress: Progress,
     rng_state: torch.Tensor,
+    train_keys: torch.Tensor | None = None,
 ) -> None:
-    """Write everything needed to resume, atomically (a kill during the save keeps the old file)."""
-    tensors: dict[str, torch.Tensor] = {}
+    """Write everything needed to resume, atomically (a kill during the save keeps the old file), and the
+    (N,) content-hash keys of the images trained on (data.hash_keys), where the set has hashes."""
+    tensors: dict[str, torch.Tensor] = {} if train_keys is None else {TRAIN_KEYS: train_keys.cpu().contiguous()}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
@@ -89,6 +93,14 @@ class Checkpoint:
                 index, slot = key[len(prefix) :].split(".", 1)
                 state.setdefault(int(index), {})[slot] = value
         return {"state": state, "param_groups": self.param_groups[name]}
+
+
+def read_train_keys(path: Path) -> torch.Tensor | None:
+    """The (N,) content-hash keys of the images a checkpoint's run trained on; None where it kept none
+    (runs before this version, sets without hashes)."""
+    _read(path, with_tensors=False)  # the same checks and errors as a full load
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(TRAIN_KEYS) if TRAIN_KEYS in handle.keys() else None
 
 
 def read_config(path: Path) -> RunConfig:

@@ -14,14 +14,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from animevae.data import split_holdout
+from animevae.data import hash_keys, split_holdout
 from animevae.training.degrade import jpeg_batch
+from animevae.config import RunConfig
+from animevae.training.checkpoint import read_train_keys
 from animevae.training.diffusion import DDIMSampler
 from animevae.errors import DataError
 from animevae.training.export import load_run_models, load_run_sampler
 from animevae.fileio import write_json_atomic
 from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
+from animevae.runs import CHECKPOINT_NAME
 from animevae.training import usefulness
 from animevae.training.realism import classifier_rows, realism_score
 from animevae.data import load_training_images
@@ -259,6 +262,21 @@ def class_report(vae: VAE, names: tuple[str, ...], train_images: torch.Tensor, t
                        without.per_class, with_samples.per_class)
 
 
+def _refuse_trained_on(run_dir: Path, data: Path, config: RunConfig, held_out_hashes: list[str]) -> None:
+    """Raise DataError when any image held out of `data` is one the run trained on (a subset or another cut of
+    its training set): scoring it would flatter the run. Runs that kept no keys are not checked."""
+    trained = read_train_keys(run_dir / CHECKPOINT_NAME)
+    if trained is None or not held_out_hashes:
+        return
+    keys = torch.from_numpy(hash_keys(held_out_hashes))
+    seen = int(torch.isin(keys, trained).sum())
+    if seen:
+        raise DataError(f"{seen} of the {len(keys)} images {data} holds out for scoring were trained on by run "
+                        f"{run_dir.name}: scoring them would flatter it",
+                        f"evaluate on the set it was trained on ({config.train.data_source or 'see its config.json'}), "
+                        "or on images it never saw")
+
+
 def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
                  classifier_images: int = 1000, class_samples: int = 300, few_real: int = 20) -> QualityReport:
     """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
@@ -279,6 +297,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",
                         "evaluate on a set of at least 2 images (500 or more for stable numbers)")
+    _refuse_trained_on(run_dir, data, config, [hashes[i] for i in val_idx] if len(hashes) == len(images) else [])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
     held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)

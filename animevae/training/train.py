@@ -21,7 +21,7 @@ from animevae.training.calibrate import calibrate_knee, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.data import TrainingData, load_training_images, split_holdout
+from animevae.data import TrainingData, hash_keys, load_training_images, split_holdout
 from animevae.training.degrade import degrade_batch, multiscale_crop
 from animevae.training.devices import choose_precision
 from animevae.training.diffusion import DDIMSampler, LatentDiffusion
@@ -113,6 +113,8 @@ class Trainer:
             raise DataError("the data set has no images left for training", "add more images")
         pixels = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
         self.train_pixels = pixels[torch.from_numpy(train_idx)].to(device)
+        self.train_keys = torch.from_numpy(hash_keys([data.hashes[i] for i in train_idx])) \
+            if len(data.hashes) == len(data.images) else None
         self.val_pixels = pixels[torch.from_numpy(val_idx)].to(device)
         # (N_train,) class indices for the per-class mixtures; None for an unlabelled set.
         self.train_labels = torch.from_numpy(data.labels.subset(train_idx)) if data.labels is not None else None
@@ -165,7 +167,8 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Checkpoint the whole state atomically."""
-        save_checkpoint(path, self.config, self.modules, self.optimizers, self.progress, self.generator.get_state())
+        save_checkpoint(path, self.config, self.modules, self.optimizers, self.progress, self.generator.get_state(),
+                        self.train_keys)
 
     def epoch_batches(self, epoch: int, start: int) -> Iterator[torch.Tensor]:
         """Index tensors of the epoch's batches from `start`: the shuffle depends on (seed, epoch) only."""
