@@ -575,7 +575,9 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                 progress.elapsed_s = elapsed()
                 if not with_prior:
                     metrics = end_epoch(losses=losses, partial=True, final=True)
-            if with_prior and not trainer.prior_trained and ctx.is_main:
+            # Every rank trains the prior (rank 0's is kept): a rank idle at the closing barrier for the prior's
+            # share of a long budget would outlast the collectives' timeout and end the run in an error.
+            if with_prior and not trainer.prior_trained:
                 reporter.stop()
                 prior_stats = trainer.train_prior(prior_seconds(), reporter, stop_requested)
                 progress.elapsed_s = elapsed()
