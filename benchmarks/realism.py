@@ -29,12 +29,13 @@ from animevae.training.realism import classifier_rows, realism_score
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
 from animevae.data import load_training_images
+from animevae.training.evaluate import as_saved
 
 
 def _decode(decoder, z: np.ndarray) -> torch.Tensor:
     """(N, latent) -> (N, 3, S, S) in [0, 1], quantised to 8 bits as saved PNGs are."""
     out = np.concatenate([decoder.run(z[b : b + 256])[0] for b in range(0, len(z), 256)])
-    return torch.from_numpy(np.round(np.clip(out, 0, 1) * 255) / 255).float()
+    return as_saved(torch.from_numpy(out).float())
 
 
 def main() -> None:

@@ -58,6 +58,15 @@ def test_as_saved_rounds_to_the_8_bit_levels_a_png_holds() -> None:
     assert as_saved(images).mul(255).tolist() == pytest.approx([0.0, 128.0, 0.0, 1.0, 255.0, 0.0])
 
 
+def test_as_saved_matches_the_pngs_denoise_writes_even_on_exact_halves() -> None:
+    from animevae.fileio import to_uint8
+
+    # (k + 0.5) / 255 for even k: round-half-to-even would keep k, the PNG writer rounds up to k + 1.
+    images = ((torch.arange(0, 254, 2, dtype=torch.float64) + 0.5) / 255).float().view(1, 1, 1, -1).expand(1, 3, 1, -1)
+    saved = to_uint8(images.numpy())  # (1, 1, W, 3)
+    assert (as_saved(images).mul(255).round().byte().permute(0, 2, 3, 1).numpy() == saved).all()
+
+
 def test_style_of_reads_folders_then_name_prefixes() -> None:
     assert style_of("lorelei_00012.png") == "lorelei"
     assert style_of("pixel-art_00999.png") == "pixel-art"

@@ -83,5 +83,5 @@ def _smallest_sparing_knee(noisy: torch.Tensor, output: torch.Tensor, reference:
 
 def _squared_error_255(images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image squared error of (N, P) 0-255 `images` rounded to 8 bits, as saved, against `target`, (N,)
-    float64 (float32 sums of 8-bit squares lose units). In place."""
-    return images.round_().clamp_(0.0, 255.0).sub_(target).square_().sum(1, dtype=torch.float64)
+    float64 (float32 sums of 8-bit squares lose units). In place. Halves round up, as fileio.to_uint8 saves them."""
+    return images.add_(0.5).floor_().clamp_(0.0, 255.0).sub_(target).square_().sum(1, dtype=torch.float64)
