@@ -24,7 +24,7 @@ import torch
 from animevae.data import load_training_images, split_holdout
 from animevae.prior import LatentPrior
 from animevae.progress import SilentReporter
-from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces
+from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces, refuse_trained_on
 from animevae.training.export import load_run_models
 from animevae.training.model import fit_mixture
 
@@ -52,6 +52,7 @@ def main() -> None:
     config, vae, _ = load_run_models(args.run)
     loaded = load_training_images(args.data, config.model.image_size, args.runs_dir / ".cache", SilentReporter())
     train_idx, val_idx = split_holdout(loaded.hashes, len(loaded.images), config.train.val_size)
+    refuse_trained_on(args.run, args.data, config, loaded.hashes, val_idx)
     pixels = torch.from_numpy(loaded.images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
     train_images, held_out = pixels[torch.from_numpy(train_idx)], pixels[torch.from_numpy(val_idx)]
     held_spread = mean_pairwise_distance(held_out)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -263,13 +264,14 @@ def class_report(vae: VAE, names: tuple[str, ...], train_images: torch.Tensor, t
                        without.per_class, with_samples.per_class)
 
 
-def _refuse_trained_on(run_dir: Path, data: Path, config: RunConfig, held_out_hashes: list[str]) -> None:
-    """Raise DataError when any image held out of `data` is one the run trained on (a subset or another cut of
-    its training set): scoring it would flatter the run. Runs that kept no keys are not checked."""
+def refuse_trained_on(run_dir: Path, data: Path, config: RunConfig, hashes: list[str], held_out: np.ndarray) -> None:
+    """Raise DataError when any image held out of `data` (rows `held_out` of its content `hashes`) is one the run
+    trained on (a subset or another cut of its training set): scoring it would flatter the run. Runs that kept no
+    keys, and sets without hashes, are not checked."""
     trained = read_train_keys(run_dir / CHECKPOINT_NAME)
-    if trained is None or not held_out_hashes:
+    if trained is None or not hashes:
         return
-    keys = torch.from_numpy(hash_keys(held_out_hashes))
+    keys = torch.from_numpy(hash_keys([hashes[i] for i in held_out]))
     seen = int(torch.isin(keys, trained).sum())
     if seen:
         raise DataError(f"{seen} of the {len(keys)} images {data} holds out for scoring were trained on by run "
@@ -298,7 +300,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",
                         "evaluate on a set of at least 2 images (500 or more for stable numbers)")
-    _refuse_trained_on(run_dir, data, config, [hashes[i] for i in val_idx] if len(hashes) == len(images) else [])
+    refuse_trained_on(run_dir, data, config, hashes, val_idx)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
     held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)
