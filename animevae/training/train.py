@@ -47,6 +47,10 @@ MIXTURE_REFIT_S = 300.0
 CALIBRATION_REFRESH_S = 300.0
 # Progress.extra key of the dearest epoch end's seconds (see _run_loop).
 END_COST = "end_cost_s"
+# Progress.extra: the limits (epochs, minutes) a run last finished under. Resumed under the same ones, it has
+# nothing left to do, even where its clock says a few seconds are left (its final epoch end ran cheaper than the
+# reserve kept for it).
+FINISHED_UNDER = "finished_under"
 
 
 @dataclass
@@ -544,10 +548,12 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
         save()  # from the first moment, a killed run can be resumed (and its name is not lost)
     reporter.start(f"training {run_dir.name}", total_steps if total_steps else None)
     reporter.advance(progress.step)
+    limits = [config.epochs, config.max_minutes]
+    finished = progress.extra.get(FINISHED_UNDER) == limits
     with _deferred_interrupt() as stop_requested:
         try:
             try:
-                while (config.epochs is None or progress.epoch < config.epochs) and fraction() < 1.0:
+                while not finished and (config.epochs is None or progress.epoch < config.epochs) and fraction() < 1.0:
                     for indices in trainer.epoch_batches(progress.epoch, progress.batch):
                         trainer.set_lr(fraction())
                         adversarial = config.adversarial_weight > 0 and fraction() >= config.adversarial_start
@@ -584,6 +590,7 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                 # The report of the last (possibly partial) epoch, made again with samples from the new prior.
                 metrics = end_epoch(losses={**losses, **prior_stats}, partial=progress.batch > 0, final=True,
                                     epoch=progress.epoch + (1 if progress.batch > 0 else 0))
+            progress.extra[FINISHED_UNDER] = limits
         except KeyboardInterrupt:
             interrupted = True
             if ctx.is_main:
