@@ -158,6 +158,29 @@ def test_a_denoiser_file_without_a_knee_runs_ungated(onnx_models) -> None:
     np.testing.assert_array_equal(denoise_array(older, faces), to_uint8(run_padded(older, to_unit_chw(faces))))
 
 
+def test_a_shut_gate_is_recalibrated_at_every_epoch_end_until_the_denoiser_helps(tmp_path, monkeypatch) -> None:
+    import animevae.training.train as train_module
+    from animevae.config import TrainConfig
+    from animevae.training.checkpoint import load_checkpoint
+    from helpers import write_blobs
+
+    monkeypatch.setattr(train_module, "CALIBRATION_REFRESH_S", 1e9)  # no refresh by time
+    knees = iter([32.0, 31.75, 5.0, 4.0, 4.0])  # shut, shut, then open
+    monkeypatch.setattr(train_module, "calibrate_knee", lambda denoiser, clean: next(knees))
+    steps: list[int] = []
+    calibrate = train_module.Trainer.calibrate_denoiser
+    monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",
+                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+    write_blobs(tmp_path / "faces", count=40)
+    result = train_module.train(tmp_path / "faces", ModelConfig(**{**TINY_MODEL, "prior": "mixture"}),
+                                TrainConfig(epochs=5, batch_size=16, seed=0, precision="fp32"), tmp_path / "runs",
+                                device="cpu")
+    per_epoch = result.progress.step // 5
+    # Epochs 1 and 2 leave it shut, so 2 and 3 recalibrate; 3 opens it, so 4 waits; the run's end recalibrates.
+    assert steps == [per_epoch, 2 * per_epoch, 3 * per_epoch, 5 * per_epoch]
+    assert float(load_checkpoint(result.run_dir / "last.safetensors").tensors["denoiser.knee"]) == 4.0
+
+
 def test_training_calibrates_first_and_on_its_final_weights_and_not_twice(tmp_path, monkeypatch) -> None:
     import animevae.training.train as train_module
     from animevae.config import TrainConfig

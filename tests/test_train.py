@@ -494,6 +494,22 @@ def test_the_prior_trains_on_the_final_latents_and_exports_beside_the_decoder(tr
     assert (trained_run.export_dir / "prior.onnx").is_file()
 
 
+def test_a_resumed_run_keeps_the_keys_of_every_image_it_trained_on(tiny_model_config: ModelConfig, tmp_path: Path) -> None:
+    from animevae.training.checkpoint import TRAIN_KEYS
+
+    first = _trainer(tiny_model_config)
+    assert first.train_keys is not None and len(first.train_keys) == 22  # 24 images, 2 held out
+    first.train_keys = torch.arange(22) * 7 + 5  # stand-ins for real hashes' keys (the helper's are all 0)
+    first.save(tmp_path / "last.safetensors")
+    earlier = load_checkpoint(tmp_path / "last.safetensors").tensors[TRAIN_KEYS]
+    assert earlier.tolist() == first.train_keys.tolist()
+    grown = _trainer(tiny_model_config)
+    grown.train_keys = earlier[:11] + 1_000_003  # a grown folder's split: new images, and one face trained on
+    grown.train_keys = torch.cat([grown.train_keys, earlier[:1]])
+    grown.restore(load_checkpoint(tmp_path / "last.safetensors"))
+    assert grown.train_keys.tolist() == sorted(set(earlier.tolist()) | set((earlier[:11] + 1_000_003).tolist()))
+
+
 def test_a_step_of_the_vae_marks_a_trained_prior_stale(tiny_model_config: ModelConfig) -> None:
     # A finished diffusion run resumed for longer trains the VAE on: its prior must then be trained again.
     trainer = _trainer(replace(tiny_model_config, prior="diffusion"))
@@ -552,6 +568,9 @@ def test_a_time_budget_includes_the_final_epoch_end(image_dir: Path, tmp_path: P
                     tmp_path / "runs", name=result.run_dir.name, device="cpu", resume=True)
     assert resumed.progress.step == result.progress.step
     assert len(read_jsonl(result.run_dir / "metrics.jsonl")) == lines
+    more_epochs = train(image_dir, config, TrainConfig(epochs=100, max_minutes=0.25, batch_size=16, precision="fp32"),
+                        tmp_path / "runs", name=result.run_dir.name, device="cpu", resume=True)
+    assert more_epochs.progress.step == result.progress.step  # the budget, not the epochs, ended it
     longer = train(image_dir, config, TrainConfig(max_minutes=0.35, batch_size=16, precision="fp32"),
                    tmp_path / "runs", name=result.run_dir.name, device="cpu", resume=True)
     assert longer.progress.step > result.progress.step

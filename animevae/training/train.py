@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from animevae import FORMAT_VERSION, __version__
-from animevae.training.calibrate import calibrate_knee, calibration_rows
-from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, Progress, load_checkpoint, save_checkpoint
+from animevae.training.calibrate import KNEES, calibrate_knee, calibration_rows
+from animevae.training.checkpoint import PRIOR_TRAINED, TRAIN_KEYS, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.data import TrainingData, hash_keys, load_training_images, split_holdout
@@ -45,11 +45,13 @@ MIXTURE_REFIT_S = 300.0
 # The denoiser's gate knee is recalibrated (calibrate.py: 3 s for a fresh denoiser on 2 cores, 10 s for a
 # trained one) at most this often, and at the run's end: only checkpoints taken between see an older knee.
 CALIBRATION_REFRESH_S = 300.0
+# Knees from here up (the last two steps of calibrate.KNEES' grid) leave the gate all but shut.
+GATE_SHUT_KNEE = float(KNEES[-2])
 # Progress.extra key of the dearest epoch end's seconds (see _run_loop).
 END_COST = "end_cost_s"
-# Progress.extra: the limits (epochs, minutes) a run last finished under. Resumed under the same ones, it has
-# nothing left to do, even where its clock says a few seconds are left (its final epoch end ran cheaper than the
-# reserve kept for it).
+# Progress.extra: the --max-minutes whose budget ended the run. Resumed under the same budget (whatever its epochs),
+# it has nothing left to do, even where its clock says a few seconds are left (its final epoch end ran cheaper
+# than the reserve kept for it).
 FINISHED_UNDER = "finished_under"
 
 
@@ -168,6 +170,10 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as error:
             raise ModelError(f"checkpoint does not fit this model: {error}", "start a new run instead") from None
         self.progress = checkpoint.progress
+        # Keys of every image any session of the run trained on: a resume on a grown folder adds to them.
+        earlier = checkpoint.tensors.get(TRAIN_KEYS)
+        if earlier is not None:
+            self.train_keys = earlier if self.train_keys is None else torch.unique(torch.cat([earlier, self.train_keys]))
 
     def save(self, path: Path) -> None:
         """Checkpoint the whole state atomically."""
@@ -335,7 +341,11 @@ class Trainer:
         step = self.progress.step
         if _due(self.mixture_fitted_at, self.mixture_fitted_step, step, final, MIXTURE_REFIT_S):
             self.fit_prior()
-        if _due(self.calibrated_at, self.calibrated_step, step, final, CALIBRATION_REFRESH_S):
+        # A knee at the top of the grid shuts the gate: the denoiser helped no light case yet (a fresh one, 3 s to
+        # calibrate). It is recalibrated at every epoch's end until it helps, so that a mid-run export or
+        # metrics line does not carry a shut gate for the first refresh interval.
+        shut = float(self.denoiser.knee) >= GATE_SHUT_KNEE
+        if _due(self.calibrated_at, self.calibrated_step, step, final, 0.0 if shut else CALIBRATION_REFRESH_S):
             self.calibrate_denoiser()
 
     def train_prior(self, seconds: float | None, reporter: Reporter,
@@ -548,8 +558,9 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
         save()  # from the first moment, a killed run can be resumed (and its name is not lost)
     reporter.start(f"training {run_dir.name}", total_steps if total_steps else None)
     reporter.advance(progress.step)
-    limits = [config.epochs, config.max_minutes]
-    finished = progress.extra.get(FINISHED_UNDER) == limits
+    finished = config.max_minutes is not None and progress.extra.get(FINISHED_UNDER) == config.max_minutes
+    if not finished:
+        progress.extra.pop(FINISHED_UNDER, None)  # this session trains: an earlier ending no longer holds
     with _deferred_interrupt() as stop_requested:
         try:
             try:
@@ -590,7 +601,8 @@ def _run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResul
                 # The report of the last (possibly partial) epoch, made again with samples from the new prior.
                 metrics = end_epoch(losses={**losses, **prior_stats}, partial=progress.batch > 0, final=True,
                                     epoch=progress.epoch + (1 if progress.batch > 0 else 0))
-            progress.extra[FINISHED_UNDER] = limits
+            if config.max_minutes is not None and (config.epochs is None or progress.epoch < config.epochs):
+                progress.extra[FINISHED_UNDER] = config.max_minutes  # the budget ended it, not the epochs
         except KeyboardInterrupt:
             interrupted = True
             if ctx.is_main:
