@@ -95,13 +95,14 @@ def test_readme_fits_in_12_kb() -> None:
     assert README.stat().st_size <= 12 * 1024
 
 
-def test_readme_links_and_pictures_exist() -> None:
-    """Every relative link or picture of the README names a file of the repository."""
-    targets = re.findall(r"\]\(([^)#]+)\)", README.read_text())
-    assert targets
-    for target in targets:
+@pytest.mark.parametrize("page", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_links_and_pictures_exist(page: Path) -> None:
+    """Every relative link or picture of the README and of docs/*.md names a file of the repository."""
+    for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
         if "://" not in target:
-            assert (ROOT / target).exists(), target
+            assert (page.parent / target).exists(), f"{page.name}: {target}"
+    for source in re.findall(r'<img src="([^"]+)"', page.read_text()):
+        assert (page.parent / source).exists(), f"{page.name}: {source}"
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=IDS)
