@@ -20,6 +20,7 @@ timing `animevae denoise` on a big image:
                                        [--write-example docs/denoise-jpeg20.png]
     python benchmarks/bench_denoise.py --data faces-dev --write-mosaic big/mosaic.png --mosaic-size 4000x3000
     /usr/bin/time -v animevae denoise big --out big-denoised   # "Maximum resident set size"
+    python benchmarks/bench_denoise.py --quick     # a few faces it draws itself, no NLM: checks that it runs
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -46,6 +48,7 @@ from animevae.model_files import choose_model
 from animevae.runtime import open_model
 from animevae.shrinkage import RESIDUAL_KNEE_KEY
 from animevae.writer import usable_cores
+from _quick import write_faces
 
 SIGMA = 25.0
 
@@ -96,7 +99,7 @@ def degraded_cases(clean: np.ndarray) -> dict[str, np.ndarray]:
 def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> None:
     """Input and output PSNR of each case on the faces one by one, and on their mosaic denoised tiled; with
     `example`, a before/after picture of the JPEG q20 case there (clean | JPEG | denoised, 256x256 at 2x)."""
-    columns = 25
+    columns = min(25, len(faces))
     mosaic = make_mosaic(faces, columns, len(faces) // columns)
     face_cases, mosaic_cases = degraded_cases(faces), degraded_cases(mosaic)
     if example:
@@ -139,7 +142,7 @@ def quality_table(denoiser, faces: np.ndarray, example: Path | None = None) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="a folder of clean faces")
+    parser.add_argument("--data", type=Path, help="a folder of clean faces (required unless --quick)")
     parser.add_argument("--model", default="builtin")
     parser.add_argument("--count", type=int, default=500, help="held-out faces (at most 10%% of the folder)")
     parser.add_argument("--repeats", type=int, default=3)
@@ -147,7 +150,20 @@ def main() -> None:
     parser.add_argument("--write-mosaic", type=Path, help="also write one large mosaic PNG of faces here")
     parser.add_argument("--mosaic-size", default="4000x3000", help="WIDTHxHEIGHT of --write-mosaic")
     parser.add_argument("--write-example", type=Path, help="write a before/after picture of JPEG q20 here (PNG)")
+    parser.add_argument("--quick", action="store_true", help="60 faces it draws itself, 6 held out, no NLM")
     args = parser.parse_args()
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data, args.count, args.repeats, args.no_nlm = write_faces(Path(tmp) / "faces", 60), 6, 1, True
+            run(args)
+    elif args.data is None:
+        parser.error("--data is required (or --quick)")
+    else:
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The quality table, then (unless --no-nlm) the speed comparison with OpenCV's NLM."""
 
     # The held-out split of `animevae train` (by content hash): for faces-dev these are faces the built-in
     # model never trained on.

@@ -10,7 +10,8 @@ Measures, each `--repeats` times (medians reported):
   ours   `animevae generate --count N` as a whole process (start-up included)
 and prints ours/bound and ours/naive.
 
-    python benchmarks/bench_generate.py --count 10000 --repeats 3 [--model builtin|PATH]
+    python benchmarks/bench_generate.py --count 10000 --repeats 3 [--model builtin|PATH] [--dir /dev/shm]
+    python benchmarks/bench_generate.py --quick     # 64 images, once: checks that it runs
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ def main() -> None:
     parser.add_argument("--model", default="builtin", help="builtin, an export folder or a decoder.onnx")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the PNGs go (default: the system temp folder); /dev/shm takes the disk out")
+    parser.add_argument("--quick", action="store_true", help="64 images, one repeat: checks that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.count, args.repeats = 64, 1
 
     choice = choose_model(Path("runs"), None, args.model)
     model_arg = str(choice.path("decoder")) if args.model != "builtin" else "builtin"

@@ -5,6 +5,7 @@ process tree (the command and its worker processes, summed from /proc). Prints t
 ratio of the largest to the smallest. Linux only.
 
     python benchmarks/bench_memory.py --counts 10000 100000 [--dir /dev/shm] [--model builtin]
+    python benchmarks/bench_memory.py --quick      # 16 and 32 images: checks that it runs
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ def main() -> None:
     parser.add_argument("--counts", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--model", default="builtin")
+    parser.add_argument("--quick", action="store_true", help="16 and 32 images: checks that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.counts = [16, 32]
     peaks = {}
     for count in args.counts:
         folder = Path(tempfile.mkdtemp(prefix="bench-memory-", dir=args.dir))

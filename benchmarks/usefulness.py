@@ -8,13 +8,16 @@ class fidelity and the classification accuracy score per class, and the augmenta
 
     animevae generate --per-class 300 --out synth-labelled --run NAME
     python benchmarks/usefulness.py --data faces-labelled --generated synth-labelled --few-real 20 --repeats 5
+    python benchmarks/usefulness.py --quick     # tiny class folders it draws itself: checks that it runs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 from animevae.data import load_training_images, prepare_images, split_holdout
 from animevae.progress import SilentReporter
 from animevae.training import usefulness
+from _quick import write_classes
 
 
 def _pixels(images: np.ndarray) -> torch.Tensor:
@@ -33,15 +37,31 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="the labelled real data the model trained on")
-    parser.add_argument("--generated", type=Path, required=True, help="the tree `generate --per-class` wrote")
+    parser.add_argument("--data", type=Path, help="the labelled real data the model trained on")
+    parser.add_argument("--generated", type=Path, help="the tree `generate --per-class` wrote")
     parser.add_argument("--few-real", type=int, default=20, help="real images per class for the augmentation gain")
     parser.add_argument("--repeats", type=int, default=5, help="draws of the few real images (seeds 0..R-1)")
     parser.add_argument("--classifier-images", type=int, default=1000, help="real training images per class for fidelity")
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--quick", action="store_true", help="8x8 class folders it draws itself, as real and generated")
     args = parser.parse_args()
+    if args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data = write_classes(Path(tmp) / "real", {"a": 8, "b": 8, "c": 8}, size=8)
+            args.generated = Path(shutil.copytree(args.data, Path(tmp) / "generated"))
+            args.runs_dir, args.image_size, args.val_size = Path(tmp) / "runs", 8, 3
+            args.few_real, args.repeats, args.classifier_images = 2, 1, 4
+            report(args)
+    elif args.data is None or args.generated is None:
+        parser.error("--data and --generated are required (or --quick)")
+    else:
+        report(args)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Print class fidelity, CAS and the augmentation gain of args.generated on args.data as JSON."""
     started = time.perf_counter()
     real = load_training_images(args.data, args.image_size, args.runs_dir / ".cache", SilentReporter())
     names = real.labels.classes.names

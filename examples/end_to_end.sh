@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole product path on a folder of faces, as a new user runs it, with the checks of the core-path issue:
+# The whole product path on a folder of faces, as a new user runs it, checking what it promises:
 # train 2 epochs, export, generate 1,000 faces twice (the rerun changes no file), again with --batch-size 37
 # into another folder (same bytes), then denoise them. Prints the timings and the validation numbers.
 # Usage: examples/end_to_end.sh FACES_FOLDER [WORK_FOLDER]   (venv active)
