@@ -16,7 +16,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def explore(
     out: Annotated[Path, typer.Option("--out", help="Folder that saves go to (NAME.png + NAME.json); the only place "
-                                      "the page can write.", file_okay=False)] = Path("explore"),
+                                      "the page can write.")] = Path("explore"),
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but 127.0.0.1 lets other "
                                       "machines use the page (and save into --out).")] = "127.0.0.1",
