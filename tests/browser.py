@@ -22,7 +22,7 @@ def find_browser() -> str | None:
     """The Chromium executable: $ANIMEVAE_CHROMIUM, else the first of BROWSERS on PATH."""
     named = os.environ.get("ANIMEVAE_CHROMIUM")
     if named:
-        return named
+        return shutil.which(named)
     return next((found for name in BROWSERS if (found := shutil.which(name))), None)
 
 

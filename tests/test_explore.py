@@ -354,3 +354,13 @@ def test_explore_and_render_never_import_torch(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr
+
+
+def test_a_bug_is_one_line_and_a_500_and_the_server_goes_on(server: ExploreServer, monkeypatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(Studio, "grid", broken)
+    answer = call(server, "POST", "/api/grid", {"seed": 0})
+    assert answer[0] == 500 and error_of(answer) == "internal error: RuntimeError: boom"
+    assert call(server, "GET", "/api/info")[0] == 200
