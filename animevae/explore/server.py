@@ -142,6 +142,9 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
     class Handler(BaseHTTPRequestHandler):
         server_version = "animevae-explore"
         protocol_version = "HTTP/1.1"
+        # Headers and body leave in two writes: with Nagle on, the body waits for the client's delayed ACK
+        # (on Linux up to 40 ms by default), longer than a whole render.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             pass  # one line per slider move would drown the address and the errors
