@@ -30,37 +30,17 @@ class BrowserError(AssertionError):
     """The browser failed, or the page never reached the state a test waited for."""
 
 
-class Browser:
-    """One headless Chromium with one page; `evaluate` runs JavaScript in it, `wait_for` polls an expression."""
+class Tab:
+    """One page of the browser, over its own DevTools connection: `evaluate` runs JavaScript in it, `wait_for`
+    polls an expression."""
 
-    def __init__(self, executable: str, width: int = 1200, height: int = 900) -> None:
+    def __init__(self, websocket_url: str) -> None:
         import websocket  # websocket-client: the dev extra
 
-        self.profile = Path(tempfile.mkdtemp(prefix="animevae-chromium-"))
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        self.process = subprocess.Popen(
-            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-             "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port = self._devtools_port()
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        page = next(t for t in targets if t["type"] == "page")
-        self.socket = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.socket = websocket.create_connection(websocket_url, timeout=30, suppress_origin=True)
         self.next_id = 0
         self.send("Page.enable")
         self.send("Runtime.enable")
-
-    def _devtools_port(self, timeout: float = 30.0) -> int:
-        marker = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BrowserError(f"chromium exited with {self.process.returncode} before it listened")
-            if marker.is_file() and marker.read_text().strip():
-                return int(marker.read_text().split()[0])
-            time.sleep(0.05)
-        raise BrowserError("chromium did not open its DevTools port in time")
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command; its result (events that arrive meanwhile are dropped)."""
@@ -109,10 +89,48 @@ class Browser:
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png")["data"]))
 
+class Browser(Tab):
+    """One headless Chromium; itself its first tab, `new_tab` opens more."""
+
+    def __init__(self, executable: str, width: int = 1200, height: int = 900) -> None:
+        self.profile = Path(tempfile.mkdtemp(prefix="animevae-chromium-"))
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        self.process = subprocess.Popen(
+            [executable, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+             "--disable-extensions", "--remote-debugging-port=0",
+             # Tabs behind the first must run their timers at full speed: the tests use several at once.
+             "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+             "--disable-backgrounding-occluded-windows", f"--user-data-dir={self.profile}",
+             f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.port = self._devtools_port()
+        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10).read())
+        super().__init__(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        self.tabs: list[Tab] = []
+
+    def new_tab(self) -> Tab:
+        """Another tab of this browser (closed with it)."""
+        opening = urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?about:blank", method="PUT")
+        tab = Tab(json.loads(urllib.request.urlopen(opening, timeout=10).read())["webSocketDebuggerUrl"])
+        self.tabs.append(tab)
+        return tab
+
+    def _devtools_port(self, timeout: float = 30.0) -> int:
+        marker = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrowserError(f"chromium exited with {self.process.returncode} before it listened")
+            if marker.is_file() and marker.read_text().strip():
+                return int(marker.read_text().split()[0])
+            time.sleep(0.05)
+        raise BrowserError("chromium did not open its DevTools port in time")
+
     def close(self) -> None:
         """Stop the browser and remove its profile."""
         try:
-            self.socket.close()
+            for tab in [*self.tabs, self]:
+                tab.socket.close()
         finally:
             self.process.terminate()
             try:

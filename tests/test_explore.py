@@ -167,6 +167,34 @@ def test_browser_shows_a_bad_upload_and_a_bad_save_name(browser: Browser, server
     assert browser.evaluate("document.querySelectorAll('#grid img').length") == 16  # the page still works
 
 
+# Moves slider 1 through 21 positions, 20 ms apart, then waits for the last render; sets window.finished.
+_SLIDE_LOOP = """window.finished = false; (async () => {
+  const slider = document.getElementById('slider-0');
+  for (let i = 0; i <= 20; i++) {
+    slider.value = (i / 10 - 1).toFixed(1);
+    slider.dispatchEvent(new Event('input'));
+    await new Promise((done) => setTimeout(done, 20));
+  }
+  while (rendering) await new Promise((done) => setTimeout(done, 20));
+  window.finished = true;
+})(); 0"""
+
+
+def test_four_tabs_steer_at_once_and_each_ends_on_its_own_face(browser: Browser, server: ExploreServer) -> None:
+    tabs = [browser, *(browser.new_tab() for _ in range(3))]
+    for index, tab in enumerate(tabs):
+        tab.open(server.url)
+        tab.evaluate(f"document.querySelectorAll('#grid img')[{index}].click()")
+    for tab in tabs:
+        tab.evaluate(_SLIDE_LOOP)
+    for index, tab in enumerate(tabs):
+        tab.wait_for("window.finished", timeout=120)
+        assert tab.evaluate("explore.rendered.moves") == [{"direction": 0, "amount": 1}]
+        assert tab.evaluate("explore.rendered.start.index") == index
+        assert tab.evaluate("explore.renders") >= 2  # it kept up: renders landed while the slider moved
+        assert tab.evaluate("document.getElementById('message').hidden")  # no error shown
+
+
 # ------------------------------------------------------------------ refusals over HTTP, the server still running
 
 
@@ -335,6 +363,31 @@ def test_explore_prints_its_address_and_warns_off_loopback(runner, tmp_path: Pat
     assert done.exit_code == 0 and "WARNING: listening on 0.0.0.0" in done.output
 
 
+def test_explore_open_flag_opens_the_printed_address(runner, tmp_path: Path, monkeypatch) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr(ExploreServer, "serve_forever", lambda self: None)
+    monkeypatch.setattr("webbrowser.open", opened.append)
+    done = runner.invoke(app, ["explore", "--port", "0", "--open", "--out", str(tmp_path / "out"), *BUILTIN])
+    assert done.exit_code == 0 and len(opened) == 1 and f"explore: {opened[0]}" in done.output
+
+
+def test_explore_without_an_encoder_still_browses(runner, tmp_path: Path, monkeypatch) -> None:
+    from animevae.model_files import BUILTIN_DIR
+
+    folder = tmp_path / "decoder-only"
+    folder.mkdir()
+    (folder / "decoder.onnx").write_bytes((BUILTIN_DIR / "decoder.onnx").read_bytes())
+    monkeypatch.setattr(ExploreServer, "serve_forever", lambda self: None)
+    done = runner.invoke(app, ["explore", "--port", "0", "--model", str(folder), "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    models = open_models(Path("runs"), None, str(folder), ("decoder",), "cpu")
+    studio = Studio(models, tmp_path / "out")
+    face = studio.grid(0, 1.0, 1)[0]
+    with pytest.raises(Exception, match="variations need the encoder"):
+        studio.variations(face.recipe, 1.0, 0, 2)
+    assert studio.render(face.recipe) == face.png
+
+
 def test_explore_refuses_a_taken_port_and_a_file_as_out(runner, server: ExploreServer, tmp_path: Path) -> None:
     done = runner.invoke(app, ["explore", "--port", str(server.port), "--out", str(tmp_path / "o"), *BUILTIN])
     assert done.exit_code == 1 and f"cannot listen on 127.0.0.1:{server.port}" in done.output and "hint:" in done.output
@@ -350,7 +403,11 @@ def test_explore_and_render_never_import_torch(tmp_path: Path) -> None:
             "models = open_models(Path('runs'), None, 'builtin', ('decoder', 'encoder'), 'cpu')\n"
             f"studio = Studio(models, Path({str(tmp_path)!r}))\n"
             "face = studio.grid(0, 1.0, 2)[0]\nstudio.variations(face.recipe, 1.0, 0, 2)\n"
-            "studio.interpolate(face.recipe, face.recipe, 3)\nstudio.save(face.recipe, 'x')\n")
+            "studio.interpolate(face.recipe, face.recipe, 3)\nstudio.save(face.recipe, 'x')\n"
+            "from typer.testing import CliRunner\n"
+            f"done = CliRunner().invoke(app, ['render', {str(tmp_path / 'x.json')!r}, '--out', "
+            f"{str(tmp_path / 'r.png')!r}, '--model', 'builtin', '--device', 'cpu'])\n"
+            "assert done.exit_code == 0, done.output\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr

@@ -32,10 +32,13 @@ def explore(
     from animevae.errors import ArgumentError, OutputError
     from animevae.explore.server import start_server
     from animevae.explore.studio import Studio
+    from animevae.model_files import choose_model
 
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder", "pass a folder path (it is created on the first save)")
-    models = _open(("decoder", "encoder"), runs_dir, run, model, device)
+    # Without an encoder.onnx beside the decoder the page still browses and steers; uploads and variations are off.
+    has_encoder = choose_model(runs_dir, run, model).path("encoder").is_file()
+    models = _open(("decoder", "encoder") if has_encoder else ("decoder",), runs_dir, run, model, device)
     try:
         server = start_server(Studio(models, out), models.origin, host, port)
     except OSError as error:
