@@ -421,3 +421,12 @@ def test_a_bug_is_one_line_and_a_500_and_the_server_goes_on(server: ExploreServe
     answer = call(server, "POST", "/api/grid", {"seed": 0})
     assert answer[0] == 500 and error_of(answer) == "internal error: RuntimeError: boom"
     assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_deep_or_huge_json_is_not_json_not_a_bug(server: ExploreServer, tmp_path: Path, runner) -> None:
+    for body in (b"[" * 100_000, b'{"seed": 1' + b"0" * 5000 + b"}"):
+        answer = call(server, "POST", "/api/grid", body, {"Content-Type": "application/json"})
+        assert answer[0] == 400 and error_of(answer) == "the request is not JSON"
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    done = runner.invoke(app, ["render", str(tmp_path / "deep.json"), *BUILTIN])
+    assert done.exit_code == 1 and "is not JSON" in done.output

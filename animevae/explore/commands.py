@@ -17,7 +17,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def explore(
     out: Annotated[Path, typer.Option("--out", help="Folder that saves go to (NAME.png + NAME.json); the only place "
                                       "the page can write.")] = Path("explore"),
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="Port to listen on; 0 picks a free one.")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but 127.0.0.1 lets other "
                                       "machines use the page (and save into --out).")] = "127.0.0.1",
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in the default browser.")] = False,
@@ -35,7 +36,8 @@ def explore(
     from animevae.model_files import choose_model
 
     if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder", "pass a folder path (it is created on the first save)")
+        raise OutputError(f"--out {out} is a file, not a folder",
+                          "pass a folder path (it is created on the first save)")
     # Without an encoder.onnx beside the decoder the page still browses and steers; uploads and variations are off.
     has_encoder = choose_model(runs_dir, run, model).path("encoder").is_file()
     models = _open(("decoder", "encoder") if has_encoder else ("decoder",), runs_dir, run, model, device)
@@ -59,7 +61,8 @@ def explore(
 
 
 def render(
-    recipe: Annotated[Path, typer.Argument(help="A recipe saved by `animevae explore` (NAME.json).", show_default=False)],
+    recipe: Annotated[Path, typer.Argument(help="A recipe saved by `animevae explore` (NAME.json).",
+                                           show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("face.png"),
     run: RunName = None,
     model: ModelRef = None,

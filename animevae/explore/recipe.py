@@ -31,6 +31,7 @@ from animevae.sampling import LatentSampler, check_seed, check_temperature
 RECIPE_FORMAT = 1
 MAX_AMOUNT = 10.0  # standard deviations along one direction: far past anything the sliders reach
 MAX_RECIPE_BYTES = 1_000_000  # a recipe holds one latent; anything larger is not one of ours
+SAMPLER_CACHE = 8  # temperatures whose samplers are kept
 _HINT = "pass a recipe saved by `animevae explore`"
 
 
@@ -128,7 +129,7 @@ def read_recipe(path: Path) -> Recipe:
         raise DataError(f"{path} is larger than any recipe ({path.stat().st_size:,} bytes)", _HINT)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, an integer of 5,000 digits, [[[[...
         raise DataError(f"{path} is not JSON ({str(error)[:80]})", _HINT) from None
     return recipe_from_dict(data)
 
@@ -155,6 +156,8 @@ class Painter:
     def sampler(self, temperature: float) -> LatentSampler:
         """`generate`'s sampler at `temperature` (sharing the opened diffusion prior, if any)."""
         if temperature not in self._samplers:
+            if len(self._samplers) >= SAMPLER_CACHE:  # each holds the whole mixture: keep a few temperatures only
+                self._samplers.clear()
             self._samplers[temperature] = LatentSampler(self.decoder, self.models.sampler.prior, temperature)
         return self._samplers[temperature]
 

@@ -171,7 +171,7 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 raise Refused(HTTPStatus.NOT_FOUND, f"no action at {path[:80]}", "reload the page")
             try:
                 body = json.loads(self._body(MAX_JSON_BYTES, "the request"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # bad JSON or UTF-8, an integer of 5,000 digits, [[[[...
                 raise DataError("the request is not JSON", "reload the page") from None
             if not isinstance(body, dict):
                 raise DataError("the request is not a JSON object", "reload the page")

@@ -99,7 +99,8 @@ class Studio:
         check_seed(seed)
         check_count(count, "count")
         if not 0.0 <= strength <= 5.0:
-            raise ArgumentError(f"strength must be 0 to 5 (got {strength:g})", "0.5 to 1.5 gives mild to strong variations")
+            raise ArgumentError(f"strength must be 0 to 5 (got {strength:g})",
+                                "0.5 to 1.5 gives mild to strong variations")
         self.painter.check_model(recipe)
         pixels = decode_latents(self.painter.decoder, self.painter.latent(recipe)[None])  # (1, S, S, 3)
         mu, logvar = encode_images(encoder, pixels)
@@ -110,7 +111,8 @@ class Studio:
         check_count(steps, "steps")
         for recipe in (start, end):
             self.painter.check_model(recipe)
-        path, _ = interpolation_path(self.painter.latent(start), self.painter.latent(end), steps, self.models.prior.mean)
+        ends = self.painter.latent(start), self.painter.latent(end)
+        path, _ = interpolation_path(*ends, steps, self.models.prior.mean)
         return self._latent_faces(path, "interpolation")
 
     def encode_upload(self, data: bytes) -> Face:
@@ -122,7 +124,8 @@ class Studio:
         try:
             pixels = square_resize(decode_rgb(io.BytesIO(data)), self.models.image_size)  # type: ignore[arg-type]
         except DataError as error:
-            raise DataError(f"the uploaded file: {error.message}", "upload a PNG, JPEG or WebP picture of a face") from None
+            raise DataError(f"the uploaded file: {error.message}",
+                            "upload a PNG, JPEG or WebP picture of a face") from None
         mu, _ = encode_images(encoder, pixels[None])
         return self._latent_faces(mu, "upload")[0]
 
@@ -148,6 +151,7 @@ class Studio:
 
     def _encoder(self, what: str) -> OnnxModel:
         if self.models.encoder is None:
-            raise ModelError(f"{what} need the encoder, and this model has none", "pass an export that has encoder.onnx")
+            raise ModelError(f"{what} need the encoder, and this model has none",
+                             "pass an export that has encoder.onnx")
         return self.models.encoder
 

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 // What tests and people poking at the console can read: the page's state and a count of finished renders.
 const explore = { info: null, picked: null, moves: [], a: null, b: null, variations: [], interpolation: [],
-                  renders: 0, rendered: null, saved: [] };
+                  renders: 0, rendered: null, saved: [], picks: 0 };
 window.explore = explore;
 
 function showMessage(text, isError) {
@@ -61,7 +61,9 @@ async function renderPicked() {
     do {
       renderAgain = false;
       const recipe = currentRecipe();
+      const picks = explore.picks;
       const blob = await call("/api/render", { recipe });
+      if (picks !== explore.picks) continue;  // a face was picked (or reset) meanwhile: this render is stale
       const old = $("face").src;
       $("face").src = URL.createObjectURL(blob);
       if (old.startsWith("blob:")) URL.revokeObjectURL(old);
@@ -99,6 +101,7 @@ function buildSliders() {
 
 function pick(face) {
   explore.picked = face;
+  explore.picks += 1;
   explore.moves = explore.info.shares.map(() => 0);
   document.querySelectorAll(".faces img.picked").forEach((img) => img.classList.remove("picked"));
   if (face.element) face.element.classList.add("picked");
