@@ -430,3 +430,26 @@ def test_deep_or_huge_json_is_not_json_not_a_bug(server: ExploreServer, tmp_path
     (tmp_path / "deep.json").write_text("[" * 100_000)
     done = runner.invoke(app, ["render", str(tmp_path / "deep.json"), *BUILTIN])
     assert done.exit_code == 1 and "is not JSON" in done.output
+
+
+@pytest.mark.slow
+def test_browser_class_picker_on_a_labelled_model(browser: Browser, labelled_run, tmp_path: Path) -> None:
+    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "encoder"), "cpu")
+    served = start_server(Studio(labelled, tmp_path / "out"), labelled.origin)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        browser.open(served.url)
+        assert browser.evaluate("[...document.getElementById('class').options].map(o => o.value)") == ["cats", "dogs",
+                                                                                                      "rare"]
+        assert browser.evaluate("explore.grid[0].recipe.start.class") == "cats"
+        browser.evaluate("const c = document.getElementById('class'); c.value = 'rare';"
+                         "c.dispatchEvent(new Event('change'))")
+        browser.wait_for("explore.grid[0].recipe.start.class === 'rare'")
+        browser.evaluate("document.querySelectorAll('#grid img')[1].click(); document.getElementById('save').click()")
+        browser.wait_for("explore.saved.length === 2")
+        assert read_recipe(tmp_path / "out" / "face-001.json").class_name == "rare"
+        assert (tmp_path / "out" / "face-001.png").read_bytes() == Painter(labelled).png(
+            read_recipe(tmp_path / "out" / "face-001.json"))
+    finally:
+        served.shutdown()
+        served.server_close()
