@@ -100,7 +100,7 @@ class Browser(Tab):
              "--disable-extensions", "--remote-debugging-port=0",
              # Tabs behind the first must run their timers at full speed: the tests use several at once.
              "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-             "--disable-backgrounding-occluded-windows", f"--user-data-dir={self.profile}",
+             "--disable-backgrounding-occluded-windows", "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.port = self._devtools_port()

@@ -453,3 +453,19 @@ def test_browser_class_picker_on_a_labelled_model(browser: Browser, labelled_run
     finally:
         served.shutdown()
         served.server_close()
+
+
+@pytest.mark.slow
+def test_render_finds_the_model_that_saved_the_recipe(labelled_run, models: ModelSet, tmp_path: Path, runner) -> None:
+    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder",), "cpu")
+    runs = ["--runs-dir", str(labelled_run.runs_dir), "--device", "cpu"]
+    for name, opened in (("builtin", models), ("labelled", labelled)):  # the newest exported run is the labelled one
+        studio = Studio(opened, tmp_path / "out")
+        studio.save(studio.grid(5, 1.0, 1)[0].recipe, name)
+        done = runner.invoke(app, ["render", str(tmp_path / "out" / f"{name}.json"), "--out", str(tmp_path / f"{name}.png"),
+                                   *runs])
+        assert done.exit_code == 0, done.output
+        assert (tmp_path / f"{name}.png").read_bytes() == (tmp_path / "out" / f"{name}.png").read_bytes()
+    (tmp_path / "other.json").write_text(Recipe("0" * 64, seed=1).to_json())
+    done = runner.invoke(app, ["render", str(tmp_path / "other.json"), "--out", str(tmp_path / "o.png"), *runs])
+    assert done.exit_code == 1 and "saved with another model" in done.output

@@ -70,14 +70,18 @@ def render(
     overwrite: Overwrite = False,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
-    """Turn an explore recipe back into its PNG, byte for byte the file the page saved (same model and device)."""
+    """Turn an explore recipe back into its PNG, byte for byte the file the page saved (same model and device).
+
+    Without --run or --model, the model is the one whose decoder saved the recipe (an exported run or the built-in)."""
     from animevae.cli import _open, console
-    from animevae.explore.recipe import Painter, read_recipe
+    from animevae.explore.recipe import Painter, find_model, read_recipe
     from animevae.latent import check_output_file
     from animevae.outputs import write_output_file
 
     parsed = read_recipe(recipe)
     check_output_file(out, "--out")
+    if run is None and model is None:  # the model that saved it, wherever it is here (else the usual default)
+        model = find_model(runs_dir, parsed.model_sha256)
     painter = Painter(_open(("decoder",), runs_dir, run, model, device))
     write_output_file(out, painter.png(parsed), overwrite)
     start = "a latent" if parsed.latent is not None else f"seed {parsed.seed} image {parsed.index}"

@@ -24,8 +24,9 @@ from animevae.errors import DataError, ModelError
 from animevae.fileio import encode_png
 from animevae.labels import ClassInfo
 from animevae.latent import decode_latents, principal_directions
-from animevae.model_files import ModelSet
+from animevae.model_files import BUILTIN, BUILTIN_DIR, ModelSet, builtin_available
 from animevae.outputs import file_digest
+from animevae.runs import EXPORT_DIR, list_runs
 from animevae.sampling import LatentSampler, check_seed, check_temperature
 
 RECIPE_FORMAT = 1
@@ -132,6 +133,19 @@ def read_recipe(path: Path) -> Recipe:
     except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, an integer of 5,000 digits, [[[[...
         raise DataError(f"{path} is not JSON ({str(error)[:80]})", _HINT) from None
     return recipe_from_dict(data)
+
+
+def find_model(runs_dir: Path, model_sha256: str) -> str | None:
+    """The export whose decoder has this hash: an exported run under `runs_dir` (newest first), else the built-in
+    model; None when no model here made the recipe. What `render` uses when neither --run nor --model is given."""
+    candidates = [run / EXPORT_DIR for run in reversed(list_runs(runs_dir))]
+    if builtin_available():
+        candidates.append(BUILTIN_DIR)
+    for folder in candidates:
+        decoder = folder / "decoder.onnx"
+        if decoder.is_file() and file_digest(decoder) == model_sha256:
+            return BUILTIN if folder == BUILTIN_DIR else str(folder)
+    return None
 
 
 class Painter:
