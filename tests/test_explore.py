@@ -87,6 +87,9 @@ def test_browser_shows_a_bad_upload_and_a_bad_save_name(browser: Browser, server
     browser.wait_for("document.getElementById('message').textContent.includes(\"save name '../escape' is refused\")")
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "out").exists()
     assert browser.evaluate("document.querySelectorAll('#grid img').length") == 16  # the page still works
+    browser.evaluate("document.querySelectorAll('#grid img')[5].focus()")
+    browser.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+    assert browser.evaluate("explore.picked.recipe.start.index") == 5  # faces are picked from the keyboard too
 
 
 # Moves slider 1 through 21 positions, 20 ms apart, then waits for the last render; sets window.finished.
@@ -277,3 +280,12 @@ def test_the_benchmark_runs_quick() -> None:
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "slider move, request to PNG bytes (builtin, 5 moves" in done.stdout
+
+
+def test_explore_stops_on_ctrl_c_and_says_what_next(runner, tmp_path: Path, monkeypatch) -> None:
+    def interrupted(self: ExploreServer) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExploreServer, "serve_forever", interrupted)
+    done = runner.invoke(app, ["explore", "--port", "0", "--out", str(tmp_path / "out"), *BUILTIN])
+    assert done.exit_code == 0 and f"next: animevae render {tmp_path / 'out'}/NAME.json" in done.output

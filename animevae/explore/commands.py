@@ -55,7 +55,8 @@ def explore(
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        console.print("stopped")
+        console.print(f"stopped; saves are in {out}/")
+        console.print(f"next: animevae render {out}/NAME.json --out face.png  (makes a saved face again)")
     finally:
         server.server_close()
 

@@ -135,7 +135,11 @@ function showFaces(boxId, faces) {
     img.src = face.image;
     img.alt = describe(face.recipe);
     img.title = img.alt;
+    img.tabIndex = 0;  // reachable with Tab; Enter or Space picks it
     img.addEventListener("click", () => pick(face));
+    img.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") { event.preventDefault(); pick(face); }
+    });
     face.element = img;
     box.append(img);
   }
