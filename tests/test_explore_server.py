@@ -68,7 +68,7 @@ def test_allowed_hosts_with_host_option() -> None:
 def test_save_names_are_plain_and_saves_stay_under_out(server: ExploreServer, tmp_path: Path) -> None:
     grid = json.loads(call(server, "POST", "/api/grid", {"seed": 1, "count": 2})[1])["faces"]
     recipe = grid[0]["recipe"]
-    for name in ("../escape", "a/b", "/tmp/abs", ".hidden", "x.png", "", "a" * 65, "na\x00me", "..\\win"):
+    for name in ("../escape", "a/b", "/tmp/abs", ".hidden", "x.png", "", "a" * 65, "na\x00me", "..\\win", "nul", "COM1"):
         answer = call(server, "POST", "/api/save", {"recipe": recipe, "name": name})
         assert answer[0] == 400 and "is refused" in error_of(answer), name
     assert not (tmp_path / "out").exists() and not (tmp_path / "escape.png").exists()

@@ -30,6 +30,8 @@ SLIDERS = 8  # principal directions shown as sliders (fewer when the latent is s
 # A save name is a plain file stem: no folder, no dot, nothing a shell or a file system reads specially.
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _NAME_HINT = "use 1 to 64 letters, digits, '-' and '_' (no folders, no dots); .png and .json are added"
+# Windows opens a device, not a file, for these names whatever the extension.
+_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{port}{i}" for port in ("COM", "LPT") for i in range(1, 10))})
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def check_count(count: int, what: str) -> None:
 
 def check_save_name(name: str) -> str:
     """The name itself when it is a plain file stem; ArgumentError for a path, a dot or anything odd."""
-    if not SAVE_NAME.fullmatch(name):
+    if not SAVE_NAME.fullmatch(name) or name.upper() in _DEVICE_NAMES:
         raise ArgumentError(f"save name {name[:80]!r} is refused", _NAME_HINT)
     return name
 
