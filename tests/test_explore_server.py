@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,30 @@ def test_deep_or_huge_json_is_not_json_not_a_bug(server: ExploreServer, tmp_path
     (tmp_path / "deep.json").write_text("[" * 100_000)
     done = runner.invoke(app, ["render", str(tmp_path / "deep.json"), *BUILTIN])
     assert done.exit_code == 1 and "is not JSON" in done.output
+
+
+def test_two_tabs_saving_one_name_at_once_never_overwrite(server: ExploreServer, tmp_path: Path, monkeypatch) -> None:
+    from animevae.explore import studio
+
+    write = studio.write_bytes_atomic
+
+    def slow_write(path: Path, data: bytes) -> None:  # widens the gap between "is the name free" and the write
+        time.sleep(0.05)
+        write(path, data)
+
+    monkeypatch.setattr(studio, "write_bytes_atomic", slow_write)
+    faces = json.loads(call(server, "POST", "/api/grid", {"seed": 6, "count": 8})[1])["faces"]
+    statuses: list[int] = []
+
+    def save(face: dict[str, Any]) -> None:
+        statuses.append(call(server, "POST", "/api/save", {"recipe": face["recipe"], "name": "same"})[0])
+
+    savers = [threading.Thread(target=save, args=(face,)) for face in faces]
+    for thread in savers:
+        thread.start()
+    for thread in savers:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200] + [400] * 7
+    kept = json.loads((tmp_path / "out" / "same.json").read_text())
+    assert kept in [face["recipe"] for face in faces]
+    assert (tmp_path / "out" / "same.png").read_bytes() == call(server, "POST", "/api/render", {"recipe": kept})[1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class Studio:
         self.painter = Painter(models)
         self.models = models
         self.out = out
+        self._saving = threading.Lock()  # two tabs saving one name: the second must see the first's files
 
     @property
     def sliders(self) -> int:
@@ -141,14 +143,15 @@ class Studio:
         check_count(len(recipes), "count")
         stems = [f"{name}_{i:02d}" if numbered else name for i in range(len(recipes))]
         paths = [self.out / f"{stem}{suffix}" for stem in stems for suffix in (".png", ".json")]
-        taken = [p.name for p in paths if p.exists() or p.is_symlink()]
-        if taken:
-            raise OutputError(f"{taken[0]} already exists in {self.out}", "pick another name: saves never overwrite")
         pngs = [self.render(recipe) for recipe in recipes]  # all checked before the first file is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
-            write_bytes_atomic(png_path, png)
-            write_bytes_atomic(json_path, recipe.to_json().encode())
+        with self._saving:
+            taken = [p.name for p in paths if p.exists() or p.is_symlink()]
+            if taken:
+                raise OutputError(f"{taken[0]} already exists in {self.out}", "pick another name: saves never overwrite")
+            self.out.mkdir(parents=True, exist_ok=True)
+            for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
+                write_bytes_atomic(png_path, png)
+                write_bytes_atomic(json_path, recipe.to_json().encode())
         return paths
 
     def _encoder(self, what: str) -> OnnxModel:
