@@ -82,6 +82,14 @@ class Tab:
         node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
         self.send("DOM.setFileInputFiles", files=[str(path)], nodeId=node)
 
+    def drop_file(self, selector: str, path: Path) -> None:
+        """Drag `path` from outside the browser and drop it on the middle of the element `selector` names."""
+        x, y = self.evaluate(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect();"
+                             " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        data = {"items": [], "files": [str(path)], "dragOperationsMask": 1}  # 1: copy
+        for kind in ("dragEnter", "dragOver", "drop"):
+            self.send("Input.dispatchDragEvent", type=kind, x=x, y=y, data=data)
+
     def screenshot(self, path: Path, width: int, height: int) -> None:
         """A PNG of the page at width x height CSS pixels."""
         import base64

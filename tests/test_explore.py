@@ -74,7 +74,7 @@ def test_browser_load_redraw_pick_steer_interpolate_upload_save(browser: Browser
     assert rendered.read_bytes() == (saved / "keeper-2_02.png").read_bytes()
 
 
-def test_browser_shows_a_bad_upload_and_a_bad_save_name(browser: Browser, server: ExploreServer, tmp_path: Path) -> None:
+def test_browser_bad_upload_bad_save_name_drop_and_keyboard(browser: Browser, server: ExploreServer, tmp_path: Path) -> None:
     browser.open(server.url)
     bad = tmp_path / "notes.png"
     bad.write_text("not a picture")
@@ -87,6 +87,11 @@ def test_browser_shows_a_bad_upload_and_a_bad_save_name(browser: Browser, server
     browser.wait_for("document.getElementById('message').textContent.includes(\"save name '../escape' is refused\")")
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "out").exists()
     assert browser.evaluate("document.querySelectorAll('#grid img').length") == 16  # the page still works
+    good = tmp_path / "dropped.png"
+    blob_image(np.random.default_rng(1), 64, 64).save(good)
+    browser.drop_file("#drop", good)
+    browser.wait_for("explore.picked && explore.picked.recipe.origin === 'upload'")
+    assert "dropped.png encoded" in browser.evaluate("document.getElementById('message').textContent")
     browser.evaluate("document.querySelectorAll('#grid img')[5].focus()")
     browser.send("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13)
     assert browser.evaluate("explore.picked.recipe.start.index") == 5  # faces are picked from the keyboard too
