@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from animevae.cli import app
-from animevae.explore.recipe import Painter, Recipe, read_recipe, recipe_from_dict
+from animevae.explore.recipe import Move, Painter, Recipe, read_recipe, recipe_from_dict
 from animevae.explore.server import ExploreServer, start_server
 from animevae.explore.studio import Studio
 from animevae.model_files import ModelSet, open_models
@@ -294,3 +294,15 @@ def test_explore_stops_on_ctrl_c_and_says_what_next(runner, tmp_path: Path, monk
     monkeypatch.setattr(ExploreServer, "serve_forever", interrupted)
     done = runner.invoke(app, ["explore", "--port", "0", "--out", str(tmp_path / "out"), *BUILTIN])
     assert done.exit_code == 0 and f"next: animevae render {tmp_path / 'out'}/NAME.json" in done.output
+
+
+def test_sliders_walk_traverses_directions(models: ModelSet) -> None:
+    from animevae.latent import traversal_latents
+
+    painter = Painter(models)
+    mean = tuple(float(v) for v in models.prior.mean.astype(np.float32))
+    grid, _ = traversal_latents(models.prior, components=3, steps=5, span=2.0)  # rows: direction r, t = -2 .. 2
+    for direction in range(3):
+        for step, amount in enumerate((-2.0, -1.0, 0.0, 1.0, 2.0)):
+            recipe = Recipe(painter.model_sha256, latent=mean, moves=(Move(direction, amount),))
+            np.testing.assert_allclose(painter.latent(recipe), grid[direction * 5 + step], atol=1e-5)
