@@ -608,6 +608,12 @@ def traverse(
                   f"variance) x {steps} steps from -{span:g} to +{span:g} standard deviations, on {result.provider}")
 
 
+# The explore page and its recipe renderer live in their own package (torch-free; heavy imports inside).
+from animevae.explore.commands import explore, render  # noqa: E402
+
+app.command()(reports_errors(explore))
+app.command()(reports_errors(render))
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="animevae")

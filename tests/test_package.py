@@ -45,6 +45,8 @@ def test_wheel_holds_the_builtin_model_and_its_licence(installed_wheel) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("encoder.onnx", "decoder.onnx", "denoiser.onnx", "FACES-LICENSE.md"):
         assert f"animevae/builtin/{name}" in names
+    for name in ("index.html", "app.js", "style.css"):  # the explore page, served from the package
+        assert f"animevae/explore/static/{name}" in names
     assert wheel.stat().st_size < 20 * 2**20
     with zipfile.ZipFile(wheel) as archive:
         metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".dist-info/METADATA"))

@@ -1,0 +1,168 @@
+"""The explore server over plain HTTP: every refusal is a clear JSON error and the server keeps serving; four
+clients at once get exactly their own faces."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from animevae.cli import app
+from animevae.explore.recipe import Painter, recipe_from_dict
+from animevae.explore.server import ExploreServer, allowed_hosts
+from animevae.explore.studio import MAX_UPLOAD_BYTES, Studio
+from animevae.model_files import ModelSet
+from explore_fixtures import BUILTIN, call, error_of, huge_png_header, models, png_bytes, server  # noqa: F401
+from helpers import blob_image
+
+
+def test_bad_uploads_get_clear_messages_and_the_server_keeps_serving(server: ExploreServer) -> None:
+    truncated = png_bytes(blob_image(np.random.default_rng(0), 64, 64))
+    cases = {
+        b"just some text": "not an image Pillow can read",
+        huge_png_header(20_000, 20_000): "refused as a decompression bomb: Image size (400000000 pixels)",
+        huge_png_header(7_000, 7_000): "image claims 7000x7000 pixels",
+        truncated[: len(truncated) // 2]: "broken image",
+    }
+    for data, expected in cases.items():
+        answer = call(server, "POST", "/api/upload", data, {"Content-Type": "application/octet-stream"})
+        assert answer[0] == 400 and expected in error_of(answer), answer
+    status, body = call(server, "POST", "/api/upload", truncated, {"Content-Type": "application/octet-stream"})
+    assert status == 200 and json.loads(body)["recipe"]["origin"] == "upload"
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(server: ExploreServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/api/upload", skip_host=True)
+    connection.putheader("Host", f"127.0.0.1:{server.port}")
+    connection.putheader("Content-Length", str(MAX_UPLOAD_BYTES + 1))
+    connection.endheaders()  # no body follows: the answer must come without it
+    response = connection.getresponse()
+    assert response.status == 413 and "at most" in json.loads(response.read())["error"]
+    connection.close()
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_foreign_host_and_origin_are_refused(server: ExploreServer) -> None:
+    for host in ("evil.example:80", f"evil.example:{server.port}", "127.0.0.1", f"127.0.0.2:{server.port}", ""):
+        answer = call(server, "GET", "/", headers={"Host": host})
+        assert answer[0] == 403 and "is not this server's address" in error_of(answer), host
+    for host in (f"localhost:{server.port}", f"[::1]:{server.port}", f"LOCALHOST:{server.port}"):
+        assert call(server, "GET", "/", headers={"Host": host})[0] == 200, host
+    answer = call(server, "POST", "/api/grid", {"seed": 0}, {"Origin": "http://evil.example"})
+    assert answer[0] == 403 and "requests from 'http://evil.example' are refused" in error_of(answer)
+    assert call(server, "POST", "/api/grid", {"seed": 0, "count": 1},
+                {"Origin": f"http://127.0.0.1:{server.port}"})[0] == 200
+
+
+def test_allowed_hosts_with_host_option() -> None:
+    assert allowed_hosts("127.0.0.1", 8765) == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
+    assert "192.168.1.5:9000" in allowed_hosts("192.168.1.5", 9000)
+    assert "localhost" in allowed_hosts("127.0.0.1", 80)  # browsers leave out the default port
+
+
+def test_save_names_are_plain_and_saves_stay_under_out(server: ExploreServer, tmp_path: Path) -> None:
+    grid = json.loads(call(server, "POST", "/api/grid", {"seed": 1, "count": 2})[1])["faces"]
+    recipe = grid[0]["recipe"]
+    for name in ("../escape", "a/b", "/tmp/abs", ".hidden", "x.png", "", "a" * 65, "na\x00me", "..\\win", "nul", "COM1"):
+        answer = call(server, "POST", "/api/save", {"recipe": recipe, "name": name})
+        assert answer[0] == 400 and "is refused" in error_of(answer), name
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escape.png").exists()
+    assert call(server, "POST", "/api/save", {"recipe": recipe, "name": "first"})[0] == 200
+    answer = call(server, "POST", "/api/save", {"recipe": grid[1]["recipe"], "name": "first"})
+    assert answer[0] == 400 and "first.png already exists" in error_of(answer)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first.json", "first.png"]
+
+
+def test_unknown_paths_and_malformed_requests_are_clear(server: ExploreServer) -> None:
+    for path in ("/../../etc/passwd", "/static/../server.py", "/index.html"):
+        answer = call(server, "GET", path)
+        assert answer[0] == 404 and "no page at" in error_of(answer)
+    cases = [("/api/grid", b"{not json", "not JSON"), ("/api/grid", b"[1]", "not a JSON object"),
+             ("/api/grid", b'{"seed": -1}', "--seed must be 0 or more"),
+             ("/api/grid", b'{"seed": "x"}', "'seed' must be a int"),
+             ("/api/render", b'{"recipe": {"animevae_recipe": 1}}', "model_sha256"),
+             ("/api/nothing", b"{}", "no action at")]
+    for path, body, expected in cases:
+        answer = call(server, "POST", path, body, {"Content-Type": "application/json"})
+        assert answer[0] in (400, 404) and expected in error_of(answer), (path, answer)
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_four_clients_at_once_all_get_their_faces(server: ExploreServer, models: ModelSet) -> None:
+    grid = json.loads(call(server, "POST", "/api/grid", {"seed": 2, "count": 4})[1])["faces"]
+    painter = Painter(models)
+    wanted, results, failures = {}, {}, []
+    for client, face in enumerate(grid):
+        for step in range(6):
+            recipe = {**face["recipe"], "moves": [{"direction": client, "amount": step / 2 - 1.5}]}
+            wanted[client, step] = painter.png(recipe_from_dict(recipe))
+
+    def tab(client: int) -> None:
+        try:
+            for step in range(6):
+                recipe = {**grid[client]["recipe"], "moves": [{"direction": client, "amount": step / 2 - 1.5}]}
+                status, body = call(server, "POST", "/api/render", {"recipe": recipe})
+                results[client, step] = body if status == 200 else status
+                assert call(server, "GET", "/api/info")[0] == 200
+        except Exception as error:  # noqa: BLE001 - reported below, from the test's thread
+            failures.append(error)
+
+    tabs = [threading.Thread(target=tab, args=(client,)) for client in range(4)]
+    for thread in tabs:
+        thread.start()
+    for thread in tabs:
+        thread.join(timeout=120)
+    assert not failures and not any(t.is_alive() for t in tabs)
+    assert results == wanted
+
+
+def test_a_bug_is_one_line_and_a_500_and_the_server_goes_on(server: ExploreServer, monkeypatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(Studio, "grid", broken)
+    answer = call(server, "POST", "/api/grid", {"seed": 0})
+    assert answer[0] == 500 and error_of(answer) == "internal error: RuntimeError: boom"
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_deep_or_huge_json_is_not_json_not_a_bug(server: ExploreServer, tmp_path: Path, runner) -> None:
+    for body in (b"[" * 100_000, b'{"seed": 1' + b"0" * 5000 + b"}"):
+        answer = call(server, "POST", "/api/grid", body, {"Content-Type": "application/json"})
+        assert answer[0] == 400 and error_of(answer) == "the request is not JSON"
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    done = runner.invoke(app, ["render", str(tmp_path / "deep.json"), *BUILTIN])
+    assert done.exit_code == 1 and "is not JSON" in done.output
+
+
+def test_two_tabs_saving_one_name_at_once_never_overwrite(server: ExploreServer, tmp_path: Path, monkeypatch) -> None:
+    from animevae.explore import studio
+
+    write = studio.write_bytes_atomic
+
+    def slow_write(path: Path, data: bytes) -> None:  # widens the gap between "is the name free" and the write
+        time.sleep(0.05)
+        write(path, data)
+
+    monkeypatch.setattr(studio, "write_bytes_atomic", slow_write)
+    faces = json.loads(call(server, "POST", "/api/grid", {"seed": 6, "count": 8})[1])["faces"]
+    statuses: list[int] = []
+
+    def save(face: dict[str, Any]) -> None:
+        statuses.append(call(server, "POST", "/api/save", {"recipe": face["recipe"], "name": "same"})[0])
+
+    savers = [threading.Thread(target=save, args=(face,)) for face in faces]
+    for thread in savers:
+        thread.start()
+    for thread in savers:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200] + [400] * 7
+    kept = json.loads((tmp_path / "out" / "same.json").read_text())
+    assert kept in [face["recipe"] for face in faces]
+    assert (tmp_path / "out" / "same.png").read_bytes() == call(server, "POST", "/api/render", {"recipe": kept})[1]
