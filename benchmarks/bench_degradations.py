@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from animevae.config import ModelConfig
-from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
+from animevae.images import decode_rgb, find_images, pixel_hash, square_resize
+from animevae.training.data import split_holdout
 from animevae.training.degrade import RECIPES, SCALES, degrade_batch, jpeg_bytes_roundtrip, multiscale_crop
 from animevae.training.model import Denoiser, add_noise, psnr
 

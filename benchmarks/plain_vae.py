@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animevae.data import split_holdout
+from animevae.training.data import split_holdout
 from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces, reconstruction_scores
 from animevae.training.realism import classifier_rows, realism_score
 from animevae.progress import SilentReporter
-from animevae.data import load_training_images
+from animevae.training.data import load_training_images
 
 HIDDEN = (32, 64, 128, 256, 512)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animevae.data import load_training_images, split_holdout
+from animevae.training.data import load_training_images, split_holdout
 from animevae.prior import LatentPrior
 from animevae.progress import SilentReporter
 from animevae.training.evaluate import as_saved, mean_pairwise_distance, nearest_training_faces, refuse_trained_on

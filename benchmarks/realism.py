@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animevae.data import split_holdout
+from animevae.training.data import split_holdout
 from animevae.denoise import denoise_array
 from animevae.model_files import choose_model
 from animevae.progress import SilentReporter
 from animevae.training.realism import classifier_rows, realism_score
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
-from animevae.data import load_training_images
+from animevae.training.data import load_training_images
 from animevae.training.evaluate import as_saved
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from animevae.training.checkpoint import load_checkpoint
-from animevae.data import split_holdout
+from animevae.training.data import split_holdout
 from animevae.training.evaluate import (as_saved, draw_samples, mean_pairwise_distance, nearest_training_faces,
                                         reconstruct, reconstruction_scores)
 from animevae.training.export import load_run_models, load_run_sampler
 from animevae.training.model import VAE
 from animevae.progress import SilentReporter
 from animevae.training.realism import classifier_rows, realism_score
-from animevae.data import load_training_images
+from animevae.training.data import load_training_images
 
 
 def _raw_vae(run_dir: Path) -> VAE:

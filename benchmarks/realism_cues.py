@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from animevae.data import load_training_images, split_holdout
+from animevae.training.data import load_training_images, split_holdout
 from animevae.model_files import ModelChoice, choose_model
 from animevae.progress import SilentReporter
 from animevae.runtime import OnnxModel, open_model

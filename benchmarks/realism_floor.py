@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.functional as TF
 
-from animevae.data import load_training_images, split_holdout
+from animevae.training.data import load_training_images, split_holdout
 from animevae.progress import SilentReporter
 from animevae.training.degrade import jpeg_batch
 from animevae.training.evaluate import as_saved
