@@ -250,7 +250,7 @@ def write_safetensors(path: Path, metadata: dict[str, str], shape: tuple[int, ..
         tensors["labels"] = {"dtype": "I64", "shape": [len(labels)], "data_offsets": [0, 8 * len(labels)]}
         offset = 8 * len(labels)
     tensors["images"] = {"dtype": "U8", "shape": list(shape), "data_offsets": [offset, offset + image_bytes]}
-    header = json.dumps({"__metadata__": metadata, **tensors}, separators=(",", ":")).encode()
+    header = json.dumps({"__metadata__": dict(sorted(metadata.items())), **tensors}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
     written = 0
     with open(path, "wb") as handle:

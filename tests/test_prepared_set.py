@@ -152,3 +152,137 @@ def test_folder_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert added != first
     paths[0].write_bytes(paths[0].read_bytes() + b"\x00")
     assert folder_fingerprint(folder, 16) != added
+
+
+# --- streaming to disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled_mess(tmp_path: Path) -> Path:
+    """Class folders with a duplicate across classes, a broken file and a duplicate within a class: skips and
+    duplicates that shift every later row, so labels aligned by position alone would slip."""
+    root = tmp_path / "mess"
+    rng = np.random.default_rng(21)
+    for label in ("ants", "bees", "cats"):
+        (root / label).mkdir(parents=True)
+    base = blob_image(rng, 20, 20)
+    base.save(root / "ants" / "a0.png")
+    (root / "ants" / "a1.png").write_bytes(b"not an image")
+    blob_image(rng, 16, 24).save(root / "ants" / "a2.png")
+    base.save(root / "bees" / "b0.bmp")  # a duplicate of ants/a0 in another class: the first one wins
+    blob_image(rng, 16, 16).save(root / "bees" / "b1.png")
+    blob_image(rng, 24, 16).save(root / "cats" / "c0.png")
+    blob_image(rng, 16, 16).save(root / "cats" / "c1.webp", lossless=True)
+    (root / "cats" / "c2.png").write_bytes((root / "cats" / "c0.png").read_bytes())
+    return root
+
+
+def _header(path: Path) -> dict:
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    return json.loads(path.read_bytes()[8 : 8 + length])
+
+
+def test_prepare_set_writes_what_the_in_memory_path_writes(labelled_mess: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from animevae.prepared_set import load_prepared_labels, prepare_set
+
+    old = tmp_path / "old.safetensors"
+    in_memory = prepare_images(labelled_mess, 8)
+    save_prepared(in_memory, old, labelled_mess)
+    new = tmp_path / "new.safetensors"
+    streamed = prepare_set(labelled_mess, 8, new)
+
+    assert streamed.sources == in_memory.sources == ["ants/a0.png", "ants/a2.png", "bees/b1.png", "cats/c0.png",
+                                                     "cats/c1.webp"]
+    assert streamed.label_names == ["ants", "ants", "bees", "cats", "cats"]
+    assert (streamed.hashes, streamed.duplicates, streamed.skipped) == \
+        (in_memory.hashes, in_memory.duplicates, in_memory.skipped)
+    np.testing.assert_array_equal(streamed.images, in_memory.images)
+    # The files: the same tensors (read by safetensors itself), metadata, labels and manifest.
+    old_tensors, new_tensors = load_file(str(old)), load_file(str(new))
+    assert old_tensors.keys() == new_tensors.keys() == {"images", "labels"}
+    for name in old_tensors:
+        np.testing.assert_array_equal(new_tensors[name], old_tensors[name])
+    drop_created = lambda header: header | {"__metadata__": header["__metadata__"] | {"created": ""}}  # noqa: E731
+    assert drop_created(_header(new)) == drop_created(_header(old))
+    assert load_prepared_labels(new).classes == load_prepared_labels(old).classes
+    assert json.loads(manifest_path(new).read_text()) == json.loads(manifest_path(old).read_text())
+    # Each row's image and label belong to the file the manifest names for that row.
+    kept = json.loads(manifest_path(new).read_text())["kept"]
+    index = load_prepared_labels(new).index
+    for row, entry in enumerate(kept):
+        assert entry["label"] == load_prepared_labels(new).classes.names[index[row]] == entry["path"].split("/")[0]
+        pixels = decode_rgb(labelled_mess / entry["path"])
+        assert pixel_hash(pixels) == entry["sha256"]
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_holds_no_pixels_until_it_writes(image_dir: Path, tmp_path: Path) -> None:
+    """The kept images go to a temp file as they are decoded; the record the scan builds holds none of them."""
+    from animevae.prepared_set import prepare_set
+
+    out = tmp_path / "set.safetensors"
+    seen = {}
+
+    def before_save(prepared) -> None:
+        spools = [p for p in temp_leftovers(tmp_path) if ".pixels." in p.name]
+        seen.update(rows=len(prepared.images), kept=len(prepared.sources), spool=[p.stat().st_size for p in spools])
+
+    prepared = prepare_set(image_dir, 8, out, before_save=before_save)
+    assert seen == {"rows": 0, "kept": 40, "spool": [40 * 8 * 8 * 3]}
+    assert isinstance(prepared.images, np.memmap) and prepared.images.shape == (40, 8, 8, 3)
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_failure_keeps_old_file_and_leaves_no_temp(image_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+    from animevae.prepared_set import prepare_set
+
+    out = tmp_path / "set.safetensors"
+    prepare_set(image_dir, 8, out)
+    before = out.read_bytes()
+
+    def half_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(animevae.prepared_set, "write_safetensors", half_write)
+    with pytest.raises(OutputError, match="disk full"):
+        prepare_set(image_dir, 16, out)
+    assert out.read_bytes() == before
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_refuses_an_empty_folder_and_writes_nothing(tmp_path: Path) -> None:
+    from animevae.prepared_set import prepare_set
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"nope")
+    out = tmp_path / "out" / "x.safetensors"
+    with pytest.raises(DataError, match="no usable images"):
+        prepare_set(empty, 8, out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_write_safetensors_writes_what_safetensors_writes(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from animevae.prepared_set import write_safetensors
+
+    images = np.random.default_rng(3).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labels = np.array([0, 2, 1, 0, 2], np.int64)
+    metadata = {"kind": DATASET_KIND, "source": "x"}
+    for tensors in ({"images": images}, {"images": images, "labels": labels}):
+        save_file(tensors, str(tmp_path / "reference"), metadata=metadata)
+        flat = images.reshape(-1)
+        write_safetensors(tmp_path / "ours", metadata, images.shape, [flat[:7], flat[7:]], tensors.get("labels"))
+        reference, ours = (tmp_path / "reference").read_bytes(), (tmp_path / "ours").read_bytes()
+        assert _header(tmp_path / "ours") == _header(tmp_path / "reference")  # (safetensors orders metadata freely)
+        assert ours[:8] == reference[:8]  # the same padded header length
+        start = 8 + int.from_bytes(ours[:8], "little")
+        assert ours[start:] == reference[start:]
+    with pytest.raises(OSError, match="header promises"):
+        write_safetensors(tmp_path / "short", metadata, images.shape, [images.reshape(-1)[:-1]])
