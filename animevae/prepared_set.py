@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -54,8 +54,8 @@ class PreparedSet:
 
 
 def prepare_images(root: Path, image_size: int, on_file: Callable[[], None] | None = None) -> PreparedSet:
-    """Decode, square, resize and deduplicate every image under `root` into memory; bad files are skipped with a
-    reason. For small folders: `prepare_set` streams a folder of any size to disk instead.
+    """Decode, square, resize and deduplicate every image under `root`; bad files are skipped with a reason.
+    Holds every image in memory (small folders, tests): `prepare_set` streams a folder of any size to disk.
 
     Labels come from a metadata table at the top of `root`, else from class folders (see `image_labels`)."""
     kept: list[np.ndarray] = []
@@ -84,7 +84,7 @@ def prepare_set(root: Path, image_size: int, out: Path, on_file: Callable[[], No
     finally:
         with contextlib.suppress(FileNotFoundError):
             spool.unlink()
-    prepared.images = load_prepared(out)[0]
+    prepared.images = _map_images(out)
     return prepared
 
 
@@ -201,6 +201,7 @@ def _is_set_manifest(path: Path) -> bool:
 
 def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
     """Write an in-memory packed set and its manifest, each atomically."""
+    _refuse_empty(prepared, source_root)
     _make_parent(out)
     flat = prepared.images.reshape(-1)  # (N * S * S * 3,) uint8
     chunks = (flat[begin : begin + CHUNK_BYTES] for begin in range(0, len(flat), CHUNK_BYTES))
@@ -208,6 +209,11 @@ def save_prepared(prepared: PreparedSet, out: Path, source_root: Path) -> None:
         _save(prepared, out, source_root, chunks)
     except OSError as error:
         raise OutputError(f"cannot write {out}: {error.strerror or error}", "check the path and free disk space") from None
+
+
+def _refuse_empty(prepared: PreparedSet, source_root: Path) -> None:
+    if not prepared.sources:
+        raise DataError(f"no usable images under {source_root}", "check the folder holds PNG/JPEG/WebP/BMP/GIF faces")
 
 
 def _make_parent(out: Path) -> None:
@@ -219,8 +225,7 @@ def _make_parent(out: Path) -> None:
 
 def _save(prepared: PreparedSet, out: Path, source_root: Path, image_chunks: Iterable[np.ndarray | bytes]) -> None:
     """Write `out` (the images from `image_chunks`, in order) and its manifest atomically; OSError on failure."""
-    if not len(prepared.sources):
-        raise DataError(f"no usable images under {source_root}", "check the folder holds PNG/JPEG/WebP/BMP/GIF faces")
+    _refuse_empty(prepared, source_root)
     size = prepared.image_size
     metadata = {
         "kind": DATASET_KIND,
