@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from animevae.bulk import BulkJob, JobSink, MirroredInput, Pending, decode_each, mirror_inputs, run_bulk, sibling_folder
-from animevae.data import decode_rgb, square_resize
+from animevae.images import decode_rgb, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.latent import decode_latents, encode_images
 from animevae.model_files import ModelSet

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from animevae.data import Skipped, find_images
+from animevae.images import Skipped, find_images
 from animevae.errors import DataError, OutputError
 from animevae.fileio import is_complete_png, remove_stale_temps
 from animevae.outputs import SKIPPED_NAME, JobResult, prepare_output, skipped_name, write_skipped

@@ -186,20 +186,23 @@ def prepare(
     quiet: Quiet = False,
 ) -> None:
     """Decode, square, resize and deduplicate a folder of images into a packed training set."""
-    from animevae.data import check_prepare_target, count_images, manifest_path, prepare_images, save_prepared
+    from animevae.prepared_set import PreparedSet, check_prepare_target, count_images, manifest_path, prepare_set
 
     started = time.perf_counter()
     out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
     check_prepare_target(out, folder, overwrite)
     reporter = _reporter(quiet)
     reporter.start(f"preparing {folder}", count_images(folder))
+
+    def show_skipped(prepared: PreparedSet) -> None:
+        reporter.stop()
+        if prepared.skipped:
+            _skipped_table(f"skipped {len(prepared.skipped)} files", prepared.skipped)
+
     try:
-        prepared = prepare_images(folder, image_size, on_file=reporter.advance)
+        prepared = prepare_set(folder, image_size, out, on_file=reporter.advance, before_save=show_skipped)
     finally:
         reporter.stop()
-    if prepared.skipped:
-        _skipped_table(f"skipped {len(prepared.skipped)} files", prepared.skipped)
-    save_prepared(prepared, out, folder)
     console.print(f"kept {len(prepared.sources)}, duplicates {len(prepared.duplicates)}, "
                   f"skipped {len(prepared.skipped)} in {time.perf_counter() - started:.1f}s")
     console.print(f"labels: {prepared.layout}")

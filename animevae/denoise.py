@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from animevae.bulk import BulkJob, JobSink, MirroredInput, Pending, decode_each, mirror_inputs, run_bulk, sibling_folder
-from animevae.data import ImageLayers, Skipped, decode_layers
+from animevae.images import ImageLayers, Skipped, decode_layers
 from animevae.errors import ArgumentError, DataError
 from animevae.fileio import to_uint8, to_unit_chw
 from animevae.outputs import JobResult, file_digest

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from animevae.data import decode_rgb, square_resize
+from animevae.images import decode_rgb, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.fileio import contact_sheet, encode_png, to_uint8, to_unit_chw
 from animevae.model_files import ModelSet, open_models

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from animevae.data import Skipped
+from animevae.images import Skipped
 from animevae.errors import OutputError
 from animevae.fileio import write_bytes_atomic, write_json_atomic
 

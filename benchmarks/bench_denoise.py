@@ -41,7 +41,8 @@ import numpy as np
 
 from PIL import Image
 
-from animevae.data import decode_rgb, find_images, pixel_hash, split_holdout, square_resize
+from animevae.images import decode_rgb, find_images, pixel_hash, square_resize
+from animevae.training.data import split_holdout
 from animevae.training.degrade import jpeg_bytes_roundtrip
 from animevae.denoise import denoise_array, denoise_image
 from animevae.model_files import choose_model

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animevae.data import load_training_images, split_holdout
+from animevae.training.data import load_training_images, split_holdout
 from animevae.denoise import denoise_array
 from animevae.model_files import choose_model
 from animevae.progress import SilentReporter

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animevae.data import load_training_images, prepare_images, split_holdout
+from animevae.prepared_set import prepare_images
+from animevae.training.data import load_training_images, split_holdout
 from animevae.progress import SilentReporter
 from animevae.training import usefulness
 from _quick import write_classes

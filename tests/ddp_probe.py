@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from animevae.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from animevae.data import TrainingData, prepare_images  # noqa: E402
+from animevae.prepared_set import prepare_images
+from animevae.training.data import TrainingData  # noqa: E402
 from animevae.training.distributed import init_distributed, shutdown_distributed  # noqa: E402
 from animevae.training.train import Trainer  # noqa: E402
 from helpers import TINY_MODEL  # noqa: E402

@@ -15,7 +15,7 @@ from PIL import Image
 
 from animevae import __version__
 from animevae.cli import app
-from animevae.data import load_prepared
+from animevae.prepared_set import load_prepared
 from helpers import (
     CPU,
     assert_cli_error,

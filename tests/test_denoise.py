@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from animevae.cli import app
-from animevae.data import decode_rgb
+from animevae.images import decode_rgb
 from animevae.denoise import default_out_dir, denoise_array, denoise_folder, plan_outputs
 from animevae.outputs import SKIPPED_NAME
 from animevae.errors import ArgumentError, DataError

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from animevae.cli import app
-from animevae.data import decode_layers
+from animevae.images import decode_layers
 from animevae.denoise import compose_output, denoise_array, denoise_folder
 from animevae.errors import ArgumentError
 from animevae.outputs import MANIFEST_NAME
@@ -104,7 +104,7 @@ def test_palette_cmyk_and_transparency_keys(tmp_path: Path) -> None:
 
 
 def test_compose_output_shapes() -> None:
-    from animevae.data import ImageLayers
+    from animevae.images import ImageLayers
 
     rgb, alpha = _noisy_rgb(), _alpha()
     assert compose_output(ImageLayers(rgb, None, False), rgb).shape == (16, 20, 3)

@@ -12,10 +12,10 @@ import torch
 from animevae.cli import app
 from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances, ssim,
                                style_of)
-from animevae.data import split_holdout
+from animevae.training.data import split_holdout
 from animevae.training.export import load_run_models
 from animevae.progress import SilentReporter
-from animevae.data import load_training_images
+from animevae.training.data import load_training_images
 from helpers import assert_ok
 
 

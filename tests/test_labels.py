@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from animevae.config import ModelConfig, TrainConfig
-from animevae.data import load_prepared_labels, manifest_path, prepare_images, save_prepared
+from animevae.prepared_set import load_prepared_labels, manifest_path, prepare_images, save_prepared
 from animevae.errors import DataError
 from animevae.labels import ClassInfo, check_label
 from animevae.prior import LatentPrior

@@ -253,7 +253,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from animevae.data import prepare_images
+from animevae.prepared_set import prepare_images
 
 Image.init()  # load Pillow's plugins before giving up root's rights to read them
 if os.geteuid() == 0:  # root reads anything: drop to an ordinary user for the check

@@ -39,7 +39,7 @@ def test_prepare_refuses_to_overwrite_a_file_that_is_not_a_data_set(runner, imag
     assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q"]), "--overwrite")
     assert notes.read_text() == "my notes"
     assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q", "--overwrite"]))
-    from animevae.data import load_prepared
+    from animevae.prepared_set import load_prepared
 
     assert len(load_prepared(notes)[0]) == 40
 
@@ -443,7 +443,7 @@ def test_two_process_runs_under_load_always_exit_0(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_a_fifo_is_not_an_input(onnx_models, tmp_path: Path) -> None:
-    from animevae.data import find_images
+    from animevae.images import find_images
     from animevae.denoise import denoise_folder
 
     noisy = tmp_path / "noisy"
@@ -471,7 +471,7 @@ def test_a_fifo_is_not_an_input(onnx_models, tmp_path: Path) -> None:
 
 def test_sets_and_checkpoints_follow_the_umask(image_dir: Path, tmp_path: Path, tiny_model_config,
                                                tiny_train_config) -> None:
-    from animevae.data import prepare_images, save_prepared
+    from animevae.prepared_set import prepare_images, save_prepared
     from animevae.training.train import train
 
     old = os.umask(0o022)
@@ -541,7 +541,7 @@ def test_interpolate_overwrite_with_fewer_steps_removes_the_extra_frames(runner,
 def test_a_data_set_with_a_malformed_version_is_one_clear_error(image_dir: Path, tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
-    from animevae.data import load_prepared
+    from animevae.prepared_set import load_prepared
     from animevae.errors import DataError
 
     path = tmp_path / "odd.safetensors"
@@ -582,7 +582,7 @@ class _CountingReporter:
 
 
 def test_write_tally_counts_only_written_files_and_lists_failures_by_relative_path(tmp_path: Path) -> None:
-    from animevae.data import Skipped
+    from animevae.images import Skipped
     from animevae.bulk import WriteTally
 
     skipped: list[Skipped] = [Skipped("earlier.png", "unreadable")]
@@ -682,7 +682,7 @@ def test_a_damaged_manifest_is_not_taken_for_a_fresh_folder(tmp_path: Path) -> N
 def test_overwrite_for_another_job_removes_its_failure_lists_but_not_the_users(tmp_path: Path) -> None:
     """An old job's skipped.json would list failures the new job never had."""
     from animevae.outputs import MANIFEST_NAME, prepare_output, write_skipped
-    from animevae.data import Skipped
+    from animevae.images import Skipped
 
     out = tmp_path / "out"
     prepare_output(out, {"seed": 1}, overwrite=False)

@@ -15,13 +15,14 @@ import torch
 
 from animevae.training.checkpoint import PRIOR_TRAINED, load_checkpoint
 from animevae.config import ModelConfig, TrainConfig
-from animevae.data import prepare_images, save_prepared, split_holdout
+from animevae.prepared_set import prepare_images, save_prepared
+from animevae.training.data import split_holdout
 from animevae.errors import DataError, DeviceError, ModelError
 from animevae.training.export import load_run_models
 from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
-from animevae.data import TrainingData, load_training_images
+from animevae.training.data import TrainingData, load_training_images
 from animevae.training.train import prior_schedule_fraction, train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 

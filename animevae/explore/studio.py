@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from animevae.augment import posterior_draws
-from animevae.data import decode_rgb, square_resize
+from animevae.images import decode_rgb, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.explore.recipe import Painter, Recipe
 from animevae.fileio import write_bytes_atomic

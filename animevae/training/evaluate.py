@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from animevae.data import hash_keys, split_holdout
+from animevae.training.data import hash_keys, split_holdout
 from animevae.training.degrade import jpeg_batch
 from animevae.config import RunConfig
 from animevae.training.checkpoint import read_train_keys
@@ -28,7 +28,7 @@ from animevae.progress import SilentReporter
 from animevae.runs import CHECKPOINT_NAME
 from animevae.training import usefulness
 from animevae.training.realism import classifier_rows, realism_score
-from animevae.data import load_training_images
+from animevae.training.data import load_training_images
 
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)

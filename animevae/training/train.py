@@ -21,7 +21,8 @@ from animevae.training.calibrate import KNEES, calibrate_knee, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, TRAIN_KEYS, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from animevae.training.adversarial import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from animevae.config import ModelConfig, RunConfig, TrainConfig
-from animevae.data import TrainingData, hash_keys, load_training_images, split_holdout
+from animevae.training.data import (TrainingData, TrainingPixels, hash_keys, load_training_images, rank_share,
+                                    split_holdout)
 from animevae.training.degrade import degrade_batch, multiscale_crop
 from animevae.training.devices import choose_precision
 from animevae.training.diffusion import DDIMSampler, LatentDiffusion
@@ -117,11 +118,11 @@ class Trainer:
         train_idx, val_idx = split_holdout(data.hashes, len(data.images), config.train.val_size)
         if len(train_idx) == 0:
             raise DataError("the data set has no images left for training", "add more images")
-        pixels = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S) uint8
-        self.train_pixels = pixels[torch.from_numpy(train_idx)].to(device)
+        # (N_train, 3, S, S) uint8, gathered from the (memory-mapped) set batch by batch
+        self.train_pixels = TrainingPixels(data.images, train_idx, device)
         self.train_keys = torch.from_numpy(hash_keys([data.hashes[i] for i in train_idx])) \
             if len(data.hashes) == len(data.images) else None
-        self.val_pixels = pixels[torch.from_numpy(val_idx)].to(device)
+        self.val_pixels = TrainingPixels(data.images, val_idx, device)[:]  # (N_val, 3, S, S) uint8, small: kept
         # (N_train,) class indices for the per-class mixtures; None for an unlabelled set.
         self.train_labels = torch.from_numpy(data.labels.subset(train_idx)) if data.labels is not None else None
         self.generator = torch.Generator()
@@ -203,8 +204,7 @@ class Trainer:
         share of it."""
         ctx = self.ctx
         self.generator.manual_seed((self.config.train.seed * 7_919 + self.progress.step) * ctx.world_size + ctx.rank)
-        indices = indices[ctx.rank :: ctx.world_size]
-        batch = self.train_pixels[indices.to(self.train_pixels.device)].float().div_(255.0)  # (B, 3, S, S)
+        batch = self.train_pixels.batch(rank_share(indices, ctx.rank, ctx.world_size))  # (B, 3, S, S)
         flip = torch.rand(len(batch), generator=self.generator) < 0.5
         batch = torch.where(flip.view(-1, 1, 1, 1).to(self.device), batch.flip(3), batch)
         batch = batch.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,288 @@
+"""animevae.prepared_set: a folder prepared into a packed set and its manifest, in memory or streamed to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animevae.errors import DataError, OutputError
+from animevae.images import decode_rgb, pixel_hash
+from animevae.prepared_set import (DATASET_KIND, count_images, folder_fingerprint, load_prepared, manifest_path,
+                                   prepare_images, save_prepared)
+from helpers import blob_image, temp_leftovers, write_blobs
+
+
+# --- prepare_images ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path) -> Path:
+    """A tree of formats, duplicates and a bad file."""
+    root = tmp_path / "mixed"
+    rng = np.random.default_rng(5)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    base = blob_image(rng, 24, 16)
+    base.save(root / "a.png")
+    base.save(root / "sub" / "a_copy.bmp")          # same pixels, other format: a duplicate
+    base.save(root / "sub" / "deeper" / "a_again.png")  # and another
+    blob_image(rng, 20, 20).save(root / "sub" / "b.jpg", quality=90)
+    blob_image(rng, 16, 16).save(root / "sub" / "deeper" / "c.webp")
+    blob_image(rng, 16, 16).convert("P").save(root / "d.gif")
+    rgba = blob_image(rng, 16, 16).convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(root / "e_transparent.png")
+    (root / "sub" / "broken.png").write_bytes(b"garbage, not a PNG")
+    (root / "readme.txt").write_text("ignored")
+    return root
+
+
+def test_prepare_images_decodes_dedupes_and_skips(mixed_folder: Path) -> None:
+    ticks = []
+    prepared = prepare_images(mixed_folder, 8, on_file=lambda: ticks.append(1))
+    assert len(ticks) == count_images(mixed_folder) == 8
+    assert prepared.sources == ["a.png", "d.gif", "e_transparent.png", "sub/b.jpg", "sub/deeper/c.webp"]
+    assert prepared.images.shape == (5, 8, 8, 3) and prepared.images.dtype == np.uint8
+    assert prepared.image_size == 8
+    # os.walk order: the root's files, then sub/, then sub/deeper/ (folders sorted).
+    assert prepared.duplicates == [
+        {"path": "sub/a_copy.bmp", "duplicate_of": "a.png"},
+        {"path": "sub/deeper/a_again.png", "duplicate_of": "a.png"},
+    ]
+    assert [(s.path, s.reason) for s in prepared.skipped] == [("sub/broken.png", "not an image Pillow can read")]
+    # A fully transparent image becomes white.
+    assert (prepared.images[2] == 255).all()
+    # Hashes are of the decoded pixels, before resizing.
+    assert prepared.hashes[0] == pixel_hash(decode_rgb(mixed_folder / "a.png"))
+    assert len(set(prepared.hashes)) == 5
+
+
+def test_save_prepared_writes_set_and_manifest_atomically(mixed_folder: Path, tmp_path: Path) -> None:
+    prepared = prepare_images(mixed_folder, 8)
+    out = tmp_path / "out" / "set.safetensors"
+    save_prepared(prepared, out, mixed_folder)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["set.manifest.json", "set.safetensors"]
+    assert temp_leftovers(out.parent) == []
+    assert manifest_path(out) == out.parent / "set.manifest.json"
+
+    manifest = json.loads(manifest_path(out).read_text())
+    assert manifest["source"] == str(mixed_folder)
+    assert manifest["image_size"] == 8
+    assert manifest["kept"] == [{"path": p, "sha256": h} for p, h in zip(prepared.sources, prepared.hashes)]
+    assert manifest["duplicates"] == prepared.duplicates
+    assert manifest["skipped"] == [{"path": "sub/broken.png", "reason": "not an image Pillow can read"}]
+
+    images, hashes = load_prepared(out)
+    np.testing.assert_array_equal(images, prepared.images)
+    assert hashes == prepared.hashes
+
+
+def test_save_prepared_failure_keeps_old_file_and_leaves_no_temp(image_dir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 8), out, image_dir)
+    before = out.read_bytes()
+
+    def half_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(animevae.prepared_set, "write_safetensors", half_write)
+    with pytest.raises(OutputError, match="disk full"):
+        save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    assert out.read_bytes() == before
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_save_prepared_refuses_an_empty_set(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"nope")
+    prepared = prepare_images(empty, 8)
+    assert prepared.images.shape == (0, 8, 8, 3)
+    with pytest.raises(DataError, match="no usable images") as caught:
+        save_prepared(prepared, tmp_path / "x.safetensors", empty)
+    assert caught.value.hint
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_load_prepared_without_manifest_returns_no_hashes(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 8), out, image_dir)
+    manifest_path(out).unlink()
+    images, hashes = load_prepared(out)
+    assert images.shape == (40, 8, 8, 3)
+    assert hashes == []
+
+
+def test_load_prepared_refuses_other_files(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 3)
+    with pytest.raises(DataError, match="cannot read data set"):
+        load_prepared(garbage)
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"images": np.zeros((1, 4, 4, 3), np.uint8)}, str(foreign), metadata={"kind": "something-else"})
+    with pytest.raises(DataError, match="not a data set written by"):
+        load_prepared(foreign)
+
+    wrong_shape = tmp_path / "wrong.safetensors"
+    save_file({"images": np.zeros((1, 4, 4), np.uint8)}, str(wrong_shape), metadata={"kind": DATASET_KIND})
+    with pytest.raises(DataError, match="not \\(N, H, W, 3\\) uint8"):
+        load_prepared(wrong_shape)
+
+    with pytest.raises(DataError):
+        load_prepared(tmp_path / "missing.safetensors")
+
+
+def test_folder_fingerprint_changes_with_content(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    paths = write_blobs(folder, count=3)
+    first = folder_fingerprint(folder, 16)
+    assert folder_fingerprint(folder, 16) == first
+    assert folder_fingerprint(folder, 32) != first
+    write_blobs(folder, count=1, seed=9, prefix="extra")
+    added = folder_fingerprint(folder, 16)
+    assert added != first
+    paths[0].write_bytes(paths[0].read_bytes() + b"\x00")
+    assert folder_fingerprint(folder, 16) != added
+
+
+# --- streaming to disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled_mess(tmp_path: Path) -> Path:
+    """Class folders with a duplicate across classes, a broken file and a duplicate within a class: skips and
+    duplicates that shift every later row, so labels aligned by position alone would slip."""
+    root = tmp_path / "mess"
+    rng = np.random.default_rng(21)
+    for label in ("ants", "bees", "cats"):
+        (root / label).mkdir(parents=True)
+    base = blob_image(rng, 20, 20)
+    base.save(root / "ants" / "a0.png")
+    (root / "ants" / "a1.png").write_bytes(b"not an image")
+    blob_image(rng, 16, 24).save(root / "ants" / "a2.png")
+    base.save(root / "bees" / "b0.bmp")  # a duplicate of ants/a0 in another class: the first one wins
+    blob_image(rng, 16, 16).save(root / "bees" / "b1.png")
+    blob_image(rng, 24, 16).save(root / "cats" / "c0.png")
+    blob_image(rng, 16, 16).save(root / "cats" / "c1.webp", lossless=True)
+    (root / "cats" / "c2.png").write_bytes((root / "cats" / "c0.png").read_bytes())
+    return root
+
+
+def _header(path: Path) -> dict:
+    length = int.from_bytes(path.read_bytes()[:8], "little")
+    return json.loads(path.read_bytes()[8 : 8 + length])
+
+
+def test_prepare_set_writes_what_the_in_memory_path_writes(labelled_mess: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from animevae.prepared_set import load_prepared_labels, prepare_set
+
+    old = tmp_path / "old.safetensors"
+    in_memory = prepare_images(labelled_mess, 8)
+    save_prepared(in_memory, old, labelled_mess)
+    new = tmp_path / "new.safetensors"
+    streamed = prepare_set(labelled_mess, 8, new)
+
+    assert streamed.sources == in_memory.sources == ["ants/a0.png", "ants/a2.png", "bees/b1.png", "cats/c0.png",
+                                                     "cats/c1.webp"]
+    assert streamed.label_names == ["ants", "ants", "bees", "cats", "cats"]
+    assert (streamed.hashes, streamed.duplicates, streamed.skipped) == \
+        (in_memory.hashes, in_memory.duplicates, in_memory.skipped)
+    np.testing.assert_array_equal(streamed.images, in_memory.images)
+    # The files: the same tensors (read by safetensors itself), metadata, labels and manifest.
+    old_tensors, new_tensors = load_file(str(old)), load_file(str(new))
+    assert old_tensors.keys() == new_tensors.keys() == {"images", "labels"}
+    for name in old_tensors:
+        np.testing.assert_array_equal(new_tensors[name], old_tensors[name])
+    drop_created = lambda header: header | {"__metadata__": header["__metadata__"] | {"created": ""}}  # noqa: E731
+    assert drop_created(_header(new)) == drop_created(_header(old))
+    assert load_prepared_labels(new).classes == load_prepared_labels(old).classes
+    assert json.loads(manifest_path(new).read_text()) == json.loads(manifest_path(old).read_text())
+    # Each row's image and label belong to the file the manifest names for that row.
+    kept = json.loads(manifest_path(new).read_text())["kept"]
+    index = load_prepared_labels(new).index
+    for row, entry in enumerate(kept):
+        assert entry["label"] == load_prepared_labels(new).classes.names[index[row]] == entry["path"].split("/")[0]
+        pixels = decode_rgb(labelled_mess / entry["path"])
+        assert pixel_hash(pixels) == entry["sha256"]
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_holds_no_pixels_until_it_writes(image_dir: Path, tmp_path: Path) -> None:
+    """The kept images go to a temp file as they are decoded; the record the scan builds holds none of them."""
+    from animevae.prepared_set import prepare_set
+
+    out = tmp_path / "set.safetensors"
+    seen = {}
+
+    def before_save(prepared) -> None:
+        spools = [p for p in temp_leftovers(tmp_path) if ".pixels." in p.name]
+        seen.update(rows=len(prepared.images), kept=len(prepared.sources), spool=[p.stat().st_size for p in spools])
+
+    prepared = prepare_set(image_dir, 8, out, before_save=before_save)
+    assert seen == {"rows": 0, "kept": 40, "spool": [40 * 8 * 8 * 3]}
+    assert isinstance(prepared.images, np.memmap) and prepared.images.shape == (40, 8, 8, 3)
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_failure_keeps_old_file_and_leaves_no_temp(image_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+    from animevae.prepared_set import prepare_set
+
+    out = tmp_path / "set.safetensors"
+    prepare_set(image_dir, 8, out)
+    before = out.read_bytes()
+
+    def half_write(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(animevae.prepared_set, "write_safetensors", half_write)
+    with pytest.raises(OutputError, match="disk full"):
+        prepare_set(image_dir, 16, out)
+    assert out.read_bytes() == before
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_prepare_set_refuses_an_empty_folder_and_writes_nothing(tmp_path: Path) -> None:
+    from animevae.prepared_set import prepare_set
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"nope")
+    out = tmp_path / "out" / "x.safetensors"
+    with pytest.raises(DataError, match="no usable images"):
+        prepare_set(empty, 8, out)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_write_safetensors_writes_what_safetensors_writes(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from animevae.prepared_set import write_safetensors
+
+    images = np.random.default_rng(3).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
+    labels = np.array([0, 2, 1, 0, 2], np.int64)
+    metadata = {"kind": DATASET_KIND, "source": "x"}
+    for tensors in ({"images": images}, {"images": images, "labels": labels}):
+        save_file(tensors, str(tmp_path / "reference"), metadata=metadata)
+        flat = images.reshape(-1)
+        write_safetensors(tmp_path / "ours", metadata, images.shape, [flat[:7], flat[7:]], tensors.get("labels"))
+        reference, ours = (tmp_path / "reference").read_bytes(), (tmp_path / "ours").read_bytes()
+        assert _header(tmp_path / "ours") == _header(tmp_path / "reference")  # (safetensors orders metadata freely)
+        assert ours[:8] == reference[:8]  # the same padded header length
+        start = 8 + int.from_bytes(ours[:8], "little")
+        assert ours[start:] == reference[start:]
+    with pytest.raises(OSError, match="header promises"):
+        write_safetensors(tmp_path / "short", metadata, images.shape, [images.reshape(-1)[:-1]])
