@@ -286,3 +286,18 @@ def test_write_safetensors_writes_what_safetensors_writes(tmp_path: Path) -> Non
         assert ours[start:] == reference[start:]
     with pytest.raises(OSError, match="header promises"):
         write_safetensors(tmp_path / "short", metadata, images.shape, [images.reshape(-1)[:-1]])
+
+
+def test_the_prepare_command_lists_skipped_files_before_refusing_an_empty_folder(runner, tmp_path: Path) -> None:
+    """The skipped files are shown once every file is read, before the set is written (or refused)."""
+    from animevae.cli import app
+    from helpers import assert_cli_error
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bad.png").write_bytes(b"x")
+    result = runner.invoke(app, ["prepare", str(empty), "--out", str(tmp_path / "set.safetensors"), "-q"])
+    assert_cli_error(result, "no usable images")
+    assert "skipped 1 files" in result.output and "bad.png" in result.output
+    assert result.output.index("skipped 1 files") < result.output.index("error:")
+    assert temp_leftovers(tmp_path) == [] and not (tmp_path / "set.safetensors").exists()
