@@ -136,4 +136,6 @@ def test_gathering_a_whole_mapped_set_keeps_little_of_it_resident(image_dir: Pat
     pixels = TrainingPixels(images, np.arange(len(images)), torch.device("cpu"))
     for begin in range(0, len(pixels), 10):
         pixels[begin : begin + 10]
-    assert _mapped_resident_bytes(out) <= 256 * 1024 < images.nbytes
+    # The kernel maps a few pages around each fault (fault-around), so allow a quarter of the file: without the
+    # release every page of it stays resident.
+    assert _mapped_resident_bytes(out) <= images.nbytes // 4
