@@ -348,18 +348,17 @@ def generate(
     OUT/metadata.jsonl, a tree torchvision's ImageFolder and Hugging Face's imagefolder read as it is."""
     from animevae.generate import generate as generate_images
     from animevae.generate import generate_by_class
-    from animevae.labels import ClassInfo
     from animevae.per_class import METADATA_NAME, ClassRequest
     from animevae.shard import Shard
 
     part = Shard.parse(shard)
     request = ClassRequest(class_name, count, per_class, balance)
-    decoder = _open(("decoder",), runs_dir, run, model, device, half).decoder
+    models = _open(("decoder", "prior"), runs_dir, run, model, device, half)
     if request.by_class:
-        result = generate_by_class(decoder, request, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
+        result = generate_by_class(models, request, out, seed, batch_size, overwrite, grid, reporter=_reporter(quiet),
                                    shard=part, temperature=temperature)
     else:
-        result = generate_images(decoder, 1000 if count is None else count, out, seed, batch_size, overwrite, grid,
+        result = generate_images(models, 1000 if count is None else count, out, seed, batch_size, overwrite, grid,
                                  reporter=_reporter(quiet), shard=part, temperature=temperature)
     console.print(f"wrote {result.written} images ({result.existing} already there) to {out}/ in "
                   f"{result.seconds:.1f}s: {_rate(result.images_per_s)} images/s on {result.provider}, "
@@ -367,7 +366,7 @@ def generate(
     if result.per_class is not None:
         console.print("per class: " + ", ".join(f"{name} {n}" for name, n in result.per_class.items())
                       + f"; {out / METADATA_NAME} lists {result.labelled} labelled images")
-    elif (classes := ClassInfo.from_metadata(decoder.metadata)) is not None:
+    elif (classes := models.info.classes) is not None:
         console.print(f"note: the model has classes ({', '.join(classes.names)}); these are unlabelled draws. "
                       "--per-class N, --class NAME --count N or --balance write them by class")
     if result.grid:
@@ -482,25 +481,22 @@ def info(
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
 ) -> None:
     """Show which model generate and denoise would use, its metadata, and the onnxruntime providers."""
-    from animevae.labels import ClassInfo
     from animevae.model_files import open_models
     from animevae.runtime import available_providers
-    from animevae.sampling import prior_path_for
 
     models = open_models(runs_dir, run, model, ("decoder",), device)
-    decoder = models.decoder
-    meta = decoder.metadata
+    decoder, info = models.decoder, models.info
     console.print(f"model: {models.origin}")
     console.print(f"  files: {decoder.path.parent}")
+    shown = {**info.provenance, "image_size": str(info.image_size), "latent_dim": str(info.latent_dim)}
     for key in ("run", "version", "format_version", "image_size", "latent_dim", "training_data"):
-        console.print(f"  {key}: {meta.get('animevae.' + key, '?')}")
-    prior = prior_path_for(decoder.path)
-    mixture = models.prior
+        console.print(f"  {key}: {shown.get(key, '?')}")
+    mixture = info.mixture
     used = int((mixture.weights > 0).sum())
     kind = "diagonal" if mixture.diagonal else "full"
-    source = f"diffusion prior ({prior.name})" if prior else "Gaussian mixture (decoder metadata)"
-    console.print(f"  latents: {source}; the mixture: {used} components with {kind} covariances")
-    classes = ClassInfo.from_metadata(meta)
+    where = info.prior_file.name if info.prior_file is not None else "decoder metadata"
+    console.print(f"  latents: {info.latent_source} ({where}); the mixture: {used} components with {kind} covariances")
+    classes = info.classes
     console.print(f"  classes: {len(classes.names) if classes else 'none (trained without labels)'}")
     if classes is not None:
         console.print("  (one Gaussian mixture per class; images per class in the training data:)")
@@ -571,7 +567,7 @@ def interpolate(
     check_output_file(out, "--out")
     if gif is not None:
         check_output_file(gif, "--gif")
-    models = _open(("decoder", "encoder") if images else ("decoder",), runs_dir, run, model, device)
+    models = _open(("decoder", "encoder") if images else ("decoder", "prior"), runs_dir, run, model, device)
     start, end = endpoint_latents(models, images, seeds)
     result = interpolate_latents(models, start, end, steps, out, frames, gif, overwrite)
     ends = f"{images[0]} to {images[1]}" if images else f"seed {seed_a} to seed {seed_b}"

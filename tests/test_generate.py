@@ -114,11 +114,11 @@ def test_same_seed_gives_identical_files_for_any_batch_size(runner, trained_run,
     assert not np.array_equal(other_noise[0], noise[0])
 
 
-def test_api_generate_is_independent_of_workers(onnx_models, tmp_path: Path) -> None:
-    inline = generate(onnx_models["decoder"], 6, tmp_path / "inline", seed=3, batch_size=4, workers=0)
+def test_api_generate_is_independent_of_workers(generate_models, tmp_path: Path) -> None:
+    inline = generate(generate_models, 6, tmp_path / "inline", seed=3, batch_size=4, workers=0)
     assert (inline.written, inline.existing) == (6, 0)
     assert inline.provider == "CPUExecutionProvider"
-    pooled = generate(onnx_models["decoder"], 6, tmp_path / "pooled", seed=3, batch_size=4, workers=1)
+    pooled = generate(generate_models, 6, tmp_path / "pooled", seed=3, batch_size=4, workers=1)
     assert _pngs(tmp_path / "inline") == _pngs(tmp_path / "pooled")
     assert pooled.written == 6 and pooled.grid is None
 
@@ -202,8 +202,8 @@ def test_grid_writes_a_contact_sheet(runner, trained_run, tmp_path: Path) -> Non
     assert other.read_bytes() == b"keep me"
 
 
-def test_grid_shows_at_most_64_images(onnx_models, tmp_path: Path) -> None:
-    result = generate(onnx_models["decoder"], 70, tmp_path / "synth", batch_size=70, grid=tmp_path / "g.png", workers=0)
+def test_grid_shows_at_most_64_images(generate_models, tmp_path: Path) -> None:
+    result = generate(generate_models, 70, tmp_path / "synth", batch_size=70, grid=tmp_path / "g.png", workers=0)
     assert result.grid == tmp_path / "g.png"
     assert read_rgb(tmp_path / "g.png").shape == (8 * 18 + 2, 8 * 18 + 2, 3)
 
@@ -290,11 +290,11 @@ def test_defaults_use_runs_and_synth_in_the_working_folder(runner, runs_copy: Pa
     assert sorted(p.name for p in (tmp_path / "synth").glob("*.png")) == ["000000.png", "000001.png"]
 
 
-def test_api_refuses_bad_arguments(onnx_models, tmp_path: Path) -> None:
+def test_api_refuses_bad_arguments(generate_models, tmp_path: Path) -> None:
     with pytest.raises(ArgumentError, match="--count"):
-        generate(onnx_models["decoder"], 0, tmp_path / "o")
+        generate(generate_models, 0, tmp_path / "o")
     with pytest.raises(ArgumentError, match="--batch-size"):
-        generate(onnx_models["decoder"], 1, tmp_path / "o", batch_size=0)
+        generate(generate_models, 1, tmp_path / "o", batch_size=0)
     assert not (tmp_path / "o").exists()
 
 
@@ -410,28 +410,35 @@ def test_sampler_latents_of_known_noise(onnx_models) -> None:
     from animevae.sampling import LatentSampler
 
     decoder, prior = onnx_models["decoder"], onnx_models["prior"]
-    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
-    diffusion = LatentSampler(decoder, prior, temperature=0.5)
-    assert diffusion.kind == "diffusion prior"
-    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
-    mixture = LatentSampler(decoder, None, temperature=0.7)
-    assert mixture.kind == "Gaussian mixture"
     fitted = LatentPrior.from_metadata(decoder.metadata)
+    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
+    diffusion = LatentSampler(fitted, prior, temperature=0.5)
+    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
+    mixture = LatentSampler(fitted, None, temperature=0.7)
     np.testing.assert_array_equal(mixture(3, [5, 0]), np.stack([fitted.latent(3, i, 0.7) for i in (5, 0)]))
-    np.testing.assert_array_equal(LatentSampler(decoder)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
+    np.testing.assert_array_equal(LatentSampler(fitted)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
 
 
-def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, mixture_export: Path) -> None:
-    from animevae.runtime import open_model
-    from animevae.sampling import open_sampler, prior_path_for
+def test_prior_onnx_is_an_optional_role_of_the_model_set(trained_run, mixture_export: Path) -> None:
+    """open_models resolves prior.onnx like the other roles: opened when asked for and present, named in the
+    model's description either way, and never taken from a --model FILE that names another role."""
+    from animevae.model_files import open_models
+    from animevae.sampling import open_sampler
 
-    with_prior = open_sampler(onnx_models["decoder"], temperature=0.5)
-    assert with_prior.prior is not None and with_prior.prior.path == onnx_models["prior"].path
-    assert with_prior.prior.device == "cpu" and with_prior.temperature == 0.5  # the decoder's device, not auto
-    threads = open_sampler(onnx_models["decoder"], threads=3).prior.session.get_session_options().intra_op_num_threads
-    assert threads == 3  # the --threads the user gave, for the prior's session too
-    decoder = open_model(mixture_export / "decoder.onnx", "decoder", device="cpu")
-    assert prior_path_for(decoder.path) is None and open_sampler(decoder).prior is None
+    export = trained_run.export_dir
+    models = open_models(trained_run.runs_dir, None, str(export), ("decoder", "prior"), "cpu")
+    assert models.prior is not None and models.prior.path == export / "prior.onnx" and models.prior.device == "cpu"
+    assert models.info.prior_file == export / "prior.onnx" and models.info.latent_source == "diffusion prior"
+    by_file = open_models(trained_run.runs_dir, None, str(export / "decoder.onnx"), ("decoder", "prior"), "cpu")
+    assert by_file.prior is not None and by_file.prior.path == export / "prior.onnx"
+    unopened = open_models(trained_run.runs_dir, None, str(export), ("decoder",), "cpu")
+    assert unopened.prior is None and unopened.info.latent_source == "diffusion prior"
+    sampler = open_sampler(models.info, temperature=0.5, device="cpu", threads=3)
+    assert sampler.temperature == 0.5 and sampler.prior is not None
+    assert sampler.prior.session.get_session_options().intra_op_num_threads == 3  # the worker's one thread
+    mixture = open_models(trained_run.runs_dir, None, str(mixture_export), ("decoder", "prior"), "cpu")
+    assert mixture.prior is None and mixture.info.prior_file is None
+    assert mixture.info.latent_source == "Gaussian mixture" and open_sampler(mixture.info).prior is None
 
 
 def test_temperature_bounds() -> None:
