@@ -203,7 +203,7 @@ def _start_worker(draw: _Draw) -> None:
 
 def _worker_batch(chunk: list[Pending[Any]]) -> list[WriteFailure]:
     failures = []
-    # Small decoder calls: one thread runs them as fast as big ones, and activations stay ~30 MB, not ~600.
+    # Small decoder calls: one thread runs them as fast as big ones, and the activations stay small.
     for begin in range(0, len(chunk), WORKER_DECODE_BATCH):
         part = chunk[begin : begin + WORKER_DECODE_BATCH]
         failures += write_pngs(*_decode(_worker["decoder"], _worker["sampler"], _worker["draw"].seed, part))

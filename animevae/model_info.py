@@ -36,7 +36,7 @@ class ModelInfo:
     decoder_file: Path
     image_size: int  # side of the square images
     latent_dim: int
-    mixture: LatentPrior  # N(0, I) for a model exported before its mixture was fitted
+    mixture: LatentPrior  # N(0, I) where the decoder carries none
     classes: ClassInfo | None = None  # None: trained without labels
     prior_file: Path | None = None  # prior.onnx: latents come from the diffusion prior, else from the mixture
     provenance: dict[str, str] = field(default_factory=dict)  # PROVENANCE_KEYS -> their text, where present

@@ -128,7 +128,7 @@ class OnnxModel:
 
     @property
     def residual_knee(self) -> float:
-        """A denoiser's gate knee (shrinkage.py; 0-255 scale); 0, no gate, for files exported before it existed."""
+        """A denoiser's gate knee (shrinkage.py; 0-255 scale); 0 (no gate) for a denoiser that carries none."""
         return float(self.metadata.get(RESIDUAL_KNEE_KEY, "0"))
 
     @property
