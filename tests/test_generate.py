@@ -42,15 +42,15 @@ def test_latent_depends_on_seed_and_index_only() -> None:
 
 def test_latents_come_from_the_fitted_prior() -> None:
     means = np.array([[0, 1, 2], [50, 50, 50]], np.float32)
-    scale = np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0.5]], np.float32)
+    scale = np.array([2, 1, 0.5], np.float32)
     single = LatentPrior(np.ones(1, np.float32), means[:1], scale[None])
     rng = np.random.default_rng([4, 9])
     rng.random()  # the component draw comes first
     eps = rng.standard_normal(3, dtype=np.float32)
-    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ eps, rtol=1e-6)
+    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale * eps, rtol=1e-6)
     # The temperature scales the draw within its component, not the mean.
     for temperature in (0.5, 2.0):  # 2.0: the largest --temperature
-        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale @ (temperature * eps), rtol=1e-6)
+        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale * (temperature * eps), rtol=1e-6)
     # Two components: each index lands near one of the means, both are used, in proportion to the weights.
     mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
     near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
@@ -59,12 +59,12 @@ def test_latents_come_from_the_fitted_prior() -> None:
 
 
 def test_session_decoder_carries_a_fitted_prior(onnx_models) -> None:
-    from animevae.prior import DIAGONAL_KEY, MEANS_KEY, TRILS_KEY, WEIGHTS_KEY
+    from animevae.prior import MEANS_KEY, SCALES_KEY, WEIGHTS_KEY
 
     metadata = onnx_models["decoder"].metadata
-    assert {WEIGHTS_KEY, MEANS_KEY, DIAGONAL_KEY} <= metadata.keys() and TRILS_KEY not in metadata
+    assert {WEIGHTS_KEY, MEANS_KEY, SCALES_KEY} <= metadata.keys()
     prior = LatentPrior.from_metadata(metadata, 8)
-    assert prior.diagonal and prior.scales.shape == (len(prior.weights), 8)
+    assert prior.scales.shape == (len(prior.weights), 8)
     assert prior.mean.shape == (8,) and prior.scale_tril.shape == (8, 8)
     assert np.allclose(prior.scale_tril, np.tril(prior.scale_tril))  # lower-triangular
     assert not np.array_equal(prior.scale_tril, np.eye(8))  # fitted, not N(0, I)
@@ -456,10 +456,10 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
     """The whole mixture's mean and covariance (what traverse walks along), worked out by hand for two
     components; and the metadata text gives back the very arrays."""
     prior = LatentPrior(np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32),
-                        np.array([[[1, 0], [0.5, 2]], [[2, 0], [0, 1]]], np.float32))
+                        np.array([[1, 2], [2, 1]], np.float32))
     np.testing.assert_allclose(prior.mean, [3.0, -0.5])
-    # within: .25 [[1, .5], [.5, 4.25]] + .75 [[4, 0], [0, 1]]; between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
-    np.testing.assert_allclose(prior.covariance, [[6.25, -1.375], [-1.375, 2.5625]], rtol=1e-6)
+    # within: .25 diag(1, 4) + .75 diag(4, 1); between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
+    np.testing.assert_allclose(prior.covariance, [[6.25, -1.5], [-1.5, 2.5]], rtol=1e-6)
     np.testing.assert_allclose(prior.scale_tril @ prior.scale_tril.T, prior.covariance, rtol=1e-5)
     assert prior.scale_tril[0, 1] == 0  # lower-triangular
     restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
@@ -467,23 +467,30 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
         assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
 
 
-def test_a_diagonal_mixture_draws_and_round_trips_as_the_same_full_one_would() -> None:
-    """Diagonal scales (K, D) are the full mixture with diagonal Cholesky factors: the same latents, moments and
-    metadata round trip, under their own key (a decoder carries one kind, and older decoders the full one)."""
-    from animevae.prior import DIAGONAL_KEY, TRILS_KEY
+def test_a_mixture_draws_mean_plus_scale_times_noise_and_needs_all_its_entries() -> None:
+    """Each component has a diagonal covariance: a draw is its mean plus its standard deviations times the
+    (seed, index) noise. A decoder carries all three arrays or none (N(0, I)); one with only some of them, such
+    as Cholesky factors under another key, is malformed metadata, never a silent N(0, I)."""
+    from animevae.errors import ModelError
+    from animevae.model_info import read_model_info
+    from animevae.prior import SCALES_KEY
 
     weights, means = np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32)
-    scales = np.array([[1, 2], [0.5, 3]], np.float32)
-    diagonal = LatentPrior(weights, means, scales)
-    full = LatentPrior(weights, means, np.stack([np.diag(s) for s in scales]))
-    assert diagonal.diagonal and not full.diagonal
+    prior = LatentPrior(weights, means, np.array([[1, 2], [0.5, 3]], np.float32))
     for index in range(20):
-        np.testing.assert_allclose(diagonal.latent(3, index, 0.5), full.latent(3, index, 0.5), rtol=1e-6)
-    np.testing.assert_allclose(diagonal.covariance, full.covariance, rtol=1e-12)
-    metadata = diagonal.to_metadata()
-    assert DIAGONAL_KEY in metadata and TRILS_KEY not in metadata
-    restored = LatentPrior.from_metadata({**metadata, "animevae.latent_dim": "2"})
-    assert restored.diagonal and np.array_equal(restored.scales, scales)
+        rng = np.random.default_rng([3, index])
+        component = int(rng.random() >= 0.25)
+        expected = means[component] + prior.scales[component] * (0.5 * rng.standard_normal(2, dtype=np.float32))
+        np.testing.assert_allclose(prior.latent(3, index, 0.5), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="scales"):
+        LatentPrior(weights, means, np.stack([np.diag(s) for s in prior.scales]))  # (K, D, D): not a layout
+    metadata = {**prior.to_metadata(), "animevae.image_size": "16", "animevae.latent_dim": "2"}
+    trils = {**metadata, "animevae.prior_scale_trils": metadata[SCALES_KEY]}
+    del trils[SCALES_KEY]
+    with pytest.raises(ModelError, match="malformed latent prior"):
+        read_model_info(Path("decoder.onnx"), trils)
+    standard = read_model_info(Path("decoder.onnx"), {"animevae.image_size": "16", "animevae.latent_dim": "2"}).mixture
+    assert np.array_equal(standard.means, np.zeros((1, 2))) and np.array_equal(standard.scales, np.ones((1, 2)))
 
 
 def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
@@ -493,7 +500,7 @@ def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
 
     assert np.array_equal(unpack_array(pack_array(np.array([0.25, -2.0])), (2,)), np.array([0.25, -2.0], np.float32))
     means = np.array([[0.0], [10.0]], np.float32)
-    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1, 1), 1e-3, np.float32))
+    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1), 1e-3, np.float32))
     uniforms = [np.random.default_rng([0, i]).random() for i in range(100)]  # the component draw of each index
     assert any(u >= 0.9 for u in uniforms)
     for i, u in enumerate(uniforms):

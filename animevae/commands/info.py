@@ -27,10 +27,9 @@ def info(
         console.print(f"  {key}: {shown.get(key, '?')}")
     mixture = described.mixture
     used = int((mixture.weights > 0).sum())
-    kind = "diagonal" if mixture.diagonal else "full"
     where = described.prior_file.name if described.prior_file is not None else "decoder metadata"
     console.print(f"  latents: {described.latent_source} ({where}); "
-                  f"the mixture: {used} components with {kind} covariances")
+                  f"the mixture: {used} components with diagonal covariances")
     classes = described.classes
     console.print(f"  classes: {len(classes.names) if classes else 'none (trained without labels)'}")
     if classes is not None:
