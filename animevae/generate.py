@@ -15,13 +15,14 @@ from PIL import Image
 from animevae.bulk import BulkJob, JobSink, Pending, WorkerPlan, run_bulk
 from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, to_uint8
-from animevae.labels import ClassInfo
-from animevae.outputs import MANIFEST_NAME, JobResult, file_digest, is_numbered_png, numbered_png, write_output_file
+from animevae.model_files import ModelSet
+from animevae.model_info import CLASS_MIXTURE, ModelInfo
+from animevae.outputs import MANIFEST_NAME, JobResult, is_numbered_png, numbered_png, write_output_file
 from animevae.per_class import (METADATA_NAME, ClassRequest, class_counts, class_image_path, generated_class_images,
                                 write_metadata)
 from animevae.progress import Reporter
 from animevae.runtime import CPU, OnnxModel, open_model
-from animevae.sampling import LatentSampler, check_seed, check_temperature, open_sampler, prior_path_for
+from animevae.sampling import LatentSampler, check_seed, check_temperature, open_sampler
 from animevae.shard import Shard
 from animevae.writer import WriteFailure, usable_cores, write_pngs
 
@@ -51,7 +52,7 @@ def generated_images(out_dir: Path) -> list[Path]:
 
 
 def generate(
-    decoder: OnnxModel,
+    models: ModelSet,
     count: int,
     out_dir: Path,
     seed: int = 0,
@@ -65,23 +66,24 @@ def generate(
 ) -> GenerateResult:
     """Write images 0..count-1 of `seed` into `out_dir`, skipping those already there (a rerun resumes).
 
-    With a shard, only the indices it owns: K shards together write exactly the files of one run."""
+    `models`: the decoder and, where the model has one, its prior (model_files.open_models). With a shard, only
+    the indices it owns: K shards together write exactly the files of one run."""
     if count < 1:
         raise ArgumentError(f"--count must be at least 1 (got {count})", "pass --count 1000, for example")
     _check(batch_size, seed, temperature)
-    identity = _identity(decoder, seed, temperature)
+    identity = _identity(models.info, seed, temperature)
     mine = [i for i in range(count) if shard.owns_index(i)]
     job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
                   old_outputs=generated_images, shard=shard, stop_on_failure=True)
-    result = _run(decoder, job, seed, temperature, batch_size, overwrite, workers, reporter)
+    result = _run(models, job, seed, temperature, batch_size, overwrite, workers, reporter)
     shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
     grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
     return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
-                          latents="diffusion prior" if prior_path_for(decoder.path) else "Gaussian mixture")
+                          latents=models.info.latent_source)
 
 
 def generate_by_class(
-    decoder: OnnxModel,
+    models: ModelSet,
     request: ClassRequest,
     out_dir: Path,
     seed: int = 0,
@@ -97,26 +99,27 @@ def generate_by_class(
     then OUT/metadata.jsonl listing every finished image of the tree with its label; a rerun resumes.
 
     K shards split the job by position in its task list, so they together write exactly one run's files."""
-    classes = ClassInfo.from_metadata(decoder.metadata)
+    classes = models.info.classes
     counts = class_counts(classes, request)
+    assert classes is not None  # class_counts refuses a model without classes
     _check(batch_size, seed, temperature)
     if (out_dir / METADATA_NAME).exists() and not (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise OutputError(f"{out_dir / METADATA_NAME} exists and animevae did not write it",
                           "use a new --out folder, or pass --overwrite to replace it")
     # "layout" keeps a class tree and a flat folder of the same model and seed apart.
-    identity = {**_identity(decoder, seed, temperature), "layout": "classes"}
+    identity = {**_identity(models.info, seed, temperature), "layout": "classes"}
     tasks = [(c, i) for c, n in sorted(counts.items()) for i in range(n)]
     mine = [task for position, task in enumerate(tasks) if shard.owns_index(position)]
     job = BulkJob("generating", out_dir, identity, mine,
                   lambda task: [class_image_path(out_dir, classes.names[task[0]], task[1])],
                   old_outputs=lambda folder: generated_class_images(folder, classes), shard=shard,
                   stop_on_failure=True)
-    result = _run(decoder, job, seed, temperature, batch_size, overwrite, workers, reporter)
-    labelled = write_metadata(out_dir, classes, seed, identity["model_sha256"])
+    result = _run(models, job, seed, temperature, batch_size, overwrite, workers, reporter)
+    labelled = write_metadata(out_dir, classes, seed, models.info.digest)
     shown = [class_image_path(out_dir, classes.names[c], i) for c, i in _round_robin(mine)[:GRID_LIMIT]]
     grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
     return GenerateResult(out_dir, result.written, result.existing, result.seconds, result.provider, grid=grid_path,
-                          latents="class's Gaussian mixture",
+                          latents=CLASS_MIXTURE,
                           per_class={classes.names[c]: n for c, n in sorted(counts.items())}, labelled=labelled)
 
 
@@ -136,40 +139,41 @@ def _check(batch_size: int, seed: int, temperature: float) -> None:
     check_temperature(temperature)
 
 
-def _identity(decoder: OnnxModel, seed: int, temperature: float) -> dict[str, object]:
+def _identity(info: ModelInfo, seed: int, temperature: float) -> dict[str, object]:
     """What guards the output folder: the model and the settings its images depend on."""
-    prior_path = prior_path_for(decoder.path)
-    identity: dict[str, object] = {"model_sha256": file_digest(decoder.path), "seed": seed,
-                                   "latent_dim": decoder.latent_dim, "image_size": decoder.image_size}
-    # Each absent where it has no effect, so folders written before these existed still match.
-    if prior_path:
-        identity["prior_sha256"] = file_digest(prior_path)
+    identity: dict[str, object] = {"model_sha256": info.digest, "seed": seed,
+                                   "latent_dim": info.latent_dim, "image_size": info.image_size}
+    # Each only where it changes the images: a folder's identity stays that of the images in it.
+    if info.prior_digest is not None:
+        identity["prior_sha256"] = info.prior_digest
     if temperature != 1.0:
         identity["temperature"] = temperature
     return identity
 
 
-def _run(decoder: OnnxModel, job: BulkJob[Any], seed: int, temperature: float, batch_size: int, overwrite: bool,
+def _run(models: ModelSet, job: BulkJob[Any], seed: int, temperature: float, batch_size: int, overwrite: bool,
          workers: int | None, reporter: Reporter | None) -> Any:
     """The job through the bulk skeleton: decoded in worker processes on the CPU, here on CUDA."""
-    draw = _Draw(str(decoder.path), seed, temperature)
+    decoder = models.decoder
+    assert decoder is not None, "generate needs the decoder"
+    assert models.prior_file is None or models.prior is not None, "open the models with the prior role"
+    draw = _Draw(models.info, seed, temperature)
     in_workers = None
     if decoder.provider == CPU and workers != 0:
         in_workers = WorkerPlan(workers or usable_cores(), batch_size, _start_worker, (draw,), _worker_batch)
-    samplers: list[LatentSampler] = []  # opened on the first batch decoded here
+    sampler = LatentSampler(models.info.mixture, models.prior, temperature)
 
     def compute(chunk: list[Pending[Any]], sink: JobSink) -> None:
-        samplers[:] = samplers or [open_sampler(decoder, temperature)]
-        sink.write(*_decode(decoder, samplers[0], draw.seed, chunk))
+        sink.write(*_decode(decoder, sampler, draw.seed, chunk))
 
     return run_bulk(job, compute, decoder.provider, batch_size, overwrite, workers, reporter, in_workers)
 
 
 @dataclass(frozen=True)
 class _Draw:
-    """How latents are drawn (small and picklable, for worker processes)."""
+    """How latents are drawn (picklable: worker processes get the model's description as it is)."""
 
-    model_path: str
+    info: ModelInfo
     seed: int
     temperature: float = 1.0
 
@@ -193,13 +197,13 @@ _worker: dict[str, Any] = {}
 
 
 def _start_worker(draw: _Draw) -> None:
-    decoder = open_model(Path(draw.model_path), "decoder", device="cpu", threads=1)
-    _worker.update(decoder=decoder, draw=draw, sampler=open_sampler(decoder, draw.temperature, threads=1))
+    decoder = open_model(draw.info.decoder_file, "decoder", device="cpu", threads=1)
+    _worker.update(decoder=decoder, draw=draw, sampler=open_sampler(draw.info, draw.temperature, "cpu", threads=1))
 
 
 def _worker_batch(chunk: list[Pending[Any]]) -> list[WriteFailure]:
     failures = []
-    # Small decoder calls: one thread runs them as fast as big ones, and activations stay ~30 MB, not ~600.
+    # Small decoder calls: one thread runs them as fast as big ones, and the activations stay small.
     for begin in range(0, len(chunk), WORKER_DECODE_BATCH):
         part = chunk[begin : begin + WORKER_DECODE_BATCH]
         failures += write_pngs(*_decode(_worker["decoder"], _worker["sampler"], _worker["draw"].seed, part))

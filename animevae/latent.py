@@ -41,8 +41,9 @@ PARALLEL_SIN = 1e-4
 
 def open_latent_models(runs_dir: Path, run: str | None, model: str | None, device: str = "auto",
                        need_encoder: bool = True) -> ModelSet:
-    """The decoder, and the encoder when the command encodes images (model_files.open_models)."""
-    return open_models(runs_dir, run, model, ("decoder", "encoder") if need_encoder else ("decoder",), device)
+    """The decoder and its prior, and the encoder when the command encodes images (model_files.open_models)."""
+    return open_models(runs_dir, run, model, ("decoder", "prior", "encoder") if need_encoder else ("decoder", "prior"),
+                       device)
 
 
 def encode_images(encoder: OnnxModel, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +149,7 @@ def interpolate(models: ModelSet, start: np.ndarray, end: np.ndarray, steps: int
     if steps < 2:
         raise ArgumentError(f"--steps must be at least 2 (got {steps})", "pass --steps 8, for example")
     started = time.perf_counter()
-    path, linear = interpolation_path(start, end, steps, models.prior.mean)
+    path, linear = interpolation_path(start, end, steps, models.info.mixture.mean)
     images = decode_latents(models.decoder, path)  # (steps, S, S, 3)
     write_output_file(strip, encode_png(contact_sheet(images, columns=steps)), overwrite)
     frames = _write_frames(frames_dir, images, overwrite) if frames_dir is not None else []
@@ -244,7 +245,7 @@ def traverse(models: ModelSet, grid: Path, components: int = 8, steps: int = 7, 
              overwrite: bool = False) -> TraverseResult:
     """Write a grid whose row r walks the r-th principal direction of the latent distribution."""
     check_traverse_args(components, steps, span, models.latent_dim)
-    latents, share = traversal_latents(models.prior, components, steps, span)
+    latents, share = traversal_latents(models.info.mixture, components, steps, span)
     images = decode_latents(models.decoder, latents)
     write_output_file(grid, encode_png(contact_sheet(images, columns=steps)), overwrite)
     return TraverseResult(grid, components, steps, span, share, models.image_size, models.provider)

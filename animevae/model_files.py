@@ -1,5 +1,8 @@
 """Which exported model a command uses (--run, --model: a folder, a file or `builtin`; else the newest exported
-run, else the built-in model), and the one function that opens its ONNX files for any role."""
+run, else the built-in model), and the one function that opens its ONNX files for any role.
+
+An export holds one file per role: encoder.onnx, decoder.onnx, denoiser.onnx and, for a model with a diffusion
+prior, prior.onnx (the only optional role: without it, latents come from the decoder's mixture)."""
 
 from __future__ import annotations
 
@@ -8,14 +11,15 @@ from functools import cached_property
 from pathlib import Path
 
 from animevae.errors import ArgumentError, DeviceError, ModelError
-from animevae.prior import LatentPrior
-from animevae.runs import EXPORT_DIR, HALF_DECODER, list_runs, resolve_run
+from animevae.model_info import ModelInfo, read_model_info
+from animevae.runs import DEFAULT_RUNS_DIR, EXPORT_DIR, HALF_DECODER, list_runs, resolve_run
 from animevae.runtime import CUDA, OnnxModel, open_model
-from animevae.sampling import LatentSampler, open_sampler
+from animevae.sampling import LatentSampler
 
 BUILTIN = "builtin"
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 ROLES = ("encoder", "decoder", "denoiser", "prior")
+OPTIONAL_ROLES = ("prior",)
 
 
 @dataclass(frozen=True)
@@ -27,12 +31,18 @@ class ModelChoice:
     file: Path | None = None
 
     def path(self, role: str) -> Path:
-        """The ONNX file for `role` (encoder, decoder or denoiser). With --model FILE, a file named after
-        another role (decoder.onnx, decoder.fp16.onnx, ...) stands for its folder: its sibling is used."""
-        if self.file is None:
+        """The ONNX file for `role` (one of ROLES). With --model FILE, a file named after another role
+        (decoder.onnx, decoder.fp16.onnx, ...) stands for its folder: its sibling is used. An optional role's file
+        is always the folder's own, never the file given."""
+        if self.file is None or role in OPTIONAL_ROLES:
             return self.folder / f"{role}.onnx"
         named = self.file.name.split(".")[0]
         return self.folder / f"{role}.onnx" if named in ROLES and named != role else self.file
+
+    def optional_path(self, role: str) -> Path | None:
+        """The file of an optional role (prior.onnx), or None where the export has none."""
+        path = self.path(role)
+        return path if path.is_file() else None
 
 
 def builtin_available() -> bool:
@@ -82,12 +92,21 @@ def _explicit_model(model: str) -> ModelChoice:
 
 @dataclass
 class ModelSet:
-    """The ONNX models a command opened from one export, and how that export was chosen (`origin`)."""
+    """The ONNX models a command opened from one export, and how that export was chosen (`origin`).
+
+    `prior` is prior.onnx when the command asked for that role and the model has one; `prior_file` names it
+    whether or not it was opened (what `info` reads the latent source from)."""
 
     origin: str
     decoder: OnnxModel | None = None
     encoder: OnnxModel | None = None
     denoiser: OnnxModel | None = None
+    prior: OnnxModel | None = None
+    prior_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior is not None and self.prior_file is None:
+            self.prior_file = self.prior.path
 
     def _opened(self) -> list[OnnxModel]:
         return [m for m in (self.decoder, self.encoder, self.denoiser) if m is not None]
@@ -103,21 +122,22 @@ class ModelSet:
         return self._opened()[0].image_size
 
     @cached_property
-    def prior(self) -> LatentPrior:
-        """The prior fitted to the training latents (N(0, I) for a model without one)."""
-        assert self.decoder is not None, "the prior lives in the decoder's metadata"
-        return LatentPrior.from_metadata(self.decoder.metadata, self.latent_dim)
+    def info(self) -> ModelInfo:
+        """The model's description from the decoder's metadata, read and checked once."""
+        assert self.decoder is not None, "the model's description lives in the decoder's metadata"
+        return read_model_info(self.decoder.path, self.decoder.metadata, self.prior_file)
 
     @cached_property
     def sampler(self) -> LatentSampler:
-        """Draws latents as `generate` does (the diffusion prior when the model has one)."""
-        assert self.decoder is not None, "sampling needs the decoder"
-        return open_sampler(self.decoder)
+        """Draws latents as `generate` does at temperature 1 (the diffusion prior when the model has one)."""
+        assert self.prior_file is None or self.prior is not None, "open the models with the prior role"
+        return LatentSampler(self.info.mixture, self.prior)
 
     @property
     def notes(self) -> list[str]:
         """Fallback notes of the opened sessions (CUDA asked for, CPU used), without repeats."""
-        return list(dict.fromkeys(m.fallback_note for m in self._opened() if m.fallback_note))
+        opened = [*self._opened(), *([self.prior] if self.prior is not None else [])]
+        return list(dict.fromkeys(m.fallback_note for m in opened if m.fallback_note))
 
     @property
     def provider(self) -> str:
@@ -125,30 +145,36 @@ class ModelSet:
         return self._opened()[0].provider
 
 
-def open_models(runs_dir: Path, run: str | None, model: str | None, roles: tuple[str, ...] = ("decoder",),
-                device: str = "auto", half: bool = False) -> ModelSet:
-    """Open the ONNX files of `roles` from the export that --run / --model pick; with `half`, the fp16 decoder
-    (CUDA only). An encoder and a decoder opened together must come from the same model."""
+def open_models(runs_dir: Path = DEFAULT_RUNS_DIR, run: str | None = None, model: str | None = None,
+                roles: tuple[str, ...] = ("decoder", "prior"), device: str = "auto", half: bool = False) -> ModelSet:
+    """Open the ONNX files of `roles` from the export that --run / --model pick (an optional role whose file the
+    export lacks stays None); with `half`, the fp16 decoder (CUDA only). An encoder and a decoder opened together
+    must come from the same model. A decoder's metadata is read and checked here (ModelSet.info)."""
     if half and device == "cpu":
         raise DeviceError("--half runs only on CUDA", "drop --half, or use --device cuda on a GPU machine")
     choice = choose_model(runs_dir, run, model)
+    prior_file = choice.optional_path("prior")
     opened = {}
     for role in roles:
         path = choice.folder / HALF_DECODER if half and role == "decoder" else choice.path(role)
+        if role in OPTIONAL_ROLES and not path.is_file():
+            continue
         if half and role == "decoder" and not path.is_file():
             raise DeviceError(f"no fp16 decoder at {path}", "export one on a CUDA machine: `animevae export --onnx --half`")
         opened[role] = open_model(path, role, device)
         if half and role == "decoder" and opened[role].provider != CUDA:
             raise DeviceError("--half needs CUDA, and onnxruntime runs on the CPU here", "drop --half on this machine")
-    models = ModelSet(choice.origin, **opened)
-    if models.encoder is not None and models.decoder is not None:
-        _check_pair(models.encoder, models.decoder)
+    models = ModelSet(choice.origin, **opened, prior_file=prior_file)
+    if models.decoder is not None:
+        _check_pair(models.encoder, models.info)
     return models
 
 
-def _check_pair(encoder: OnnxModel, decoder: OnnxModel) -> None:
-    for key in ("animevae.image_size", "animevae.latent_dim"):
-        if encoder.metadata.get(key) != decoder.metadata.get(key):
-            raise ModelError(f"{encoder.path} and {decoder.path} come from different models "
-                             f"({key.split('.')[1]} {encoder.metadata.get(key)} vs {decoder.metadata.get(key)})",
+def _check_pair(encoder: OnnxModel | None, info: ModelInfo) -> None:
+    if encoder is None:
+        return
+    for key, expected in (("image_size", info.image_size), ("latent_dim", info.latent_dim)):
+        if getattr(encoder, key) != expected:
+            raise ModelError(f"{encoder.path} and {info.decoder_file} come from different models "
+                             f"({key} {getattr(encoder, key)} vs {expected})",
                              "pass an export folder that holds both files: --model runs/NAME/export")

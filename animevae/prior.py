@@ -16,10 +16,8 @@ import numpy as np
 
 WEIGHTS_KEY = "animevae.prior_weights"
 MEANS_KEY = "animevae.prior_means"
-# The components' scales: Cholesky factors of full covariances (K, D, D), or standard deviations of diagonal
-# ones (K, D). A decoder carries one of the two.
-TRILS_KEY = "animevae.prior_scale_trils"
-DIAGONAL_KEY = "animevae.prior_scales"
+# The components' standard deviations, (K, D): each component has a diagonal covariance.
+SCALES_KEY = "animevae.prior_scales"
 # Labelled models only: the class of each component, (K,) (one mixture per class).
 CLASSES_KEY = "animevae.prior_classes"
 
@@ -36,8 +34,7 @@ def unpack_array(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """sum_k weights[k] N(means[k], S_k S_k^T): weights (K,), means (K, D), and `scales`: the Cholesky factors
-    S_k (K, D, D) of full covariances, or the standard deviations (K, D) of diagonal ones (S_k = diag(scales[k])).
+    """sum_k weights[k] N(means[k], diag(scales[k])^2): weights (K,), means (K, D), standard deviations (K, D).
 
     A labelled model's prior also has `classes` (K,): the class each component belongs to, so that the
     components of class c, their weights renormalised, are that class's own mixture."""
@@ -47,32 +44,33 @@ class LatentPrior:
     scales: np.ndarray
     classes: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        if self.means.ndim != 2 or self.scales.shape != self.means.shape or self.weights.shape != self.means.shape[:1]:
+            raise ValueError(f"a mixture needs weights (K,), means and scales (K, D); got {self.weights.shape}, "
+                             f"{self.means.shape} and {self.scales.shape}")
+
     @classmethod
     def standard(cls, latent_dim: int) -> "LatentPrior":
         """N(0, I)."""
-        return cls(np.ones(1, np.float32), np.zeros((1, latent_dim), np.float32),
-                   np.eye(latent_dim, dtype=np.float32)[None])
+        return cls(np.ones(1, np.float32), np.zeros((1, latent_dim), np.float32), np.ones((1, latent_dim), np.float32))
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str], latent_dim: int | None = None) -> "LatentPrior":
         """Read the fitted prior from a decoder's metadata (N(0, I) when it has none); the latent size is the
-        decoder's own unless given."""
+        decoder's own unless given. ValueError when only some of its entries are there."""
         if latent_dim is None:
             latent_dim = int(metadata["animevae.latent_dim"])
-        scale_key = DIAGONAL_KEY if DIAGONAL_KEY in metadata else TRILS_KEY
-        if not all(key in metadata for key in (WEIGHTS_KEY, MEANS_KEY, scale_key)):
+        keys = (WEIGHTS_KEY, MEANS_KEY, SCALES_KEY)
+        if not any(key in metadata for key in keys):
             return cls.standard(latent_dim)
+        missing = [key for key in keys if key not in metadata]
+        if missing:
+            raise ValueError(f"no {missing[0]}")
         weights = unpack_array(metadata[WEIGHTS_KEY], (-1,))
         k = len(weights)
         classes = unpack_array(metadata[CLASSES_KEY], (k,)).astype(np.int64) if CLASSES_KEY in metadata else None
-        scale_shape = (k, latent_dim) if scale_key == DIAGONAL_KEY else (k, latent_dim, latent_dim)
         return cls(weights, unpack_array(metadata[MEANS_KEY], (k, latent_dim)),
-                   unpack_array(metadata[scale_key], scale_shape), classes)
-
-    @property
-    def diagonal(self) -> bool:
-        """Whether the components have diagonal covariances (`scales` is (K, D))."""
-        return self.scales.ndim == 2
+                   unpack_array(metadata[SCALES_KEY], (k, latent_dim)), classes)
 
     def used(self) -> "LatentPrior":
         """The same mixture without its zero-weight components (a fit pads to the configured count, and a labelled
@@ -88,7 +86,7 @@ class LatentPrior:
         """The metadata entries that `from_metadata` reads."""
         classes = {} if self.classes is None else {CLASSES_KEY: pack_array(self.classes)}
         return {WEIGHTS_KEY: pack_array(self.weights), MEANS_KEY: pack_array(self.means),
-                DIAGONAL_KEY if self.diagonal else TRILS_KEY: pack_array(self.scales), **classes}
+                SCALES_KEY: pack_array(self.scales), **classes}
 
     def latent(self, seed: int, index: int, temperature: float = 1.0) -> np.ndarray:
         """The latent of image `index`: (D,) float32, from a generator seeded by (seed, index) alone, so an
@@ -108,10 +106,7 @@ class LatentPrior:
         eps = rng.standard_normal(self.means.shape[1], dtype=np.float32)
         if temperature != 1.0:
             eps *= np.float32(temperature)
-        if self.diagonal:
-            return self.means[component] + self.scales[component] * eps
-        # One image at a time: no batch-size-dependent BLAS blocking.
-        return self.means[component] + self.scales[component] @ eps
+        return self.means[component] + self.scales[component] * eps
 
     @cached_property
     def cumulative(self) -> np.ndarray:
@@ -136,7 +131,7 @@ class LatentPrior:
     def covariance(self) -> np.ndarray:
         """Covariance of the whole mixture, (D, D) float64."""
         scales, means, w = self.scales.astype(np.float64), self.means.astype(np.float64), self.weights
-        within = np.diag(w @ scales**2) if self.diagonal else np.einsum("k,kij,klj->il", w, scales, scales)
+        within = np.diag(w @ scales**2)
         centred = means - self.mean.astype(np.float64)
         return within + np.einsum("k,ki,kj->ij", w, centred, centred)
 

@@ -128,7 +128,7 @@ class OnnxModel:
 
     @property
     def residual_knee(self) -> float:
-        """A denoiser's gate knee (shrinkage.py; 0-255 scale); 0, no gate, for files exported before it existed."""
+        """A denoiser's gate knee (shrinkage.py; 0-255 scale); 0 (no gate) for a denoiser that carries none."""
         return float(self.metadata.get(RESIDUAL_KNEE_KEY, "0"))
 
     @property
@@ -242,26 +242,13 @@ def _is_external(tensor: "onnx.TensorProto") -> bool:  # noqa: F821
 
 
 def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
-    """The numbers every command reads from a model's metadata must parse; one clear error if not."""
-    from animevae.prior import LatentPrior
-
+    """The numbers every command reads from a file's metadata must parse; one clear error if not. (A decoder's
+    mixture and classes are checked where they are read: model_info.read_model_info.)"""
     keys = ("animevae.image_size", "animevae.latent_dim") if role in ("encoder", "decoder") else ()
     for key in keys:
         if not re.fullmatch(r"[0-9]{1,6}", metadata.get(key, "")) or int(metadata[key]) < 1:
             raise ModelError(f"{path} has a malformed {key.split('.')[1]} in its metadata ({metadata.get(key, '')[:20]!r})",
                              "export the model again with `animevae export --onnx`")
-    if role == "decoder":
-        try:
-            prior = LatentPrior.from_metadata(metadata)
-            usable = all(np.isfinite(a).all() for a in (prior.weights, prior.means, prior.scales))
-            usable = usable and len(prior.weights) > 0 and (prior.weights >= 0).all() and prior.weights.sum() > 0
-        except (ValueError, TypeError) as error:  # binascii.Error is a ValueError
-            raise ModelError(f"{path} has a malformed latent prior in its metadata ({str(error)[:120]})",
-                             "export the model again with `animevae export --onnx`") from None
-        if not usable:
-            raise ModelError(f"{path} has a latent prior with invalid numbers in its metadata",
-                             "export the model again with `animevae export --onnx`")
-        _check_classes(path, metadata, prior)
     if role == "denoiser" and RESIDUAL_KNEE_KEY in metadata:
         try:
             knee = float(metadata[RESIDUAL_KNEE_KEY])
@@ -271,24 +258,6 @@ def _check_metadata(path: Path, role: str, metadata: dict[str, str]) -> None:
             raise ModelError(f"{path} has a malformed residual_knee in its metadata "
                              f"({metadata[RESIDUAL_KNEE_KEY][:20]!r}; a number >= 0 expected)",
                              "export the model again with `animevae export --onnx`")
-
-
-def _check_classes(path: Path, metadata: dict[str, str], prior: "LatentPrior") -> None:  # noqa: F821
-    """A labelled decoder's class list must parse, and each class must own prior components of positive weight."""
-    from animevae.errors import DataError
-    from animevae.labels import ClassInfo
-
-    try:
-        classes = ClassInfo.from_metadata(metadata)
-    except DataError as error:
-        raise ModelError(f"{path}: {error.message}", "export the model again with `animevae export --onnx`") from None
-    if classes is None:
-        return
-    owners = prior.classes
-    if owners is None or len(owners) != len(prior.weights) or not all(
-            prior.weights[owners == c].sum() > 0 for c in range(len(classes.names))) or owners.max() >= len(classes.names):
-        raise ModelError(f"{path} lists classes its latent prior does not cover",
-                         "export the model again with `animevae export --onnx`")
 
 
 def _check_contract(path: Path, role: str, session: ort.InferenceSession, metadata: dict[str, str]) -> None:

@@ -1,28 +1,19 @@
 """Where generated latents come from: image i's latent depends on (seed, i) alone. numpy + onnxruntime only.
 
-A run with a trained diffusion prior exports prior.onnx beside its decoder (noise -> latent, see diffusion.py);
-older runs and mixture runs sample from the Gaussian mixture in the decoder's metadata (prior.py). Either way
-the noise of image i comes from a generator seeded by (seed, i), so an image never depends on the batch size,
-the shard or what was generated before it.
+A model with a diffusion prior has prior.onnx (noise -> latent, see training/diffusion.py); the others sample
+from the Gaussian mixture in the decoder's metadata (prior.py). Either way the noise of image i comes from a
+generator seeded by (seed, i), so an image never depends on the batch size, the shard or what was generated
+before it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from animevae.errors import ArgumentError
+from animevae.model_info import ModelInfo
 from animevae.prior import LatentPrior
 from animevae.runtime import OnnxModel, open_model
-
-PRIOR_FILE = "prior.onnx"
-
-
-def prior_path_for(decoder_path: Path) -> Path | None:
-    """The prior.onnx exported beside a decoder, or None where there is none (mixture sampling)."""
-    candidate = decoder_path.with_name(PRIOR_FILE)
-    return candidate if candidate.is_file() else None
 
 
 def check_seed(seed: int, flag: str = "--seed") -> None:
@@ -43,23 +34,18 @@ class LatentSampler:
 
     `temperature` scales the noise: below 1 trades diversity for typical faces, as truncation does in GANs."""
 
-    def __init__(self, decoder: OnnxModel, prior: OnnxModel | None = None, temperature: float = 1.0) -> None:
+    def __init__(self, mixture: LatentPrior, prior: OnnxModel | None = None, temperature: float = 1.0) -> None:
         check_temperature(temperature)
-        self.latent_dim = decoder.latent_dim
-        self.mixture = LatentPrior.from_metadata(decoder.metadata)
+        self.mixture = mixture
         self.prior = prior
         self.temperature = temperature
-
-    @property
-    def kind(self) -> str:
-        """What the latents come from, for the user: "diffusion prior" or "Gaussian mixture"."""
-        return "diffusion prior" if self.prior is not None else "Gaussian mixture"
 
     def __call__(self, seed: int, indices: list[int]) -> np.ndarray:
         """(len(indices), latent) float32 latents."""
         if self.prior is None:
             return np.stack([self.mixture.latent(seed, i, self.temperature) for i in indices])
-        noise = np.stack([np.random.default_rng([seed, i]).standard_normal(self.latent_dim, dtype=np.float32)
+        latent_dim = self.mixture.means.shape[1]
+        noise = np.stack([np.random.default_rng([seed, i]).standard_normal(latent_dim, dtype=np.float32)
                           for i in indices])  # (B, latent)
         return self.prior.run(noise * np.float32(self.temperature))[0]
 
@@ -69,9 +55,8 @@ class LatentSampler:
         return np.stack([self.mixture.class_latent(seed, label, i, self.temperature) for label, i in tasks])
 
 
-def open_sampler(decoder: OnnxModel, temperature: float = 1.0, device: str | None = None,
+def open_sampler(info: ModelInfo, temperature: float = 1.0, device: str = "auto",
                  threads: int | None = None) -> LatentSampler:
-    """The sampler for an opened decoder, with the prior.onnx beside it when there is one."""
-    path = prior_path_for(decoder.path)
-    prior = open_model(path, "prior", device=device or decoder.device, threads=threads) if path else None
-    return LatentSampler(decoder, prior, temperature)
+    """The sampler of a model: its mixture, and its prior.onnx opened on `device` where it has one."""
+    prior = open_model(info.prior_file, "prior", device, threads) if info.prior_file is not None else None
+    return LatentSampler(info.mixture, prior, temperature)

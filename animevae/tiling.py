@@ -77,7 +77,7 @@ def run_tiled(run: RunModel, image: np.ndarray, tiling: Tiling = Tiling()) -> np
     weight_sum = np.zeros((tile_h, width, 1), np.float32)
     top = 0
     for index, row in enumerate(rows):
-        shift = row - top  # rows above `row` were finished with the previous band: move the rest up
+        shift = row - top  # rows above `row` were finished with the band above: move the rest up
         band[: tile_h - shift], weight_sum[: tile_h - shift] = band[shift:], weight_sum[shift:]
         band[tile_h - shift :], weight_sum[tile_h - shift :] = 0.0, 0.0
         top = row

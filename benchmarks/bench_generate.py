@@ -34,6 +34,7 @@ import numpy as np
 
 from animevae.fileio import to_uint8
 from animevae.model_files import choose_model
+from animevae.model_info import read_model_info
 from animevae.runtime import open_model
 from animevae.sampling import open_sampler
 from animevae.writer import usable_cores, write_pngs
@@ -109,7 +110,8 @@ def main() -> None:
     model_arg = str(choice.path("decoder")) if args.model != "builtin" else "builtin"
     cores = usable_cores()
     decoder = open_model(choice.path("decoder"), "decoder", device="cpu", threads=cores)
-    sampler = open_sampler(decoder, threads=cores)
+    info = read_model_info(decoder.path, decoder.metadata, choice.optional_path("prior"))
+    sampler = open_sampler(info, device="cpu", threads=cores)
     z = np.concatenate([sampler(0, list(range(b, min(args.count, b + 256)))) for b in range(0, args.count, 256)])
     images = to_uint8(decoder.run(z[:1024])[0])
     images = np.concatenate([images] * (-(-args.count // len(images))))[: args.count]

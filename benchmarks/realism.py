@@ -27,6 +27,7 @@ import torch
 from animevae.training.data import load_training_images, split_holdout
 from animevae.denoise import denoise_array
 from animevae.model_files import choose_model
+from animevae.model_info import read_model_info
 from animevae.progress import SilentReporter
 from animevae.training.realism import classifier_rows, realism_score
 from animevae.runtime import open_model
@@ -76,7 +77,8 @@ def score(args: argparse.Namespace, **fit: int) -> None:
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
     rows = torch.from_numpy(train_idx)[classifier_rows(len(train_idx), args.per_class)]
     real_train, real_test = pixels[rows], pixels[torch.from_numpy(val_idx)]
-    sampler = open_sampler(decoder, args.temperature)
+    info = read_model_info(decoder.path, decoder.metadata, choice.optional_path("prior"))
+    sampler = open_sampler(info, args.temperature, device="cpu")
     started = time.perf_counter()
     fakes = _decode(decoder, sampler(1, list(range(args.per_class + len(real_test)))))
     if args.denoise_samples:

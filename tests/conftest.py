@@ -132,6 +132,14 @@ def onnx_models(trained_run: TrainedRun) -> dict[str, object]:
 
 
 @pytest.fixture(scope="session")
+def generate_models(onnx_models: dict[str, object]) -> object:
+    """The session run's decoder and prior as `generate` takes them (a model_files.ModelSet)."""
+    from animevae.model_files import ModelSet
+
+    return ModelSet("session run", decoder=onnx_models["decoder"], prior=onnx_models["prior"])
+
+
+@pytest.fixture(scope="session")
 def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """The tiny model (mixture prior) trained for 1 epoch on three class folders and exported, once per session."""
     from animevae.config import ModelConfig, TrainConfig

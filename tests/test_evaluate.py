@@ -231,7 +231,7 @@ def test_the_cli_table_shows_each_class() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from animevae.cli import _class_rows
+    from animevae.commands.training import _class_rows
     from animevae.training.evaluate import ClassReport
 
     rates = {"cats": 1.0, "dogs": 0.5, "rare": 0.25}

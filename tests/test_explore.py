@@ -300,8 +300,8 @@ def test_sliders_walk_traverses_directions(models: ModelSet) -> None:
     from animevae.latent import traversal_latents
 
     painter = Painter(models)
-    mean = tuple(float(v) for v in models.prior.mean.astype(np.float32))
-    grid, _ = traversal_latents(models.prior, components=3, steps=5, span=2.0)  # rows: direction r, t = -2 .. 2
+    mean = tuple(float(v) for v in models.info.mixture.mean.astype(np.float32))
+    grid, _ = traversal_latents(models.info.mixture, components=3, steps=5, span=2.0)  # rows: direction r, t = -2 .. 2
     for direction in range(3):
         for step, amount in enumerate((-2.0, -1.0, 0.0, 1.0, 2.0)):
             recipe = Recipe(painter.model_sha256, latent=mean, moves=(Move(direction, amount),))

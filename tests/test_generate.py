@@ -42,15 +42,15 @@ def test_latent_depends_on_seed_and_index_only() -> None:
 
 def test_latents_come_from_the_fitted_prior() -> None:
     means = np.array([[0, 1, 2], [50, 50, 50]], np.float32)
-    scale = np.array([[2, 0, 0], [1, 1, 0], [0, 0, 0.5]], np.float32)
+    scale = np.array([2, 1, 0.5], np.float32)
     single = LatentPrior(np.ones(1, np.float32), means[:1], scale[None])
     rng = np.random.default_rng([4, 9])
     rng.random()  # the component draw comes first
     eps = rng.standard_normal(3, dtype=np.float32)
-    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale @ eps, rtol=1e-6)
+    np.testing.assert_allclose(single.latent(4, 9), means[0] + scale * eps, rtol=1e-6)
     # The temperature scales the draw within its component, not the mean.
     for temperature in (0.5, 2.0):  # 2.0: the largest --temperature
-        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale @ (temperature * eps), rtol=1e-6)
+        np.testing.assert_allclose(single.latent(4, 9, temperature), means[0] + scale * (temperature * eps), rtol=1e-6)
     # Two components: each index lands near one of the means, both are used, in proportion to the weights.
     mixture = LatentPrior(np.array([0.25, 0.75], np.float32), means, np.stack([scale, scale]))
     near_second = [mixture.latent(0, i).mean() > 25 for i in range(2000)]
@@ -59,12 +59,12 @@ def test_latents_come_from_the_fitted_prior() -> None:
 
 
 def test_session_decoder_carries_a_fitted_prior(onnx_models) -> None:
-    from animevae.prior import DIAGONAL_KEY, MEANS_KEY, TRILS_KEY, WEIGHTS_KEY
+    from animevae.prior import MEANS_KEY, SCALES_KEY, WEIGHTS_KEY
 
     metadata = onnx_models["decoder"].metadata
-    assert {WEIGHTS_KEY, MEANS_KEY, DIAGONAL_KEY} <= metadata.keys() and TRILS_KEY not in metadata
+    assert {WEIGHTS_KEY, MEANS_KEY, SCALES_KEY} <= metadata.keys()
     prior = LatentPrior.from_metadata(metadata, 8)
-    assert prior.diagonal and prior.scales.shape == (len(prior.weights), 8)
+    assert prior.scales.shape == (len(prior.weights), 8)
     assert prior.mean.shape == (8,) and prior.scale_tril.shape == (8, 8)
     assert np.allclose(prior.scale_tril, np.tril(prior.scale_tril))  # lower-triangular
     assert not np.array_equal(prior.scale_tril, np.eye(8))  # fitted, not N(0, I)
@@ -114,11 +114,11 @@ def test_same_seed_gives_identical_files_for_any_batch_size(runner, trained_run,
     assert not np.array_equal(other_noise[0], noise[0])
 
 
-def test_api_generate_is_independent_of_workers(onnx_models, tmp_path: Path) -> None:
-    inline = generate(onnx_models["decoder"], 6, tmp_path / "inline", seed=3, batch_size=4, workers=0)
+def test_api_generate_is_independent_of_workers(generate_models, tmp_path: Path) -> None:
+    inline = generate(generate_models, 6, tmp_path / "inline", seed=3, batch_size=4, workers=0)
     assert (inline.written, inline.existing) == (6, 0)
     assert inline.provider == "CPUExecutionProvider"
-    pooled = generate(onnx_models["decoder"], 6, tmp_path / "pooled", seed=3, batch_size=4, workers=1)
+    pooled = generate(generate_models, 6, tmp_path / "pooled", seed=3, batch_size=4, workers=1)
     assert _pngs(tmp_path / "inline") == _pngs(tmp_path / "pooled")
     assert pooled.written == 6 and pooled.grid is None
 
@@ -202,8 +202,8 @@ def test_grid_writes_a_contact_sheet(runner, trained_run, tmp_path: Path) -> Non
     assert other.read_bytes() == b"keep me"
 
 
-def test_grid_shows_at_most_64_images(onnx_models, tmp_path: Path) -> None:
-    result = generate(onnx_models["decoder"], 70, tmp_path / "synth", batch_size=70, grid=tmp_path / "g.png", workers=0)
+def test_grid_shows_at_most_64_images(generate_models, tmp_path: Path) -> None:
+    result = generate(generate_models, 70, tmp_path / "synth", batch_size=70, grid=tmp_path / "g.png", workers=0)
     assert result.grid == tmp_path / "g.png"
     assert read_rgb(tmp_path / "g.png").shape == (8 * 18 + 2, 8 * 18 + 2, 3)
 
@@ -290,11 +290,11 @@ def test_defaults_use_runs_and_synth_in_the_working_folder(runner, runs_copy: Pa
     assert sorted(p.name for p in (tmp_path / "synth").glob("*.png")) == ["000000.png", "000001.png"]
 
 
-def test_api_refuses_bad_arguments(onnx_models, tmp_path: Path) -> None:
+def test_api_refuses_bad_arguments(generate_models, tmp_path: Path) -> None:
     with pytest.raises(ArgumentError, match="--count"):
-        generate(onnx_models["decoder"], 0, tmp_path / "o")
+        generate(generate_models, 0, tmp_path / "o")
     with pytest.raises(ArgumentError, match="--batch-size"):
-        generate(onnx_models["decoder"], 1, tmp_path / "o", batch_size=0)
+        generate(generate_models, 1, tmp_path / "o", batch_size=0)
     assert not (tmp_path / "o").exists()
 
 
@@ -410,28 +410,35 @@ def test_sampler_latents_of_known_noise(onnx_models) -> None:
     from animevae.sampling import LatentSampler
 
     decoder, prior = onnx_models["decoder"], onnx_models["prior"]
-    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
-    diffusion = LatentSampler(decoder, prior, temperature=0.5)
-    assert diffusion.kind == "diffusion prior"
-    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
-    mixture = LatentSampler(decoder, None, temperature=0.7)
-    assert mixture.kind == "Gaussian mixture"
     fitted = LatentPrior.from_metadata(decoder.metadata)
+    noise = np.stack([np.random.default_rng([3, i]).standard_normal(8, dtype=np.float32) for i in (5, 0)])
+    diffusion = LatentSampler(fitted, prior, temperature=0.5)
+    np.testing.assert_array_equal(diffusion(3, [5, 0]), prior.run(0.5 * noise)[0])
+    mixture = LatentSampler(fitted, None, temperature=0.7)
     np.testing.assert_array_equal(mixture(3, [5, 0]), np.stack([fitted.latent(3, i, 0.7) for i in (5, 0)]))
-    np.testing.assert_array_equal(LatentSampler(decoder)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
+    np.testing.assert_array_equal(LatentSampler(fitted)(3, [5]), fitted.latent(3, 5)[None])  # temperature 1
 
 
-def test_open_sampler_uses_the_prior_onnx_beside_the_decoder_only(onnx_models, mixture_export: Path) -> None:
-    from animevae.runtime import open_model
-    from animevae.sampling import open_sampler, prior_path_for
+def test_prior_onnx_is_an_optional_role_of_the_model_set(trained_run, mixture_export: Path) -> None:
+    """open_models resolves prior.onnx like the other roles: opened when asked for and present, named in the
+    model's description either way, and never taken from a --model FILE that names another role."""
+    from animevae.model_files import open_models
+    from animevae.sampling import open_sampler
 
-    with_prior = open_sampler(onnx_models["decoder"], temperature=0.5)
-    assert with_prior.prior is not None and with_prior.prior.path == onnx_models["prior"].path
-    assert with_prior.prior.device == "cpu" and with_prior.temperature == 0.5  # the decoder's device, not auto
-    threads = open_sampler(onnx_models["decoder"], threads=3).prior.session.get_session_options().intra_op_num_threads
-    assert threads == 3  # the --threads the user gave, for the prior's session too
-    decoder = open_model(mixture_export / "decoder.onnx", "decoder", device="cpu")
-    assert prior_path_for(decoder.path) is None and open_sampler(decoder).prior is None
+    export = trained_run.export_dir
+    models = open_models(trained_run.runs_dir, None, str(export), ("decoder", "prior"), "cpu")
+    assert models.prior is not None and models.prior.path == export / "prior.onnx" and models.prior.device == "cpu"
+    assert models.info.prior_file == export / "prior.onnx" and models.info.latent_source == "diffusion prior"
+    by_file = open_models(trained_run.runs_dir, None, str(export / "decoder.onnx"), ("decoder", "prior"), "cpu")
+    assert by_file.prior is not None and by_file.prior.path == export / "prior.onnx"
+    unopened = open_models(trained_run.runs_dir, None, str(export), ("decoder",), "cpu")
+    assert unopened.prior is None and unopened.info.latent_source == "diffusion prior"
+    sampler = open_sampler(models.info, temperature=0.5, device="cpu", threads=3)
+    assert sampler.temperature == 0.5 and sampler.prior is not None
+    assert sampler.prior.session.get_session_options().intra_op_num_threads == 3  # the worker's one thread
+    mixture = open_models(trained_run.runs_dir, None, str(mixture_export), ("decoder", "prior"), "cpu")
+    assert mixture.prior is None and mixture.info.prior_file is None
+    assert mixture.info.latent_source == "Gaussian mixture" and open_sampler(mixture.info).prior is None
 
 
 def test_temperature_bounds() -> None:
@@ -449,10 +456,10 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
     """The whole mixture's mean and covariance (what traverse walks along), worked out by hand for two
     components; and the metadata text gives back the very arrays."""
     prior = LatentPrior(np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32),
-                        np.array([[[1, 0], [0.5, 2]], [[2, 0], [0, 1]]], np.float32))
+                        np.array([[1, 2], [2, 1]], np.float32))
     np.testing.assert_allclose(prior.mean, [3.0, -0.5])
-    # within: .25 [[1, .5], [.5, 4.25]] + .75 [[4, 0], [0, 1]]; between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
-    np.testing.assert_allclose(prior.covariance, [[6.25, -1.375], [-1.375, 2.5625]], rtol=1e-6)
+    # within: .25 diag(1, 4) + .75 diag(4, 1); between: .25 [-3, 1.5]^2 + .75 [1, -.5]^2
+    np.testing.assert_allclose(prior.covariance, [[6.25, -1.5], [-1.5, 2.5]], rtol=1e-6)
     np.testing.assert_allclose(prior.scale_tril @ prior.scale_tril.T, prior.covariance, rtol=1e-5)
     assert prior.scale_tril[0, 1] == 0  # lower-triangular
     restored = LatentPrior.from_metadata({**prior.to_metadata(), "animevae.latent_dim": "2"})
@@ -460,23 +467,30 @@ def test_mixture_moments_and_metadata_round_trip() -> None:
         assert np.array_equal(getattr(restored, name), getattr(prior, name)) and getattr(restored, name).dtype == np.float32
 
 
-def test_a_diagonal_mixture_draws_and_round_trips_as_the_same_full_one_would() -> None:
-    """Diagonal scales (K, D) are the full mixture with diagonal Cholesky factors: the same latents, moments and
-    metadata round trip, under their own key (a decoder carries one kind, and older decoders the full one)."""
-    from animevae.prior import DIAGONAL_KEY, TRILS_KEY
+def test_a_mixture_draws_mean_plus_scale_times_noise_and_needs_all_its_entries() -> None:
+    """Each component has a diagonal covariance: a draw is its mean plus its standard deviations times the
+    (seed, index) noise. A decoder carries all three arrays or none (N(0, I)); one with only some of them, such
+    as Cholesky factors under another key, is malformed metadata, never a silent N(0, I)."""
+    from animevae.errors import ModelError
+    from animevae.model_info import read_model_info
+    from animevae.prior import SCALES_KEY
 
     weights, means = np.array([0.25, 0.75], np.float32), np.array([[0, 1], [4, -1]], np.float32)
-    scales = np.array([[1, 2], [0.5, 3]], np.float32)
-    diagonal = LatentPrior(weights, means, scales)
-    full = LatentPrior(weights, means, np.stack([np.diag(s) for s in scales]))
-    assert diagonal.diagonal and not full.diagonal
+    prior = LatentPrior(weights, means, np.array([[1, 2], [0.5, 3]], np.float32))
     for index in range(20):
-        np.testing.assert_allclose(diagonal.latent(3, index, 0.5), full.latent(3, index, 0.5), rtol=1e-6)
-    np.testing.assert_allclose(diagonal.covariance, full.covariance, rtol=1e-12)
-    metadata = diagonal.to_metadata()
-    assert DIAGONAL_KEY in metadata and TRILS_KEY not in metadata
-    restored = LatentPrior.from_metadata({**metadata, "animevae.latent_dim": "2"})
-    assert restored.diagonal and np.array_equal(restored.scales, scales)
+        rng = np.random.default_rng([3, index])
+        component = int(rng.random() >= 0.25)
+        expected = means[component] + prior.scales[component] * (0.5 * rng.standard_normal(2, dtype=np.float32))
+        np.testing.assert_allclose(prior.latent(3, index, 0.5), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="scales"):
+        LatentPrior(weights, means, np.stack([np.diag(s) for s in prior.scales]))  # (K, D, D): not a layout
+    metadata = {**prior.to_metadata(), "animevae.image_size": "16", "animevae.latent_dim": "2"}
+    trils = {**metadata, "animevae.prior_scale_trils": metadata[SCALES_KEY]}
+    del trils[SCALES_KEY]
+    with pytest.raises(ModelError, match="malformed latent prior"):
+        read_model_info(Path("decoder.onnx"), trils)
+    standard = read_model_info(Path("decoder.onnx"), {"animevae.image_size": "16", "animevae.latent_dim": "2"}).mixture
+    assert np.array_equal(standard.means, np.zeros((1, 2))) and np.array_equal(standard.scales, np.ones((1, 2)))
 
 
 def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
@@ -486,7 +500,7 @@ def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
 
     assert np.array_equal(unpack_array(pack_array(np.array([0.25, -2.0])), (2,)), np.array([0.25, -2.0], np.float32))
     means = np.array([[0.0], [10.0]], np.float32)
-    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1, 1), 1e-3, np.float32))
+    short = LatentPrior(np.array([0.5, 0.4], np.float32), means, np.full((2, 1), 1e-3, np.float32))
     uniforms = [np.random.default_rng([0, i]).random() for i in range(100)]  # the component draw of each index
     assert any(u >= 0.9 for u in uniforms)
     for i, u in enumerate(uniforms):

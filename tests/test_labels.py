@@ -107,7 +107,7 @@ def test_class_latents_depend_on_seed_class_and_index_alone_and_stay_in_their_cl
     rng = np.random.default_rng(0)
     k, d = 6, 4
     prior = LatentPrior(rng.random(k).astype(np.float32), rng.standard_normal((k, d)).astype(np.float32),
-                        np.stack([np.eye(d, dtype=np.float32) * 0.01] * k), np.array([0, 0, 1, 1, 2, 2]))
+                        np.full((k, d), 0.01, np.float32), np.array([0, 0, 1, 1, 2, 2]))
     again = LatentPrior(prior.weights, prior.means, prior.scales, prior.classes)
     assert np.array_equal(prior.class_latent(3, 1, 7), again.class_latent(3, 1, 7))
     assert not np.array_equal(prior.class_latent(3, 1, 7), prior.class_latent(3, 2, 7))

@@ -232,7 +232,7 @@ def test_traverse_writes_a_grid_of_components_by_steps(tiny: Tiny, tmp_path: Pat
 def test_traversal_rows_follow_the_principal_directions(models) -> None:
     from animevae.latent import principal_directions, traversal_latents
 
-    prior = models.prior
+    prior = models.info.mixture
     covariance = prior.scale_tril.astype(np.float64) @ prior.scale_tril.T.astype(np.float64)
     values, vectors = principal_directions(prior)
     assert np.all(np.diff(values) <= 0)

@@ -411,13 +411,19 @@ def _packed(values: list[float]) -> str:
 def test_metadata_numbers_are_checked_when_the_model_opens(role: str, metadata: dict[str, str],
                                                            refused: str | None) -> None:
     """Every number a command reads from a model's metadata is checked once, at open, with one clear error."""
+    from animevae.model_info import read_model_info
     from animevae.runtime import _check_metadata
 
+    def check() -> None:
+        _check_metadata(Path("m.onnx"), role, metadata)  # at open
+        if role == "decoder":
+            read_model_info(Path("m.onnx"), metadata)  # the decoder's mixture and classes, once per command
+
     if refused is None:
-        _check_metadata(Path("m.onnx"), role, metadata)
+        check()
         return
     with pytest.raises(ModelError, match=refused) as caught:
-        _check_metadata(Path("m.onnx"), role, metadata)
+        check()
     assert caught.value.hint
 
 

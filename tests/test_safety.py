@@ -161,11 +161,11 @@ def test_overwrite_with_another_seed_leaves_no_stale_images(runner, trained_run,
     assert _pngs(out) == _pngs(reference)
 
 
-def test_an_interrupted_overwrite_never_leaves_a_mix(onnx_models, tmp_path: Path, monkeypatch) -> None:
+def test_an_interrupted_overwrite_never_leaves_a_mix(generate_models, tmp_path: Path, monkeypatch) -> None:
     import animevae.writer as writer
     from animevae.generate import generate
 
-    decoder, out, reference = onnx_models["decoder"], tmp_path / "g", tmp_path / "reference"
+    decoder, out, reference = generate_models, tmp_path / "g", tmp_path / "reference"
     generate(decoder, 6, out, seed=0, workers=0)
     real_save, calls = writer.save_png_atomic, []
 

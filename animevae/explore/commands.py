@@ -29,7 +29,7 @@ def explore(
 ) -> None:
     """Browse, steer and save faces in a local web page: a grid of samples, sliders along the main latent
     directions, variations, interpolation, your own images; each save is a PNG and a recipe for `render`."""
-    from animevae.cli import _open, console, err_console
+    from animevae.commands.shared import console, err_console, open_for_command
     from animevae.errors import ArgumentError, OutputError
     from animevae.explore.server import start_server
     from animevae.explore.studio import Studio
@@ -40,7 +40,8 @@ def explore(
                           "pass a folder path (it is created on the first save)")
     # Without an encoder.onnx beside the decoder the page still browses and steers; uploads and variations are off.
     has_encoder = choose_model(runs_dir, run, model).path("encoder").is_file()
-    models = _open(("decoder", "encoder") if has_encoder else ("decoder",), runs_dir, run, model, device)
+    roles = ("decoder", "prior", "encoder") if has_encoder else ("decoder", "prior")
+    models = open_for_command(roles, runs_dir, run, model, device)
     try:
         server = start_server(Studio(models, out), models.origin, host, port)
     except OSError as error:
@@ -74,7 +75,7 @@ def render(
     """Turn an explore recipe back into its PNG, byte for byte the file the page saved (same model and device).
 
     Without --run or --model, the model is the one whose decoder saved the recipe (an exported run or the built-in)."""
-    from animevae.cli import _open, console
+    from animevae.commands.shared import console, open_for_command
     from animevae.explore.recipe import Painter, find_model, read_recipe
     from animevae.latent import check_output_file
     from animevae.outputs import write_output_file
@@ -83,7 +84,7 @@ def render(
     check_output_file(out, "--out")
     if run is None and model is None:  # the model that saved it, wherever it is here (else the usual default)
         model = find_model(runs_dir, parsed.model_sha256)
-    painter = Painter(_open(("decoder",), runs_dir, run, model, device))
+    painter = Painter(open_for_command(("decoder", "prior"), runs_dir, run, model, device))
     write_output_file(out, painter.png(parsed), overwrite)
     start = "a latent" if parsed.latent is not None else f"seed {parsed.seed} image {parsed.index}"
     console.print(f"wrote {out}: {start} ({parsed.origin}) with {len(parsed.moves)} slider move(s), "

@@ -22,7 +22,6 @@ import numpy as np
 
 from animevae.errors import DataError, ModelError
 from animevae.fileio import encode_png
-from animevae.labels import ClassInfo
 from animevae.latent import decode_latents, principal_directions
 from animevae.model_files import BUILTIN, BUILTIN_DIR, ModelSet, builtin_available
 from animevae.outputs import file_digest
@@ -157,14 +156,14 @@ class Painter:
         assert models.decoder is not None, "a painter needs the decoder"
         self.models = models
         self.decoder = models.decoder
-        self.model_sha256 = file_digest(self.decoder.path)
-        self.classes = ClassInfo.from_metadata(self.decoder.metadata)
+        self.model_sha256 = models.info.digest
+        self.classes = models.info.classes
         self._samplers: dict[float, LatentSampler] = {}
 
     @cached_property
     def directions(self) -> np.ndarray:
         """(D, D) float64: each principal direction scaled by its standard deviation, largest first (as traverse)."""
-        values, vectors = principal_directions(self.models.prior)
+        values, vectors = principal_directions(self.models.info.mixture)
         return np.sqrt(values)[:, None] * vectors
 
     def sampler(self, temperature: float) -> LatentSampler:
@@ -172,7 +171,7 @@ class Painter:
         if temperature not in self._samplers:
             if len(self._samplers) >= SAMPLER_CACHE:  # each holds the whole mixture: keep a few temperatures only
                 self._samplers.clear()
-            self._samplers[temperature] = LatentSampler(self.decoder, self.models.sampler.prior, temperature)
+            self._samplers[temperature] = LatentSampler(self.models.info.mixture, self.models.prior, temperature)
         return self._samplers[temperature]
 
     def start_latent(self, recipe: Recipe) -> np.ndarray:

@@ -116,7 +116,7 @@ class Studio:
         for recipe in (start, end):
             self.painter.check_model(recipe)
         ends = self.painter.latent(start), self.painter.latent(end)
-        path, _ = interpolation_path(*ends, steps, self.models.prior.mean)
+        path, _ = interpolation_path(*ends, steps, self.models.info.mixture.mean)
         return self._latent_faces(path, "interpolation")
 
     def encode_upload(self, data: bytes) -> Face:

@@ -1,0 +1,200 @@
+"""The torch side's commands and its data: prepare, train, export, evaluate. train, export and evaluate
+import animevae.training inside the command, so the light install reaches them only to be told what to install."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from animevae.commands.shared import console, make_reporter, print_classes, rate, skipped_table
+from animevae.errors import ArgumentError, DataError
+from animevae.options import Device, Quiet, RunName, RunsDir, Seed
+from animevae.runs import DEFAULT_RUNS_DIR, HALF_DECODER, resolve_run
+
+
+def prepare(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Packed set to write (default: FOLDER.safetensors beside the folder).")] = None,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, max=1024, help="Side of the square images.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file that is not a set of ours.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Decode, square, resize and deduplicate a folder of images into a packed training set."""
+    from animevae.prepared_set import PreparedSet, check_prepare_target, count_images, manifest_path, prepare_set
+
+    started = time.perf_counter()
+    out = out or folder.resolve().with_name(f"{folder.resolve().name}.safetensors")
+    check_prepare_target(out, folder, overwrite)
+    reporter = make_reporter(quiet)
+    reporter.start(f"preparing {folder}", count_images(folder))
+
+    def show_skipped(prepared: PreparedSet) -> None:
+        reporter.stop()
+        if prepared.skipped:
+            skipped_table(f"skipped {len(prepared.skipped)} files", prepared.skipped)
+
+    try:
+        prepared = prepare_set(folder, image_size, out, on_file=reporter.advance, before_save=show_skipped)
+    finally:
+        reporter.stop()
+    console.print(f"kept {len(prepared.sources)}, duplicates {len(prepared.duplicates)}, "
+                  f"skipped {len(prepared.skipped)} in {time.perf_counter() - started:.1f}s")
+    console.print(f"labels: {prepared.layout}")
+    if prepared.labels is not None:
+        print_classes(prepared.labels.classes)
+    console.print(f"wrote {out} and {manifest_path(out)}")
+    console.print(f"next: animevae train {out}")
+
+
+def train(
+    data: Annotated[Path, typer.Argument(help="Folder of images, or a set written by `animevae prepare`.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: run, run-2, ...).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Passes over the data (default 10 unless --max-minutes).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", min=0.01, help="Wall-clock budget for the whole run (VAE, denoiser, prior, and the final evaluation).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (cosine decay).")] = 2e-3,
+    latent_dim: Annotated[int, typer.Option("--latent-dim", min=1, help="Size of the latent vector.")] = 128,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Side of the square training images.")] = 64,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
+    prior: Annotated[str, typer.Option(
+        "--prior", help="Latent prior to sample from: mixture (Gaussian mixture) or diffusion (prior.onnx).")] = "mixture",
+    adversarial_weight: Annotated[float, typer.Option(
+        "--adversarial-weight", min=0.0, help="Weight of the patch-discriminator loss on the decoder (0: off).")] = 0.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
+    quiet: Quiet = False,
+) -> None:
+    """Train a convolutional VAE and a blind denoiser on the same faces."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.training.train import train as train_run
+
+    if not data.exists():
+        raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
+    if prior not in ("mixture", "diffusion"):
+        raise ArgumentError(f"--prior must be mixture or diffusion (got {prior!r})", "pass --prior mixture")
+    channels = ModelConfig().channels
+    # One stride-2 level fewer until the size divides and the base grid keeps at least 4x4 pixels.
+    while len(channels) > 1 and (image_size % 2 ** len(channels) or image_size // 2 ** len(channels) < 4):
+        channels = channels[:-1]
+    model_config = ModelConfig(image_size=image_size, latent_dim=latent_dim, channels=channels, prior=prior)
+    try:
+        model_config.check()
+    except ValueError as error:
+        raise ArgumentError(str(error), "use an image size that is a multiple of 16, such as 64") from None
+    train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+                               denoiser_lr=lr, seed=seed, precision=precision, adversarial_weight=adversarial_weight)
+    if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
+        raise ArgumentError(f"--runs-dir {runs_dir} is inside the data folder {data}",
+                        "keep runs outside the images: their sample sheets would join the next preparation")
+    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, make_reporter(quiet))
+    if not result.is_main:
+        if result.interrupted:
+            raise typer.Exit(130)
+        return  # under torchrun, rank 0 reports
+    progress, metrics = result.progress, result.metrics
+    state = "interrupted; checkpoint saved" if result.interrupted else "finished"
+    console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
+                  f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
+                  f"{rate(result.images_per_s)} images/s")
+    if "val_psnr" in metrics:  # absent when the set is too small to hold images out
+        console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
+                      f"{metrics['denoise_psnr_25']:.2f} dB (noisy input {metrics['noisy_psnr_25']:.2f} dB)")
+    console.print(f"wrote {result.run_dir}/ (config.json, last.safetensors, metrics.jsonl, samples/)")
+    if result.interrupted:
+        console.print(f"next: animevae train {data} --resume --name {result.run_dir.name}")
+        raise typer.Exit(130)  # not 0: `train && export` must not export a half-trained model
+    else:
+        console.print(f"next: animevae export --onnx --run {result.run_dir.name}")
+
+
+def export(
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    half: Annotated[bool, typer.Option("--half", help="Also an fp16 decoder for CUDA (refused without CUDA).")] = False,
+    run: RunName = None,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
+) -> None:
+    """Export a run's encoder, decoder and denoiser to ONNX, checked against PyTorch."""
+    from animevae.training.export import MAX_ABS_DIFF, export_run
+
+    if not onnx:
+        raise ArgumentError("choose a format", "pass --onnx")
+    started = time.perf_counter()
+    run_dir = resolve_run(runs_dir, run)
+    report = export_run(run_dir, half=half)
+    for role, diff in report.max_abs_diff.items():
+        if role == "decoder_fp16":
+            console.print(f"{HALF_DECODER}: max abs difference from the fp32 decoder on CUDA {diff:.2e}")
+        else:
+            console.print(f"{role}.onnx: max abs difference from PyTorch {diff:.2e} (limit {MAX_ABS_DIFF:.0e})")
+    console.print(f"wrote {report.folder}/ in {time.perf_counter() - started:.1f}s")
+    console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
+
+
+def evaluate(
+    data: Annotated[Path, typer.Argument(help="The run's data (folder or prepared set); its held-out split is scored.")],
+    run: RunName = None,
+    samples: Annotated[int, typer.Option("--samples", min=10, help="Samples drawn for the sample metrics.")] = 1000,
+    classifier_images: Annotated[int, typer.Option(
+        "--classifier-images", min=2, help="Training images per class for the real-vs-generated classifier.")] = 1000,
+    class_samples: Annotated[int, typer.Option(
+        "--class-samples", min=2, help="Labelled runs: samples per class for fidelity, CAS and augmentation gain.")] = 300,
+    few_real: Annotated[int, typer.Option(
+        "--few-real", min=1, help="Labelled runs: real images per class that the augmentation gain starts from.")] = 20,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
+) -> None:
+    """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
+    from animevae.training.evaluate import REPORT_NAME, evaluate_run
+
+    run_dir = resolve_run(runs_dir, run)
+    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images, class_samples, few_real)
+    table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("reconstruction PSNR / SSIM", f"{report.recon_psnr:.2f} dB / {report.recon_ssim:.3f}")
+    for sigma, value in report.denoise_psnr.items():
+        label = "clean input" if sigma == "0" else f"sigma {sigma}" if sigma.isdigit() else f"JPEG quality {sigma[4:]}"
+        effect = "changed" if sigma == "0" else "made worse"
+        table.add_row(f"denoise PSNR, {label} (images {effect})", f"{value:.2f} dB (input "
+                      f"{report.noisy_psnr[sigma]:.2f}; {report.denoise_made_worse[sigma]}/{report.held_out})")
+    unmeasured = f"not measurable ({report.held_out} held-out image; needs 2)"
+    table.add_row("sample diversity (vs held-out)",
+                  unmeasured if report.sample_diversity is None else f"{report.sample_diversity:.3f}")
+    table.add_row("samples copying a training image", f"{100 * report.copy_rate:.2f}%")
+    table.add_row("nearest-training distance, samples / held-out",
+                  f"{report.nn_distance_samples_median:.4f} / {report.nn_distance_held_out_median:.4f}")
+    for label, accuracy, auc in (("samples", report.realism_samples_accuracy, report.realism_samples_auc),
+                                 ("reconstructions", report.realism_recon_accuracy, report.realism_recon_auc)):
+        table.add_row(f"real-vs-generated classifier, {label}: accuracy / AUC",
+                      unmeasured if accuracy is None else f"{accuracy:.3f} / {auc:.3f}")
+    table.add_row("samples drawn from", report.latents)
+    for style, share in report.style_share_train.items():
+        table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")
+    for style, accuracy in report.realism_recon_by_style.items():
+        on_samples = report.realism_samples_by_style.get(style)
+        table.add_row(f"style {style}: classifier accuracy, samples / reconstructions",
+                      f"{'-' if on_samples is None else f'{on_samples:.3f}'} / {accuracy:.3f}")
+    if report.classes is not None:
+        _class_rows(table, report.classes)
+    console.print(table)
+    console.print(f"wrote {run_dir / REPORT_NAME} in {report.seconds:.0f}s")
+
+
+def _class_rows(table: Table, classes: Any) -> None:
+    """The labelled run's rows: fidelity, CAS and augmentation gain, overall and per class."""
+    per = f"{classes.samples_per_class} samples per class"
+    table.add_row(f"class fidelity ({per}; classifier on real images: {classes.fidelity_classifier_held_out:.3f} "
+                  f"held-out accuracy)", f"{classes.fidelity_overall:.3f}")
+    for name in classes.names:
+        table.add_row(f"  class {name}: fidelity / CAS / {classes.few_real} real -> + samples",
+                      f"{classes.fidelity.get(name, 0.0):.3f} / {classes.cas_per_class.get(name, 0.0):.3f} / "
+                      f"{classes.augmentation_without_per_class.get(name, 0.0):.3f} -> "
+                      f"{classes.augmentation_with_per_class.get(name, 0.0):.3f}")
+    table.add_row("classification accuracy score (trained on samples only)", f"{classes.cas:.3f}")
+    table.add_row(f"accuracy from {classes.few_real} real per class, without -> with samples",
+                  f"{classes.augmentation_without:.3f} -> {classes.augmentation_with:.3f}")
