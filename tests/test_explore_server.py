@@ -14,7 +14,7 @@ import numpy as np
 
 from animevae.cli import app
 from animevae.explore.recipe import Painter, recipe_from_dict
-from animevae.explore.server import ExploreServer, allowed_hosts
+from animevae.explore.server import MAX_JSON_BYTES, ExploreServer, allowed_hosts
 from animevae.explore.studio import MAX_UPLOAD_BYTES, Studio
 from animevae.model_files import ModelSet
 from explore_fixtures import BUILTIN, call, error_of, huge_png_header, models, png_bytes, server  # noqa: F401
@@ -45,6 +45,21 @@ def test_an_oversized_upload_is_refused_before_it_is_read(server: ExploreServer)
     response = connection.getresponse()
     assert response.status == 413 and "at most" in json.loads(response.read())["error"]
     connection.close()
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_a_content_length_of_thousands_of_digits_is_too_large_not_a_bug(server: ExploreServer) -> None:
+    for path, what in (("/api/upload", "the uploaded file"), ("/api/grid", "the request")):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.putrequest("POST", path, skip_host=True)
+        connection.putheader("Host", f"127.0.0.1:{server.port}")
+        connection.putheader("Content-Length", "9" * 5000)  # past int()'s 4,300 digits
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413, path
+        assert json.loads(response.read())["error"] == f"{what} is a 5,000-digit number of bytes (at most " \
+            f"{MAX_UPLOAD_BYTES if what == 'the uploaded file' else MAX_JSON_BYTES:,})"
+        connection.close()
     assert call(server, "GET", "/api/info")[0] == 200
 
 

@@ -182,8 +182,10 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
             length = self.headers.get("Content-Length", "")
             if not length.isascii() or not length.isdigit():
                 raise Refused(HTTPStatus.LENGTH_REQUIRED, f"{what} came without a Content-Length", "reload the page")
-            if int(length) > cap:
-                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{what} is {int(length):,} bytes (at most {cap:,})",
+            length = length.lstrip("0") or "0"
+            if len(length) > len(str(cap)) or int(length) > cap:  # int() refuses more than 4,300 digits
+                size = f"{int(length):,} bytes" if len(length) <= 20 else f"a {len(length):,}-digit number of bytes"
+                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{what} is {size} (at most {cap:,})",
                               "upload a smaller image" if cap == MAX_UPLOAD_BYTES else "reload the page")
             return self.rfile.read(int(length))
 
