@@ -94,6 +94,17 @@ def test_save_names_are_plain_and_saves_stay_under_out(server: ExploreServer, tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["first.json", "first.png"]
 
 
+def test_a_latent_past_float32_is_refused_not_saved_as_infinity(server: ExploreServer, tmp_path: Path) -> None:
+    sha = json.loads(call(server, "GET", "/api/info")[1])["model_sha256"]
+    latent = [0.0] * json.loads(call(server, "GET", "/api/info")[1])["latent_dim"]
+    latent[3] = 1e39  # a finite JSON number that float32 holds only as infinity
+    recipe = {"animevae_recipe": 1, "model_sha256": sha, "start": {"latent": latent}}
+    for path in ("/api/save", "/api/render"):
+        answer = call(server, "POST", path, {"recipe": recipe, "name": "huge"})
+        assert answer[0] == 400 and "start.latent holds 1e+39, past the largest float32" in error_of(answer), answer
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_paths_and_malformed_requests_are_clear(server: ExploreServer) -> None:
     for path in ("/../../etc/passwd", "/static/../server.py", "/index.html"):
         answer = call(server, "GET", path)

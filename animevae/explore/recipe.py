@@ -101,7 +101,13 @@ def recipe_from_dict(data: Any) -> Recipe:
         values = start["latent"]
         if not isinstance(values, list) or not 0 < len(values) <= 65536:
             raise DataError("recipe: start.latent must be a list of numbers", _HINT)
-        latent = tuple(float(np.float32(_number(v, "start.latent"))) for v in values)
+        numbers = np.array([_number(v, "start.latent") for v in values])  # (D,) float64
+        with np.errstate(over="ignore"):
+            latent32 = numbers.astype(np.float32)
+        if not np.isfinite(latent32).all():  # saved as Infinity, which no recipe file may hold
+            raise DataError(f"recipe: start.latent holds {numbers[~np.isfinite(latent32)][0]:g}, past the largest "
+                            "float32", _HINT)
+        latent = tuple(float(v) for v in latent32)
         return Recipe(sha, latent=latent, origin=origin, moves=parsed)
     seed = _integer(start.get("seed"), "start.seed")
     temperature = _number(start.get("temperature", 1.0), "start.temperature")
