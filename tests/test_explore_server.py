@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -60,6 +61,23 @@ def test_a_content_length_of_thousands_of_digits_is_too_large_not_a_bug(server: 
         assert json.loads(response.read())["error"] == f"{what} is a 5,000-digit number of bytes (at most " \
             f"{MAX_UPLOAD_BYTES if what == 'the uploaded file' else MAX_JSON_BYTES:,})"
         connection.close()
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
+def test_a_tab_closed_mid_request_leaves_no_traceback(server: ExploreServer, monkeypatch, capsys) -> None:
+    handled = threading.Event()
+    finish = server.shutdown_request
+
+    def finished(request: Any) -> None:  # called once the connection's handler has returned (or failed)
+        finish(request)
+        handled.set()
+
+    monkeypatch.setattr(server, "shutdown_request", finished)
+    head = f"POST /api/grid HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as gone:
+        gone.sendall(head.encode() + b'{"seed": 1')  # then the tab closes, 90 bytes short
+    assert handled.wait(timeout=30)
+    assert "Traceback" not in capsys.readouterr().err
     assert call(server, "GET", "/api/info")[0] == 200
 
 

@@ -215,14 +215,17 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 body, kind = _json({"error": f"internal error: {type(error).__name__}: {error}".splitlines()[0][:300],
                                     "hint": "report it, with the steps that led here"})
                 status = HTTPStatus.INTERNAL_SERVER_ERROR
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
+                self.end_headers()
+                self.wfile.write(body)
+            except ConnectionError:  # the tab closed before its answer: a traceback here would alarm for nothing
+                self.close_connection = True
 
     return Handler
 
