@@ -81,6 +81,23 @@ def test_a_tab_closed_mid_request_leaves_no_traceback(server: ExploreServer, mon
     assert call(server, "GET", "/api/info")[0] == 200
 
 
+def test_stalled_connections_block_no_one_and_are_closed(server: ExploreServer, monkeypatch) -> None:
+    assert 0 < server.RequestHandlerClass.timeout <= 120  # a stalled connection must not hold its thread forever
+    monkeypatch.setattr(server.RequestHandlerClass, "timeout", 1.0)
+    head = f"POST /api/grid HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n\r\n"
+    stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+    stalled[0].sendall(b"GET / HTTP/1.1\r\n")  # headers that never end
+    stalled[1].sendall(head.encode() + b'{"seed": 1')  # a body that never ends
+    try:
+        assert call(server, "POST", "/api/grid", {"seed": 0, "count": 1})[0] == 200  # other tabs go on
+        assert stalled[0].recv(1000) == b""  # closed once silent for the timeout
+        answer = stalled[1].recv(1000)
+        assert answer.startswith(b"HTTP/1.1 408") and b"the request stopped arriving" in answer, answer
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
 def test_foreign_host_and_origin_are_refused(server: ExploreServer) -> None:
     for host in ("evil.example:80", f"evil.example:{server.port}", "127.0.0.1", f"127.0.0.2:{server.port}", ""):
         answer = call(server, "GET", "/", headers={"Host": host})

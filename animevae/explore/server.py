@@ -4,7 +4,7 @@ Safety, because any web page the artist opens can make their browser send reques
 - the Host header must name this server (127.0.0.1, localhost or [::1] and the port; with --host, that host too),
   which defeats DNS rebinding; a request with a foreign Origin is refused too (no cross-site writes);
 - bodies are capped before they are read (uploads MAX_UPLOAD_BYTES, JSON MAX_JSON_BYTES), images are capped in
-  pixels before they are decoded (data.decode_rgb);
+  pixels before they are decoded (data.decode_rgb); a connection silent for SOCKET_TIMEOUT_S is closed;
 - the only files read are the page's own three (a fixed table, never a path from the request), and saves go to
   --out under a checked plain name (studio.check_save_name).
 Every refusal is a JSON {"error", "hint"} with a 4xx status; a bug is a 500 with one line; the server keeps serving.
@@ -27,6 +27,9 @@ from animevae.explore.recipe import recipe_from_dict
 from animevae.explore.studio import MAX_UPLOAD_BYTES, Face, Studio
 
 MAX_JSON_BYTES = 2 * 1024 * 1024  # a request holds a few recipes of one latent each
+# Seconds a connection may stay silent (idle between requests, or stalled mid-request) before it is closed, so
+# stalled clients do not pile up threads; a browser opens a new connection for its next request.
+SOCKET_TIMEOUT_S = 60.0
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 WILDCARDS = ("0.0.0.0", "::", "")
 # The page's files: the only paths this server reads, whatever the request names.
@@ -145,6 +148,7 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
         # Headers and body leave in two writes: with Nagle on, the body waits for the client's delayed ACK
         # (on Linux up to 40 ms by default), longer than a whole render.
         disable_nagle_algorithm = True
+        timeout = SOCKET_TIMEOUT_S
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             pass  # one line per slider move would drown the address and the errors
@@ -187,7 +191,10 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 size = f"{int(length):,} bytes" if len(length) <= 20 else f"a {len(length):,}-digit number of bytes"
                 raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{what} is {size} (at most {cap:,})",
                               "upload a smaller image" if cap == MAX_UPLOAD_BYTES else "reload the page")
-            return self.rfile.read(int(length))
+            try:
+                return self.rfile.read(int(length))
+            except TimeoutError:
+                raise Refused(HTTPStatus.REQUEST_TIMEOUT, f"{what} stopped arriving", "reload the page") from None
 
         def _check_caller(self) -> None:
             host = self.headers.get("Host", "")
@@ -224,7 +231,7 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
                 self.end_headers()
                 self.wfile.write(body)
-            except ConnectionError:  # the tab closed before its answer: a traceback here would alarm for nothing
+            except (ConnectionError, TimeoutError):  # the tab closed (or stopped reading) before its answer
                 self.close_connection = True
 
     return Handler
