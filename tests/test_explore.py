@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -215,6 +216,25 @@ def test_render_finds_the_model_that_saved_the_recipe(labelled_run, models: Mode
     (tmp_path / "other.json").write_text(Recipe("0" * 64, seed=1).to_json())
     done = runner.invoke(app, ["render", str(tmp_path / "other.json"), "--out", str(tmp_path / "o.png"), *runs])
     assert done.exit_code == 1 and "saved with another model" in done.output
+
+
+@pytest.mark.slow
+def test_render_refuses_a_seed_drawn_through_another_latent_prior(trained_run, tmp_path: Path, runner) -> None:
+    # A copy of the export without its prior.onnx has the same decoder, and samples seeds from the mixture instead.
+    with_prior, without = tmp_path / "with", tmp_path / "without"
+    shutil.copytree(trained_run.export_dir, with_prior)
+    shutil.copytree(trained_run.export_dir, without, ignore=shutil.ignore_patterns("prior.onnx"))
+    studio = Studio(open_models(tmp_path, None, str(with_prior), ("decoder",), "cpu"), tmp_path / "out")
+    drawn = studio.grid(2, 1.0, 1)[0].recipe
+    studio.save(drawn, "drawn")
+    studio.save(Recipe(drawn.model_sha256, latent=tuple(float(v) for v in studio.painter.latent(drawn))), "given")
+    for name, model, code in (("drawn", with_prior, 0), ("given", without, 0), ("drawn", without, 1)):
+        done = runner.invoke(app, ["render", str(tmp_path / "out" / f"{name}.json"), "--out", str(tmp_path / "r.png"),
+                                   "--overwrite", "--model", str(model), "--device", "cpu"])
+        assert done.exit_code == code, done.output
+        if code == 0:  # a given latent needs no prior
+            assert (tmp_path / "r.png").read_bytes() == (tmp_path / "out" / f"{name}.png").read_bytes()
+    assert "drawn through another latent prior" in done.output and "hint:" in done.output
 
 
 # ------------------------------------------------------------------ the command

@@ -90,7 +90,7 @@ class Studio:
         check_seed(seed)
         check_temperature(temperature)
         check_count(count, "count")
-        recipes = [Recipe(self.painter.model_sha256, seed, i, temperature, class_name) for i in range(count)]
+        recipes = [self.painter.draw_recipe(seed, i, temperature, class_name) for i in range(count)]
         return self._faces(recipes, np.stack([self.painter.start_latent(r) for r in recipes]))
 
     def render(self, recipe: Recipe) -> bytes:
