@@ -140,6 +140,14 @@ def test_a_latent_past_float32_is_refused_not_saved_as_infinity(server: ExploreS
     assert not (tmp_path / "out").exists()
 
 
+def test_a_save_the_disk_refuses_is_a_clear_error(server: ExploreServer, tmp_path: Path) -> None:
+    recipe = json.loads(call(server, "POST", "/api/grid", {"seed": 1, "count": 1})[1])["faces"][0]["recipe"]
+    (tmp_path / "out").write_text("a file where the --out folder should be")
+    answer = call(server, "POST", "/api/save", {"recipe": recipe, "name": "face"})
+    assert answer[0] == 400 and error_of(answer).startswith(f"cannot save into {tmp_path / 'out'}: "), answer
+    assert call(server, "GET", "/api/info")[0] == 200
+
+
 def test_unknown_paths_and_malformed_requests_are_clear(server: ExploreServer) -> None:
     for path in ("/../../etc/passwd", "/static/../server.py", "/index.html"):
         answer = call(server, "GET", path)

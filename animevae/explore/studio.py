@@ -148,10 +148,14 @@ class Studio:
             taken = [p.name for p in paths if p.exists() or p.is_symlink()]
             if taken:
                 raise OutputError(f"{taken[0]} already exists in {self.out}", "pick another name: saves never overwrite")
-            self.out.mkdir(parents=True, exist_ok=True)
-            for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
-                write_bytes_atomic(png_path, png)
-                write_bytes_atomic(json_path, recipe.to_json().encode())
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
+                    write_bytes_atomic(png_path, png)
+                    write_bytes_atomic(json_path, recipe.to_json().encode())
+            except OSError as error:  # a full disk, a folder made read-only or replaced by a file since the start
+                raise OutputError(f"cannot save into {self.out}: {error.strerror or error}",
+                                  "free some space or fix the folder, or restart explore with another --out") from None
         return paths
 
     def _encoder(self, what: str) -> OnnxModel:
