@@ -110,6 +110,21 @@ def test_foreign_host_and_origin_are_refused(server: ExploreServer) -> None:
                 {"Origin": f"http://127.0.0.1:{server.port}"})[0] == 200
 
 
+def test_no_foreign_page_can_save_or_upload(server: ExploreServer, tmp_path: Path) -> None:
+    recipe = json.loads(call(server, "POST", "/api/grid", {"seed": 1, "count": 1})[1])["faces"][0]["recipe"]
+    save = json.dumps({"recipe": recipe, "name": "forged"}).encode()
+    upload = png_bytes(blob_image(np.random.default_rng(0), 64, 64))
+    # "null": a sandboxed iframe or a file:// page; a rebinding name with this port; a simple text/plain form post
+    for origin in ("null", f"http://evil.example:{server.port}", "http://evil.example"):
+        for path, body in (("/api/save", save), ("/api/upload", upload)):
+            answer = call(server, "POST", path, body, {"Origin": origin, "Content-Type": "text/plain"})
+            assert answer[0] == 403 and "are refused" in error_of(answer), (origin, path)
+    for host in (f"evil.example:{server.port}", f"127.0.0.1.evil.example:{server.port}"):
+        answer = call(server, "POST", "/api/save", save, {"Host": host})
+        assert answer[0] == 403 and "is not this server's address" in error_of(answer), host
+    assert not (tmp_path / "out").exists()
+
+
 def test_allowed_hosts_with_host_option() -> None:
     assert allowed_hosts("127.0.0.1", 8765) == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
     assert "192.168.1.5:9000" in allowed_hosts("192.168.1.5", 9000)
