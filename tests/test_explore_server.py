@@ -25,7 +25,8 @@ from helpers import blob_image
 def test_bad_uploads_get_clear_messages_and_the_server_keeps_serving(server: ExploreServer) -> None:
     truncated = png_bytes(blob_image(np.random.default_rng(0), 64, 64))
     cases = {
-        b"just some text": "not an image Pillow can read",
+        b"just some text": "not an image the page takes (PNG, JPEG, WebP, GIF or BMP)",
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n": "not an image the page takes",  # no Ghostscript run
         huge_png_header(20_000, 20_000): "refused as a decompression bomb: Image size (400000000 pixels)",
         huge_png_header(7_000, 7_000): "image claims 7000x7000 pixels",
         truncated[: len(truncated) // 2]: "broken image",

@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from animevae.augment import posterior_draws
 from animevae.data import decode_rgb, square_resize
@@ -26,6 +28,9 @@ from animevae.runtime import OnnxModel
 from animevae.sampling import check_seed, check_temperature
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # far above any face picture; refused before a byte is decoded
+# The decoders an upload may reach. Not every format Pillow opens: its EPS plugin runs Ghostscript on the file,
+# and with --host the file can come from anyone on the network.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 MAX_STRIP = 32  # faces in one grid, variation or interpolation strip
 SLIDERS = 8  # principal directions shown as sliders (fewer when the latent is smaller)
 # A save name is a plain file stem: no folder, no dot, nothing a shell or a file system reads specially.
@@ -55,6 +60,19 @@ def check_save_name(name: str) -> str:
     if not SAVE_NAME.fullmatch(name) or name.upper() in _DEVICE_NAMES:
         raise ArgumentError(f"save name {name[:80]!r} is refused", _NAME_HINT)
     return name
+
+
+def _check_upload_format(data: bytes) -> None:
+    """DataError unless Pillow identifies `data` as one of UPLOAD_FORMATS (from its header; nothing is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS).close()
+    except Image.UnidentifiedImageError:
+        raise DataError("the uploaded file: not an image the page takes (PNG, JPEG, WebP, GIF or BMP)",
+                        "upload a PNG, JPEG or WebP picture of a face") from None
+    except Exception:  # noqa: BLE001 - one of those formats but broken or huge: decode_rgb says how
+        pass
 
 
 class Studio:
@@ -124,6 +142,7 @@ class Studio:
         encoder = self._encoder("uploads")
         if len(data) > MAX_UPLOAD_BYTES:
             raise DataError(f"the file is {len(data):,} bytes (at most {MAX_UPLOAD_BYTES:,})", "upload a smaller image")
+        _check_upload_format(data)
         # decode_rgb's own checks (pixel cap before decoding, truncated files, not an image), on the bytes in memory.
         try:
             pixels = square_resize(decode_rgb(io.BytesIO(data)), self.models.image_size)  # type: ignore[arg-type]
