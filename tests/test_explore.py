@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from functools import partialmethod
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,21 @@ def test_browser_class_picker_on_a_labelled_model(browser: Browser, labelled_run
 
 
 # ------------------------------------------------------------------ recipes and render
+
+
+def test_a_browser_that_never_listens_is_stopped(tmp_path: Path, monkeypatch) -> None:
+    import browser as driver
+
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")  # starts, never opens its DevTools port
+    fake.chmod(0o755)
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(driver.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(driver.Browser, "_devtools_port", partialmethod(driver.Browser._devtools_port, timeout=0.5))
+    with pytest.raises(driver.BrowserError, match="did not open its DevTools port"):
+        driver.Browser(str(fake))
+    assert started[0].poll() is not None  # stopped, not left running after the test session
 
 
 def test_render_refuses_another_models_recipe_and_malformed_files(runner, tmp_path: Path, models: ModelSet) -> None:
