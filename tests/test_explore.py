@@ -164,9 +164,13 @@ def test_a_browser_that_never_listens_is_stopped(tmp_path: Path, monkeypatch) ->
     popen = subprocess.Popen
     monkeypatch.setattr(driver.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
     monkeypatch.setattr(driver.Browser, "_devtools_port", partialmethod(driver.Browser._devtools_port, timeout=0.5))
-    with pytest.raises(driver.BrowserError, match="did not open its DevTools port"):
-        driver.Browser(str(fake))
-    assert started[0].poll() is not None  # stopped, not left running after the test session
+    try:
+        with pytest.raises(driver.BrowserError, match="did not open its DevTools port"):
+            driver.Browser(str(fake))
+        assert started[0].poll() is not None  # stopped, not left running after the test session
+    finally:
+        started[0].kill()  # when the driver is broken, this test must not leak the process either
+        started[0].wait()
 
 
 def test_render_refuses_another_models_recipe_and_malformed_files(runner, tmp_path: Path, models: ModelSet) -> None:
