@@ -180,7 +180,9 @@ def test_render_refuses_another_models_recipe_and_malformed_files(runner, tmp_pa
     assert done.exit_code == 1 and "saved with another model" in done.output and "hint: pass the model" in done.output
     for text, expected in [("{", "is not JSON"), ('{"a": 1}', "not an animevae recipe"),
                            (json.dumps({**Recipe(Painter(models).model_sha256, seed=1).to_dict(),
-                                        "moves": [{"direction": 0, "amount": 1e9}]}), "at most 10")]:
+                                        "moves": [{"direction": 0, "amount": 1e9}]}), "at most 10"),
+                           (json.dumps({**Recipe(Painter(models).model_sha256, seed=1).to_dict(),  # past any float
+                                        "moves": [{"direction": 0, "amount": 10**400}]}), "must be a finite number")]:
         (tmp_path / "bad.json").write_text(text)
         done = runner.invoke(app, ["render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.png"), *BUILTIN])
         assert done.exit_code == 1 and expected in done.output and "Traceback" not in done.output, done.output

@@ -171,6 +171,7 @@ def test_unknown_paths_and_malformed_requests_are_clear(server: ExploreServer) -
     cases = [("/api/grid", b"{not json", "not JSON"), ("/api/grid", b"[1]", "not a JSON object"),
              ("/api/grid", b'{"seed": -1}', "--seed must be 0 or more"),
              ("/api/grid", b'{"seed": "x"}', "'seed' must be a int"),
+             ("/api/grid", b'{"seed": 1, "temperature": 1' + b"0" * 400 + b"}", "--temperature must be in (0, 2]"),
              ("/api/render", b'{"recipe": {"animevae_recipe": 1}}', "model_sha256"),
              ("/api/nothing", b"{}", "no action at")]
     for path, body, expected in cases:

@@ -80,9 +80,13 @@ class Recipe:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = math.nan if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:  # an integer of hundreds of digits: past any float
+        number = math.inf
+    if not math.isfinite(number):
         raise DataError(f"recipe: {what} must be a finite number (got {str(value)[:40]!r})", _HINT)
-    return float(value)
+    return number
 
 
 def _integer(value: Any, what: str) -> int:

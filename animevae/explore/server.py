@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
@@ -76,7 +77,7 @@ def face_json(face: Face) -> dict[str, Any]:
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
     value = body.get(name, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1000 else math.inf  # float() raises OverflowError past 1e308
     if value is None and default is None and kind is not str:
         raise ArgumentError(f"the request has no {name!r}", "reload the page")
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
