@@ -168,14 +168,22 @@ def test_unknown_paths_and_malformed_requests_are_clear(server: ExploreServer) -
     for path in ("/../../etc/passwd", "/static/../server.py", "/index.html"):
         answer = call(server, "GET", path)
         assert answer[0] == 404 and "no page at" in error_of(answer)
+    recipe = json.dumps(json.loads(call(server, "POST", "/api/grid", {"seed": 1, "count": 1})[1])["faces"][0]["recipe"])
     cases = [("/api/grid", b"{not json", "not JSON"), ("/api/grid", b"[1]", "not a JSON object"),
              ("/api/grid", b'{"seed": -1}', "--seed must be 0 or more"),
              ("/api/grid", b'{"seed": "x"}', "'seed' must be a int"),
              ("/api/grid", b'{"seed": 1, "temperature": 1' + b"0" * 400 + b"}", "--temperature must be in (0, 2]"),
+             ("/api/grid", b'{"seed": null}', "the request has no 'seed'"),
+             ("/api/grid", b'{"seed": 1, "count": null, "temperature": null}', ""),  # the defaults: a 200
+             ("/api/save", b'{"recipe": null, "name": null}', "not an animevae recipe"),
+             ("/api/save", b'{"recipe": %s, "name": null}' % recipe.encode(), "save name '' is refused"),
              ("/api/render", b'{"recipe": {"animevae_recipe": 1}}', "model_sha256"),
              ("/api/nothing", b"{}", "no action at")]
     for path, body, expected in cases:
         answer = call(server, "POST", path, body, {"Content-Type": "application/json"})
+        if not expected:
+            assert answer[0] == 200, (path, body)
+            continue
         assert answer[0] in (400, 404) and expected in error_of(answer), (path, answer)
     assert call(server, "GET", "/api/info")[0] == 200
 

@@ -75,7 +75,8 @@ def face_json(face: Face) -> dict[str, Any]:
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = body.get(name, default)
+    value = body.get(name)
+    value = default if value is None else value  # a JSON null is a field left out, not a value to compute with
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if abs(value) < 2**1000 else math.inf  # float() raises OverflowError past 1e308
     if value is None and default is None and kind is not str:
