@@ -15,7 +15,7 @@ import numpy as np
 
 from animevae.cli import app
 from animevae.explore.recipe import Painter, recipe_from_dict
-from animevae.explore.server import MAX_JSON_BYTES, ExploreServer, allowed_hosts
+from animevae.explore.server import MAX_JSON_BYTES, ExploreServer, allowed_hosts, start_server
 from animevae.explore.studio import MAX_UPLOAD_BYTES, Studio
 from animevae.model_files import ModelSet
 from explore_fixtures import BUILTIN, call, error_of, huge_png_header, models, png_bytes, server  # noqa: F401
@@ -124,6 +124,23 @@ def test_no_foreign_page_can_save_or_upload(server: ExploreServer, tmp_path: Pat
         answer = call(server, "POST", "/api/save", save, {"Host": host})
         assert answer[0] == 403 and "is not this server's address" in error_of(answer), host
     assert not (tmp_path / "out").exists()
+
+
+def test_a_wildcard_host_answers_on_every_address_it_listens_on(models: ModelSet, tmp_path: Path) -> None:
+    # --host 0.0.0.0 is for other machines, which name this one by an address (here 127.0.0.2, on the loopback
+    # so the test needs no network) that no lookup of the host name need list; a domain name is still refused.
+    served = start_server(Studio(models, tmp_path / "out"), models.origin, "0.0.0.0", 0)
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        for host, status in ((f"127.0.0.2:{served.port}", 200), (f"evil.example:{served.port}", 403)):
+            connection = http.client.HTTPConnection("127.0.0.2", served.port, timeout=30)
+            connection.request("POST", "/api/grid", body=json.dumps({"seed": 0, "count": 1}),
+                               headers={"Host": host, "Origin": f"http://{host}"})
+            assert connection.getresponse().status == status, host
+            connection.close()
+    finally:
+        served.shutdown()
+        served.server_close()
 
 
 def test_allowed_hosts_with_host_option() -> None:

@@ -58,6 +58,15 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
     return frozenset(hosts | (names if port == 80 else set()))
 
 
+def address_hosts(address: str, port: int) -> frozenset[str]:
+    """The Host header values that name an IP address of this machine (a socket's local address) with the port."""
+    address = address.split("%")[0]  # an IPv6 scope (fe80::1%eth0) is not part of a Host header
+    if address.startswith("::ffff:") and "." in address:  # IPv4 reaching a dual-stack socket
+        address = address.removeprefix("::ffff:")
+    name = f"[{address}]" if ":" in address else address
+    return frozenset({f"{name}:{port}", *([name] if port == 80 else [])})
+
+
 def _machine_names() -> set[str]:
     hostname = socket.gethostname()
     names = {hostname, socket.getfqdn()}
@@ -199,12 +208,15 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 raise Refused(HTTPStatus.REQUEST_TIMEOUT, f"{what} stopped arriving", "reload the page") from None
 
         def _check_caller(self) -> None:
+            # The address the request arrived on names this server too: a wildcard --host listens on addresses that
+            # no lookup of the host name need list. A rebinding page's Host is its own domain name, never this.
+            here = hosts | address_hosts(self.connection.getsockname()[0], self.server.server_address[1])
             host = self.headers.get("Host", "")
-            if host.lower() not in hosts:
+            if host.lower() not in here:
                 raise Refused(HTTPStatus.FORBIDDEN, f"Host {host[:80]!r} is not this server's address",
                               f"open http://127.0.0.1:{self.server.server_address[1]}/ in the browser")
             origin = self.headers.get("Origin")
-            if origin is not None and urlsplit(origin).netloc.lower() not in hosts:
+            if origin is not None and urlsplit(origin).netloc.lower() not in here:
                 raise Refused(HTTPStatus.FORBIDDEN, f"requests from {origin[:80]!r} are refused",
                               "use the page this server serves")
 
