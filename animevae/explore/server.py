@@ -1,8 +1,8 @@
 """The explore page's HTTP server: the standard library's ThreadingHTTPServer over a Studio.
 
 Safety, because any web page the artist opens can make their browser send requests here:
-- the Host header must name this server (127.0.0.1, localhost or [::1] and the port; with --host, that host too),
-  which defeats DNS rebinding; a request with a foreign Origin is refused too (no cross-site writes);
+- the Host header must name this server (127.0.0.1, localhost or [::1] and the port; with --host, that host too;
+  or the IP address the request arrived on), which defeats DNS rebinding; a request with a foreign Origin is refused too (no cross-site writes);
 - bodies are capped before they are read (uploads MAX_UPLOAD_BYTES, JSON MAX_JSON_BYTES), images are capped in
   pixels before they are decoded (data.decode_rgb); a connection silent for SOCKET_TIMEOUT_S is closed;
 - the only files read are the page's own three (a fixed table, never a path from the request), and saves go to
