@@ -143,6 +143,15 @@ def test_a_wildcard_host_answers_on_every_address_it_listens_on(models: ModelSet
         served.server_close()
 
 
+def test_no_other_site_may_frame_the_page(server: ExploreServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", "/", headers={"Host": f"127.0.0.1:{server.port}"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status == 200 and "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
 def test_allowed_hosts_with_host_option() -> None:
     assert allowed_hosts("127.0.0.1", 8765) == {"127.0.0.1:8765", "localhost:8765", "[::1]:8765"}
     assert "192.168.1.5:9000" in allowed_hosts("192.168.1.5", 9000)

@@ -242,7 +242,9 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("X-Content-Type-Options", "nosniff")
-                self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
+                # frame-ancestors: no other site may frame the page and steer the artist's clicks (clickjacking).
+                self.send_header("Content-Security-Policy",
+                                 "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'")
                 self.end_headers()
                 self.wfile.write(body)
             except (ConnectionError, TimeoutError):  # the tab closed (or stopped reading) before its answer
