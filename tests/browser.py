@@ -111,10 +111,14 @@ class Browser(Tab):
              "--disable-backgrounding-occluded-windows", "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.port = self._devtools_port()
-        targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10).read())
-        super().__init__(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         self.tabs: list[Tab] = []
+        try:
+            self.port = self._devtools_port()
+            targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=10).read())
+            super().__init__(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
+        except BaseException:  # no test will close a browser it never got: stop it here, not after the session
+            self._stop()
+            raise
 
     def new_tab(self) -> Tab:
         """Another tab of this browser (closed with it)."""
@@ -140,10 +144,13 @@ class Browser(Tab):
             for tab in [*self.tabs, self]:
                 tab.socket.close()
         finally:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            shutil.rmtree(self.profile, ignore_errors=True)
+            self._stop()
+
+    def _stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from functools import partialmethod
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,25 @@ def test_browser_class_picker_on_a_labelled_model(browser: Browser, labelled_run
 # ------------------------------------------------------------------ recipes and render
 
 
+def test_a_browser_that_never_listens_is_stopped(tmp_path: Path, monkeypatch) -> None:
+    import browser as driver
+
+    fake = tmp_path / "chromium"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")  # starts, never opens its DevTools port
+    fake.chmod(0o755)
+    started: list[subprocess.Popen] = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(driver.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(driver.Browser, "_devtools_port", partialmethod(driver.Browser._devtools_port, timeout=0.5))
+    try:
+        with pytest.raises(driver.BrowserError, match="did not open its DevTools port"):
+            driver.Browser(str(fake))
+        assert started[0].poll() is not None  # stopped, not left running after the test session
+    finally:
+        started[0].kill()  # when the driver is broken, this test must not leak the process either
+        started[0].wait()
+
+
 def test_render_refuses_another_models_recipe_and_malformed_files(runner, tmp_path: Path, models: ModelSet) -> None:
     other = Recipe("0" * 64, seed=1)
     (tmp_path / "other.json").write_text(other.to_json())
@@ -159,7 +180,9 @@ def test_render_refuses_another_models_recipe_and_malformed_files(runner, tmp_pa
     assert done.exit_code == 1 and "saved with another model" in done.output and "hint: pass the model" in done.output
     for text, expected in [("{", "is not JSON"), ('{"a": 1}', "not an animevae recipe"),
                            (json.dumps({**Recipe(Painter(models).model_sha256, seed=1).to_dict(),
-                                        "moves": [{"direction": 0, "amount": 1e9}]}), "at most 10")]:
+                                        "moves": [{"direction": 0, "amount": 1e9}]}), "at most 10"),
+                           (json.dumps({**Recipe(Painter(models).model_sha256, seed=1).to_dict(),  # past any float
+                                        "moves": [{"direction": 0, "amount": 10**400}]}), "must be a finite number")]:
         (tmp_path / "bad.json").write_text(text)
         done = runner.invoke(app, ["render", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x.png"), *BUILTIN])
         assert done.exit_code == 1 and expected in done.output and "Traceback" not in done.output, done.output
@@ -215,6 +238,25 @@ def test_render_finds_the_model_that_saved_the_recipe(labelled_run, models: Mode
     (tmp_path / "other.json").write_text(Recipe("0" * 64, seed=1).to_json())
     done = runner.invoke(app, ["render", str(tmp_path / "other.json"), "--out", str(tmp_path / "o.png"), *runs])
     assert done.exit_code == 1 and "saved with another model" in done.output
+
+
+@pytest.mark.slow
+def test_render_refuses_a_seed_drawn_through_another_latent_prior(trained_run, tmp_path: Path, runner) -> None:
+    # A copy of the export without its prior.onnx has the same decoder, and samples seeds from the mixture instead.
+    with_prior, without = tmp_path / "with", tmp_path / "without"
+    shutil.copytree(trained_run.export_dir, with_prior)
+    shutil.copytree(trained_run.export_dir, without, ignore=shutil.ignore_patterns("prior.onnx"))
+    studio = Studio(open_models(tmp_path, None, str(with_prior), ("decoder",), "cpu"), tmp_path / "out")
+    drawn = studio.grid(2, 1.0, 1)[0].recipe
+    studio.save(drawn, "drawn")
+    studio.save(Recipe(drawn.model_sha256, latent=tuple(float(v) for v in studio.painter.latent(drawn))), "given")
+    for name, model, code in (("drawn", with_prior, 0), ("given", without, 0), ("drawn", without, 1)):
+        done = runner.invoke(app, ["render", str(tmp_path / "out" / f"{name}.json"), "--out", str(tmp_path / "r.png"),
+                                   "--overwrite", "--model", str(model), "--device", "cpu"])
+        assert done.exit_code == code, done.output
+        if code == 0:  # a given latent needs no prior
+            assert (tmp_path / "r.png").read_bytes() == (tmp_path / "out" / f"{name}.png").read_bytes()
+    assert "drawn through another latent prior" in done.output and "hint:" in done.output
 
 
 # ------------------------------------------------------------------ the command

@@ -6,7 +6,9 @@ model and execution provider). numpy and onnxruntime only.
 
 A recipe's start is either a draw (seed, index, temperature, and class for a labelled model: image `index` of
 `animevae generate --seed SEED`) or a latent given as numbers (an uploaded image, a variation, an interpolation
-frame). Float32 values are stored as JSON numbers, which give back the same float32 exactly.
+frame). Float32 values are stored as JSON numbers, which give back the same float32 exactly. A draw through a
+diffusion prior (prior.onnx beside the decoder) records that file's hash too: the same decoder without it, or with
+another, draws another latent for the seed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Recipe:
     latent: tuple[float, ...] | None = None
     origin: str = "sample"  # what the latent came from (sample, upload, variation, interpolation), for people
     moves: tuple[Move, ...] = field(default_factory=tuple)
+    prior_sha256: str | None = None  # a draw through prior.onnx: its hash (None: drawn from the mixture)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (see `recipe_from_dict`)."""
@@ -63,6 +66,8 @@ class Recipe:
             start = {"seed": self.seed, "index": self.index, "temperature": self.temperature}
             if self.class_name is not None:
                 start["class"] = self.class_name
+            if self.prior_sha256 is not None:
+                start["prior_sha256"] = self.prior_sha256
         else:
             start = {"latent": list(self.latent)}
         return {"animevae_recipe": RECIPE_FORMAT, "model_sha256": self.model_sha256, "origin": self.origin,
@@ -74,9 +79,13 @@ class Recipe:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    try:
+        number = math.nan if isinstance(value, bool) or not isinstance(value, (int, float)) else float(value)
+    except OverflowError:  # an integer of hundreds of digits: past any float
+        number = math.inf
+    if not math.isfinite(number):
         raise DataError(f"recipe: {what} must be a finite number (got {str(value)[:40]!r})", _HINT)
-    return float(value)
+    return number
 
 
 def _integer(value: Any, what: str) -> int:
@@ -85,13 +94,17 @@ def _integer(value: Any, what: str) -> int:
     return value
 
 
+def _sha256(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+        raise DataError(f"recipe: {what} must be 64 lowercase hex digits", _HINT)
+    return value
+
+
 def recipe_from_dict(data: Any) -> Recipe:
     """Check a recipe's JSON form (from a file or the page: untrusted) and build it; DataError when malformed."""
     if not isinstance(data, dict) or data.get("animevae_recipe") != RECIPE_FORMAT:
         raise DataError("not an animevae recipe (no \"animevae_recipe\": 1)", _HINT)
-    sha, start, moves = data.get("model_sha256"), data.get("start"), data.get("moves", [])
-    if not isinstance(sha, str) or len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
-        raise DataError("recipe: model_sha256 must be 64 lowercase hex digits", _HINT)
+    sha, start, moves = _sha256(data.get("model_sha256"), "model_sha256"), data.get("start"), data.get("moves", [])
     if not isinstance(start, dict) or not isinstance(moves, list) or len(moves) > 1000:
         raise DataError("recipe: needs a \"start\" object and a \"moves\" list", _HINT)
     parsed = tuple(_move(m) for m in moves)
@@ -100,7 +113,13 @@ def recipe_from_dict(data: Any) -> Recipe:
         values = start["latent"]
         if not isinstance(values, list) or not 0 < len(values) <= 65536:
             raise DataError("recipe: start.latent must be a list of numbers", _HINT)
-        latent = tuple(float(np.float32(_number(v, "start.latent"))) for v in values)
+        numbers = np.array([_number(v, "start.latent") for v in values])  # (D,) float64
+        with np.errstate(over="ignore"):
+            latent32 = numbers.astype(np.float32)
+        if not np.isfinite(latent32).all():  # saved as Infinity, which no recipe file may hold
+            raise DataError(f"recipe: start.latent holds {numbers[~np.isfinite(latent32)][0]:g}, past the largest "
+                            "float32", _HINT)
+        latent = tuple(float(v) for v in latent32)
         return Recipe(sha, latent=latent, origin=origin, moves=parsed)
     seed = _integer(start.get("seed"), "start.seed")
     temperature = _number(start.get("temperature", 1.0), "start.temperature")
@@ -108,8 +127,9 @@ def recipe_from_dict(data: Any) -> Recipe:
     class_name = start.get("class")
     if class_name is not None and not isinstance(class_name, str):
         raise DataError("recipe: start.class must be a class name", _HINT)
+    prior = None if start.get("prior_sha256") is None else _sha256(start["prior_sha256"], "start.prior_sha256")
     return Recipe(sha, seed, _integer(start.get("index", 0), "start.index"), temperature, class_name,
-                  origin=origin, moves=parsed)
+                  origin=origin, moves=parsed, prior_sha256=prior)
 
 
 def _move(data: Any) -> Move:
@@ -161,6 +181,17 @@ class Painter:
         self._samplers: dict[float, LatentSampler] = {}
 
     @cached_property
+    def prior_sha256(self) -> str | None:
+        """The hash of the prior.onnx that unlabelled draws go through; None where they come from the mixture."""
+        prior = self.models.sampler.prior
+        return None if prior is None else file_digest(prior.path)
+
+    def draw_recipe(self, seed: int, index: int, temperature: float = 1.0, class_name: str | None = None) -> Recipe:
+        """The recipe of image `index` of `animevae generate --seed SEED` (of one class on a labelled model)."""
+        prior = self.prior_sha256 if class_name is None else None  # class draws never use prior.onnx
+        return Recipe(self.model_sha256, seed, index, temperature, class_name, prior_sha256=prior)
+
+    @cached_property
     def directions(self) -> np.ndarray:
         """(D, D) float64: each principal direction scaled by its standard deviation, largest first (as traverse)."""
         values, vectors = principal_directions(self.models.info.mixture)
@@ -207,6 +238,11 @@ class Painter:
             raise ModelError(f"the recipe was saved with another model (decoder sha256 {recipe.model_sha256[:12]}..., "
                              f"this one is {self.model_sha256[:12]}...)",
                              "pass the model that saved it: --run NAME or --model PATH (or --model builtin)")
+        if recipe.latent is None and recipe.class_name is None and recipe.prior_sha256 != self.prior_sha256:
+            saved, here = (f"prior.onnx {sha[:12]}..." if sha else "no prior.onnx"
+                           for sha in (recipe.prior_sha256, self.prior_sha256))
+            raise ModelError(f"the recipe's seed was drawn through another latent prior ({saved}; this model has {here})",
+                             "pass the export that saved it, with the same prior.onnx beside its decoder (or none)")
 
     def png(self, recipe: Recipe) -> bytes:
         """The recipe's face as PNG bytes: one latent, one decoder call, one encoder of PNGs (save and render)."""

@@ -1,10 +1,10 @@
 """The explore page's HTTP server: the standard library's ThreadingHTTPServer over a Studio.
 
 Safety, because any web page the artist opens can make their browser send requests here:
-- the Host header must name this server (127.0.0.1, localhost or [::1] and the port; with --host, that host too),
-  which defeats DNS rebinding; a request with a foreign Origin is refused too (no cross-site writes);
+- the Host header must name this server (127.0.0.1, localhost or [::1] and the port; with --host, that host too;
+  or the IP address the request arrived on), which defeats DNS rebinding; a request with a foreign Origin is refused too (no cross-site writes);
 - bodies are capped before they are read (uploads MAX_UPLOAD_BYTES, JSON MAX_JSON_BYTES), images are capped in
-  pixels before they are decoded (data.decode_rgb);
+  pixels before they are decoded (data.decode_rgb); a connection silent for SOCKET_TIMEOUT_S is closed;
 - the only files read are the page's own three (a fixed table, never a path from the request), and saves go to
   --out under a checked plain name (studio.check_save_name).
 Every refusal is a JSON {"error", "hint"} with a 4xx status; a bug is a 500 with one line; the server keeps serving.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import socket
 from collections.abc import Callable
 from http import HTTPStatus
@@ -27,6 +28,9 @@ from animevae.explore.recipe import recipe_from_dict
 from animevae.explore.studio import MAX_UPLOAD_BYTES, Face, Studio
 
 MAX_JSON_BYTES = 2 * 1024 * 1024  # a request holds a few recipes of one latent each
+# Seconds a connection may stay silent (idle between requests, or stalled mid-request) before it is closed, so
+# stalled clients do not pile up threads; a browser opens a new connection for its next request.
+SOCKET_TIMEOUT_S = 60.0
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 WILDCARDS = ("0.0.0.0", "::", "")
 # The page's files: the only paths this server reads, whatever the request names.
@@ -54,6 +58,15 @@ def allowed_hosts(host: str, port: int) -> frozenset[str]:
     return frozenset(hosts | (names if port == 80 else set()))
 
 
+def address_hosts(address: str, port: int) -> frozenset[str]:
+    """The Host header values that name an IP address of this machine (a socket's local address) with the port."""
+    address = address.split("%")[0]  # an IPv6 scope (fe80::1%eth0) is not part of a Host header
+    if address.startswith("::ffff:") and "." in address:  # IPv4 reaching a dual-stack socket
+        address = address.removeprefix("::ffff:")
+    name = f"[{address}]" if ":" in address else address
+    return frozenset({f"{name}:{port}", *([name] if port == 80 else [])})
+
+
 def _machine_names() -> set[str]:
     hostname = socket.gethostname()
     names = {hostname, socket.getfqdn()}
@@ -71,9 +84,10 @@ def face_json(face: Face) -> dict[str, Any]:
 
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any = None) -> Any:
-    value = body.get(name, default)
+    value = body.get(name)
+    value = default if value is None else value  # a JSON null is a field left out, not a value to compute with
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1000 else math.inf  # float() raises OverflowError past 1e308
     if value is None and default is None and kind is not str:
         raise ArgumentError(f"the request has no {name!r}", "reload the page")
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
@@ -145,6 +159,7 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
         # Headers and body leave in two writes: with Nagle on, the body waits for the client's delayed ACK
         # (on Linux up to 40 ms by default), longer than a whole render.
         disable_nagle_algorithm = True
+        timeout = SOCKET_TIMEOUT_S
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             pass  # one line per slider move would drown the address and the errors
@@ -182,18 +197,26 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
             length = self.headers.get("Content-Length", "")
             if not length.isascii() or not length.isdigit():
                 raise Refused(HTTPStatus.LENGTH_REQUIRED, f"{what} came without a Content-Length", "reload the page")
-            if int(length) > cap:
-                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{what} is {int(length):,} bytes (at most {cap:,})",
+            length = length.lstrip("0") or "0"
+            if len(length) > len(str(cap)) or int(length) > cap:  # int() refuses more than 4,300 digits
+                size = f"{int(length):,} bytes" if len(length) <= 20 else f"a {len(length):,}-digit number of bytes"
+                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{what} is {size} (at most {cap:,})",
                               "upload a smaller image" if cap == MAX_UPLOAD_BYTES else "reload the page")
-            return self.rfile.read(int(length))
+            try:
+                return self.rfile.read(int(length))
+            except TimeoutError:
+                raise Refused(HTTPStatus.REQUEST_TIMEOUT, f"{what} stopped arriving", "reload the page") from None
 
         def _check_caller(self) -> None:
+            # The address the request arrived on names this server too: a wildcard --host listens on addresses that
+            # no lookup of the host name need list. A rebinding page's Host is its own domain name, never this.
+            here = hosts | address_hosts(self.connection.getsockname()[0], self.server.server_address[1])
             host = self.headers.get("Host", "")
-            if host.lower() not in hosts:
+            if host.lower() not in here:
                 raise Refused(HTTPStatus.FORBIDDEN, f"Host {host[:80]!r} is not this server's address",
                               f"open http://127.0.0.1:{self.server.server_address[1]}/ in the browser")
             origin = self.headers.get("Origin")
-            if origin is not None and urlsplit(origin).netloc.lower() not in hosts:
+            if origin is not None and urlsplit(origin).netloc.lower() not in here:
                 raise Refused(HTTPStatus.FORBIDDEN, f"requests from {origin[:80]!r} are refused",
                               "use the page this server serves")
 
@@ -213,14 +236,19 @@ def make_handler(app: ExploreApp, hosts: frozenset[str]) -> type[BaseHTTPRequest
                 body, kind = _json({"error": f"internal error: {type(error).__name__}: {error}".splitlines()[0][:300],
                                     "hint": "report it, with the steps that led here"})
                 status = HTTPStatus.INTERNAL_SERVER_ERROR
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
+                # frame-ancestors: no other site may frame the page and steer the artist's clicks (clickjacking).
+                self.send_header("Content-Security-Policy",
+                                 "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'")
+                self.end_headers()
+                self.wfile.write(body)
+            except (ConnectionError, TimeoutError):  # the tab closed (or stopped reading) before its answer
+                self.close_connection = True
 
     return Handler
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from animevae.augment import posterior_draws
 from animevae.images import decode_rgb, square_resize
@@ -26,6 +28,9 @@ from animevae.runtime import OnnxModel
 from animevae.sampling import check_seed, check_temperature
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # far above any face picture; refused before a byte is decoded
+# The decoders an upload may reach. Not every format Pillow opens: its EPS plugin runs Ghostscript on the file,
+# and with --host the file can come from anyone on the network.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 MAX_STRIP = 32  # faces in one grid, variation or interpolation strip
 SLIDERS = 8  # principal directions shown as sliders (fewer when the latent is smaller)
 # A save name is a plain file stem: no folder, no dot, nothing a shell or a file system reads specially.
@@ -55,6 +60,19 @@ def check_save_name(name: str) -> str:
     if not SAVE_NAME.fullmatch(name) or name.upper() in _DEVICE_NAMES:
         raise ArgumentError(f"save name {name[:80]!r} is refused", _NAME_HINT)
     return name
+
+
+def _check_upload_format(data: bytes) -> None:
+    """DataError unless Pillow identifies `data` as one of UPLOAD_FORMATS (from its header; nothing is decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS).close()
+    except Image.UnidentifiedImageError:
+        raise DataError("the uploaded file: not an image the page takes (PNG, JPEG, WebP, GIF or BMP)",
+                        "upload a PNG, JPEG or WebP picture of a face") from None
+    except Exception:  # noqa: BLE001 - one of those formats but broken or huge: decode_rgb says how
+        pass
 
 
 class Studio:
@@ -90,7 +108,7 @@ class Studio:
         check_seed(seed)
         check_temperature(temperature)
         check_count(count, "count")
-        recipes = [Recipe(self.painter.model_sha256, seed, i, temperature, class_name) for i in range(count)]
+        recipes = [self.painter.draw_recipe(seed, i, temperature, class_name) for i in range(count)]
         return self._faces(recipes, np.stack([self.painter.start_latent(r) for r in recipes]))
 
     def render(self, recipe: Recipe) -> bytes:
@@ -124,6 +142,7 @@ class Studio:
         encoder = self._encoder("uploads")
         if len(data) > MAX_UPLOAD_BYTES:
             raise DataError(f"the file is {len(data):,} bytes (at most {MAX_UPLOAD_BYTES:,})", "upload a smaller image")
+        _check_upload_format(data)
         # decode_rgb's own checks (pixel cap before decoding, truncated files, not an image), on the bytes in memory.
         try:
             pixels = square_resize(decode_rgb(io.BytesIO(data)), self.models.image_size)  # type: ignore[arg-type]
@@ -148,10 +167,14 @@ class Studio:
             taken = [p.name for p in paths if p.exists() or p.is_symlink()]
             if taken:
                 raise OutputError(f"{taken[0]} already exists in {self.out}", "pick another name: saves never overwrite")
-            self.out.mkdir(parents=True, exist_ok=True)
-            for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
-                write_bytes_atomic(png_path, png)
-                write_bytes_atomic(json_path, recipe.to_json().encode())
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                for recipe, png, png_path, json_path in zip(recipes, pngs, paths[0::2], paths[1::2]):
+                    write_bytes_atomic(png_path, png)
+                    write_bytes_atomic(json_path, recipe.to_json().encode())
+            except OSError as error:  # a full disk, a folder made read-only or replaced by a file since the start
+                raise OutputError(f"cannot save into {self.out}: {error.strerror or error}",
+                                  "free some space or fix the folder, or restart explore with another --out") from None
         return paths
 
     def _encoder(self, what: str) -> OnnxModel:
