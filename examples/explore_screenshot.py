@@ -39,7 +39,7 @@ def main() -> None:
     executable = find_browser()
     if executable is None:
         raise SystemExit("no chromium found: apt-get install chromium")
-    models = open_models(Path("runs"), None, "builtin", ("decoder", "encoder"), "cpu")
+    models = open_models(Path("runs"), None, "builtin", ("decoder", "prior", "encoder"), "cpu")
     # Nothing is saved: the folder only names where saves would go (the command's default).
     server = start_server(Studio(models, Path("explore")), models.origin)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -28,7 +28,7 @@ BUILTIN = ["--model", "builtin", "--device", "cpu"]
 @pytest.fixture(scope="module")
 def models() -> ModelSet:
     """The built-in model's decoder and encoder on the CPU, opened once for the module."""
-    return open_models(Path("runs"), None, "builtin", ("decoder", "encoder"), "cpu")
+    return open_models(Path("runs"), None, "builtin", ("decoder", "prior", "encoder"), "cpu")
 
 
 @pytest.fixture

@@ -129,7 +129,7 @@ def test_four_tabs_steer_at_once_and_each_ends_on_its_own_face(browser: Browser,
 
 @pytest.mark.slow
 def test_browser_class_picker_on_a_labelled_model(browser: Browser, labelled_run, tmp_path: Path) -> None:
-    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "encoder"), "cpu")
+    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "prior", "encoder"), "cpu")
     served = start_server(Studio(labelled, tmp_path / "out"), labelled.origin)
     threading.Thread(target=served.serve_forever, daemon=True).start()
     try:
@@ -211,7 +211,7 @@ def test_grid_image_i_is_generates_image_i(models: ModelSet, tmp_path: Path, run
 
 @pytest.mark.slow
 def test_a_labelled_model_draws_by_class(labelled_run, tmp_path: Path) -> None:
-    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "encoder"), "cpu")
+    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "prior", "encoder"), "cpu")
     studio = Studio(labelled, tmp_path)
     cats, rare = studio.grid(0, 1.0, 2, "cats"), studio.grid(0, 1.0, 2, "rare")
     assert cats[0].recipe.class_name == "cats" and cats[0].png != rare[0].png
@@ -226,7 +226,7 @@ def read_recipe_text(text: str, folder: Path) -> Recipe:
 
 @pytest.mark.slow
 def test_render_finds_the_model_that_saved_the_recipe(labelled_run, models: ModelSet, tmp_path: Path, runner) -> None:
-    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder",), "cpu")
+    labelled = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "prior"), "cpu")
     runs = ["--runs-dir", str(labelled_run.runs_dir), "--device", "cpu"]
     for name, opened in (("builtin", models), ("labelled", labelled)):  # the newest exported run is the labelled one
         studio = Studio(opened, tmp_path / "out")
@@ -246,7 +246,7 @@ def test_render_refuses_a_seed_drawn_through_another_latent_prior(trained_run, t
     with_prior, without = tmp_path / "with", tmp_path / "without"
     shutil.copytree(trained_run.export_dir, with_prior)
     shutil.copytree(trained_run.export_dir, without, ignore=shutil.ignore_patterns("prior.onnx"))
-    studio = Studio(open_models(tmp_path, None, str(with_prior), ("decoder",), "cpu"), tmp_path / "out")
+    studio = Studio(open_models(tmp_path, None, str(with_prior), ("decoder", "prior"), "cpu"), tmp_path / "out")
     drawn = studio.grid(2, 1.0, 1)[0].recipe
     studio.save(drawn, "drawn")
     studio.save(Recipe(drawn.model_sha256, latent=tuple(float(v) for v in studio.painter.latent(drawn))), "given")
@@ -288,7 +288,7 @@ def test_explore_without_an_encoder_still_browses(runner, tmp_path: Path, monkey
     monkeypatch.setattr(ExploreServer, "serve_forever", lambda self: None)
     done = runner.invoke(app, ["explore", "--port", "0", "--model", str(folder), "--device", "cpu"])
     assert done.exit_code == 0, done.output
-    models = open_models(Path("runs"), None, str(folder), ("decoder",), "cpu")
+    models = open_models(Path("runs"), None, str(folder), ("decoder", "prior"), "cpu")
     studio = Studio(models, tmp_path / "out")
     face = studio.grid(0, 1.0, 1)[0]
     with pytest.raises(Exception, match="variations need the encoder"):
@@ -308,7 +308,7 @@ def test_explore_and_render_never_import_torch(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "from pathlib import Path\nfrom animevae.cli import app\nfrom animevae.explore.studio import Studio\n"
             "from animevae.model_files import open_models\n"
-            "models = open_models(Path('runs'), None, 'builtin', ('decoder', 'encoder'), 'cpu')\n"
+            "models = open_models(Path('runs'), None, 'builtin', ('decoder', 'prior', 'encoder'), 'cpu')\n"
             f"studio = Studio(models, Path({str(tmp_path)!r}))\n"
             "face = studio.grid(0, 1.0, 2)[0]\nstudio.variations(face.recipe, 1.0, 0, 2)\n"
             "studio.interpolate(face.recipe, face.recipe, 3)\nstudio.save(face.recipe, 'x')\n"

@@ -183,8 +183,7 @@ class Painter:
     @cached_property
     def prior_sha256(self) -> str | None:
         """The hash of the prior.onnx that unlabelled draws go through; None where they come from the mixture."""
-        prior = self.models.sampler.prior
-        return None if prior is None else file_digest(prior.path)
+        return self.models.info.prior_digest if self.models.sampler.prior is not None else None
 
     def draw_recipe(self, seed: int, index: int, temperature: float = 1.0, class_name: str | None = None) -> Recipe:
         """The recipe of image `index` of `animevae generate --seed SEED` (of one class on a labelled model)."""
@@ -202,7 +201,7 @@ class Painter:
         if temperature not in self._samplers:
             if len(self._samplers) >= SAMPLER_CACHE:  # each holds the whole mixture: keep a few temperatures only
                 self._samplers.clear()
-            self._samplers[temperature] = LatentSampler(self.models.info.mixture, self.models.prior, temperature)
+            self._samplers[temperature] = LatentSampler(self.models.info.mixture, self.models.sampler.prior, temperature)
         return self._samplers[temperature]
 
     def start_latent(self, recipe: Recipe) -> np.ndarray:
