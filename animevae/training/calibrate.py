@@ -55,8 +55,7 @@ def _smallest_sparing_knee(noisy: torch.Tensor, output: torch.Tensor, reference:
     Scanned upward, not bisected: the count made worse is not monotone in the knee. A tiny share of the change,
     rounded to 8 bits, keeps only the model's largest moves, and those can be its mistakes."""
     # On the 0-255 scale, the images sorted by the change's size: the images a knee damps (rms < knee) are then
-    # a prefix, and each knee costs a few in-place passes over it (gathering them anew per knee cost a trained
-    # denoiser's calibration 36 s of a 10-minute run).
+    # a prefix, and each knee costs a few in-place passes over it instead of gathering its images anew.
     base = noisy.flatten(1).mul_(255.0)  # (M, P), 8-bit values
     change = output.flatten(1).mul_(255.0).sub_(base)  # (M, P)
     target = reference.flatten(1).mul_(255.0)
