@@ -83,6 +83,9 @@ def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> 
     assert METRIC_FIELDS <= record.keys()
     assert record["epoch"] == 1 and record["step"] == trained_run.steps and record["partial"] is False
     assert all(math.isfinite(record[key]) for key in METRIC_FIELDS)
+    # The final report scores samples by sliced Wasserstein distance (one pyramid level for 16x16 images), and
+    # the line says how much of the run went on anything but training steps.
+    assert record["swd_16"] > 0 and 0 < record["overhead_s"] <= record["elapsed_s"]
     # sigma 25 noise on [0, 1] images is about 20 dB, sigma 50 about 14 dB (a bit more: clipping removes some).
     assert 19.0 < record["noisy_psnr_25"] < 23.0
     assert 13.0 < record["noisy_psnr_50"] < record["noisy_psnr_25"]
@@ -674,3 +677,69 @@ def test_an_adversarial_diffusion_trainer_builds_and_checkpoints_both(tiny_model
     plain = _trainer(replace(tiny_model_config, prior="mixture"))
     assert plain.discriminator is None and plain.prior is None
     assert not {"discriminator", "prior"} & (plain.modules.keys() | plain.optimizers.keys())
+
+
+def test_overhead_is_recorded_and_a_resume_keeps_counting_it(image_dir: Path, tmp_path: Path,
+                                                             tiny_model_config: ModelConfig,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """overhead_s: the seconds outside training steps, summed over every session of the run (each report here
+    made 0.5 s dearer, so the sum shows)."""
+    import time as time_module
+
+    import animevae.training.loop as loop_module
+
+    report = loop_module.report
+    monkeypatch.setattr(loop_module, "report", lambda *args, **kwargs: (time_module.sleep(0.5),
+                                                                        report(*args, **kwargs))[1])
+    config = replace(tiny_model_config, prior="mixture")
+    first = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",
+                  device="cpu")
+    record = read_jsonl(first.run_dir / "metrics.jsonl")[-1]
+    assert 0.5 <= record["overhead_s"] <= record["elapsed_s"]
+    assert first.overhead_s >= record["overhead_s"]
+    kept = load_checkpoint(first.run_dir / "last.safetensors").budget
+    assert kept["steps_s"] > 0 and kept["elapsed_s"] - kept["steps_s"] == pytest.approx(first.overhead_s, abs=0.05)
+    again = train(image_dir, config, TrainConfig(epochs=2, batch_size=16, precision="fp32"), tmp_path / "runs",
+                  name=first.run_dir.name, device="cpu", resume=True)
+    records = read_jsonl(first.run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["overhead_s"] >= records[0]["overhead_s"] + 0.5  # the second session's report added on
+    assert again.elapsed_s > first.elapsed_s
+
+
+def test_the_mixture_fits_a_bounded_sample_of_faces_whatever_the_folder(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MIXTURE_FACES", 10)
+    monkeypatch.setattr(trainer_module, "SHEET_MIXTURE_FACES", 6)
+    monkeypatch.setattr(trainer_module, "MIXTURE_REFIT_S", 0.0)  # refit at every report
+    fitted: list[int] = []
+    fit = trainer_module.VAE.fit_prior
+    monkeypatch.setattr(trainer_module.VAE, "fit_prior",
+                        lambda self, mu, *a, **k: (fitted.append(len(mu)), fit(self, mu, *a, **k))[1])
+    reporter = RecordingReporter()
+    config = replace(tiny_model_config, prior="mixture", prior_components=2)
+    train(image_dir, config, TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu",
+          reporter=reporter)
+    # 36 training faces: the first fit and the final one on 10 of them and their mirror images, the one between
+    # on 6.
+    assert fitted == [20, 12, 20]
+    assert sum("fitting the latent mixture on 20 latents" in line for line in reporter.logs) == 2
+
+
+def test_a_report_comes_within_an_epoch_when_the_last_is_old(image_dir: Path, tmp_path: Path,
+                                                             tiny_model_config: ModelConfig,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch of a big folder can outlast the run: reports come by the clock too (here after every step)."""
+    import animevae.training.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "REPORT_EVERY_S", 0.0)
+    config = replace(tiny_model_config, prior="mixture")
+    result = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",
+                   device="cpu")
+    records = read_jsonl(result.run_dir / "metrics.jsonl")
+    steps = result.progress.step
+    # Mid-epoch reports after steps 1 and 2 (partial), the epoch's own after the last.
+    assert [(r["step"], r["partial"], r["epoch"]) for r in records] == [(1, True, 1), (2, True, 1), (steps, False, 1)]
+    assert steps == 3
