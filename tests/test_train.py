@@ -743,3 +743,21 @@ def test_a_report_comes_within_an_epoch_when_the_last_is_old(image_dir: Path, tm
     # Mid-epoch reports after steps 1 and 2 (partial), the epoch's own after the last.
     assert [(r["step"], r["partial"], r["epoch"]) for r in records] == [(1, True, 1), (2, True, 1), (steps, False, 1)]
     assert steps == 3
+
+
+def test_a_shut_gate_waits_its_own_interval_between_calibrations(image_dir: Path, tmp_path: Path,
+                                                                  tiny_model_config: ModelConfig,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small folder's epochs end every few seconds: a gate that stays shut is not recalibrated at each."""
+    import animevae.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "SHUT_GATE_REFRESH_S", 1e9)
+    monkeypatch.setattr(trainer_module, "calibrate_knee", lambda denoiser, clean: 32.0)  # it stays shut
+    steps: list[int] = []
+    calibrate = trainer_module.Trainer.calibrate_denoiser
+    monkeypatch.setattr(trainer_module.Trainer, "calibrate_denoiser",
+                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+    result = train(image_dir, replace(tiny_model_config, prior="mixture"),
+                   TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
+    per_epoch = result.progress.step // 3
+    assert steps == [per_epoch, 3 * per_epoch]  # the first report, then the run's end

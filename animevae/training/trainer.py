@@ -41,6 +41,9 @@ SHEET_MIXTURE_FACES = 1_024
 CALIBRATION_REFRESH_S = 300.0
 # Knees from here up (the last two steps of calibrate.KNEES' grid) leave the gate all but shut.
 GATE_SHUT_KNEE = float(KNEES[-2])
+# A shut gate is recalibrated sooner, but at most this often: a small folder's epochs end every few seconds, and a
+# calibration that finds no sparing knee scans the whole grid.
+SHUT_GATE_REFRESH_S = 60.0
 
 
 def cosine_decay(fraction: float) -> float:
@@ -329,10 +332,11 @@ class Trainer:
             self.log(f"fitting the latent mixture on {2 * faces:,} latents (faces and their mirror images) ...")
             self.fit_prior(full)
         # A knee at the top of the grid shuts the gate: the denoiser helped no light case yet. It is recalibrated
-        # at every report until it helps, so that a mid-run export or metrics line does not carry a shut gate
-        # for the first refresh interval.
+        # sooner until it helps, so that a mid-run export or metrics line does not carry a shut gate for the
+        # first refresh interval.
         shut = float(self.denoiser.knee) >= GATE_SHUT_KNEE
-        if _due(self.calibrated_at, self.calibrated_step, step, final, 0.0 if shut else CALIBRATION_REFRESH_S):
+        every_s = min(SHUT_GATE_REFRESH_S, CALIBRATION_REFRESH_S) if shut else CALIBRATION_REFRESH_S
+        if _due(self.calibrated_at, self.calibrated_step, step, final, every_s):
             faces = min(len(self.train_pixels), CALIBRATION_FACES)
             self.log(f"calibrating the denoiser's gate on {faces:,} faces ...")
             self.calibrate_denoiser()
