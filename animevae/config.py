@@ -125,7 +125,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
-        """Build from parsed JSON, ignoring keys this version does not know."""
+        """Build from parsed JSON, ignoring keys this animevae does not know (a newer one wrote them)."""
         model = _known_fields(ModelConfig, raw.get("model", {}))
         train = _known_fields(TrainConfig, raw.get("train", {}))
         top = _known_fields(cls, raw)

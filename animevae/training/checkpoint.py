@@ -17,7 +17,7 @@ from animevae.errors import ModelError
 from animevae.fileio import atomic_path
 
 CHECKPOINT_KIND = "animevae-checkpoint"
-# The layout of the checkpoint's own records (the budget record came in at 2); older ones are refused by name.
+# The layout of the checkpoint's own records (progress, budget): any other is refused with its number.
 CHECKPOINT_VERSION = 2
 # Progress.extra flag: the diffusion prior has had its training phase (train.py sets it, export reads it).
 PRIOR_TRAINED = "prior_trained"

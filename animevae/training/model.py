@@ -226,7 +226,7 @@ class Denoiser(nn.Module):
         return gate_residual(image, self(image), float(self.knee))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
-        # Checkpoints from before the gate have no knee: they load ungated, as they were exported.
+        # A state without a knee (a denoiser saved on its own, never calibrated) loads ungated.
         state_dict.setdefault(f"{prefix}knee", torch.zeros(()))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
