@@ -13,7 +13,7 @@ def test_the_record_round_trips_and_the_limits_come_from_the_session() -> None:
     budget = Budget(max_minutes=10.0, prior_share=0.1, elapsed_s=120.0, steps_s=100.0, end_cost_s=4.0)
     budget.start_session()
     record = budget.record()
-    assert set(record) == {"elapsed_s", "steps_s", "end_cost_s", "finished_under"}
+    assert set(record) == {"elapsed_s", "steps_s", "end_cost_s", "final_fit_extra_s", "finished_under"}
     assert record["elapsed_s"] == pytest.approx(120.0, abs=0.5)
     resumed = Budget.restored(record, max_minutes=20.0, prior_share=0.0)  # resumed with a longer budget
     assert (resumed.max_minutes, resumed.vae_end_s, resumed.end_cost_s) == (20.0, 1200.0, 4.0)
@@ -44,6 +44,10 @@ def test_the_vae_phase_stops_early_by_the_dearest_epoch_end() -> None:
         pass
     assert budget.end_cost_s == 5.0  # the dearest is kept
     assert Budget().time_fraction() == 0.0 and not Budget().vae_phase_over()  # no budget: epochs decide
+    budget.shared_s, budget.final_fit_extra_s = 22.0, 2.5  # the final report's full fit costs more: kept too
+    assert budget.reserve_s == 7.5 and not budget.vae_phase_over() and budget.next_end_is_final()
+    budget.shared_s = 23.0
+    assert budget.vae_phase_over() and budget.prior_seconds() == pytest.approx(60.0 - budget.now() - 7.5, abs=0.01)
 
 
 def test_a_run_is_finished_only_under_the_budget_that_ended_it() -> None:

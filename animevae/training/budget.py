@@ -28,6 +28,8 @@ class Budget:
     steps_s: float = 0.0
     # The dearest epoch end so far: a run on a budget stops that much early, so its final epoch end fits too.
     end_cost_s: float = 0.0
+    # What the final epoch end's full mixture fit costs beyond the smaller fits of the others: kept in reserve too.
+    final_fit_extra_s: float = 0.0
     # The --max-minutes whose budget ended the run: resumed under the same one (whatever its epochs) it has
     # nothing left to do, even where its cheap final epoch end left a few seconds of the reserve unspent.
     finished_under: float | None = None
@@ -36,7 +38,7 @@ class Budget:
     _anchor: float = field(default_factory=time.monotonic, repr=False, compare=False)
     _elapsed_at_anchor: float = field(default=0.0, repr=False, compare=False)
 
-    RECORD_FIELDS = ("elapsed_s", "steps_s", "end_cost_s", "finished_under")
+    RECORD_FIELDS = ("elapsed_s", "steps_s", "end_cost_s", "final_fit_extra_s", "finished_under")
 
     def record(self) -> dict[str, Any]:
         """The part a checkpoint keeps (the limits come from the config at each session)."""
@@ -71,6 +73,11 @@ class Budget:
         return max(0.0, self.elapsed_s - self.steps_s)
 
     @property
+    def reserve_s(self) -> float:
+        """Seconds kept for the final epoch end."""
+        return self.end_cost_s + self.final_fit_extra_s
+
+    @property
     def total_s(self) -> float | None:
         """The whole budget in seconds, or None."""
         return self.max_minutes * 60.0 if self.max_minutes else None
@@ -82,19 +89,19 @@ class Budget:
 
     def time_fraction(self) -> float:
         """How much of the VAE phase is spent, counting the reserve for its final epoch end (0 without a budget)."""
-        return (self.shared_s + self.end_cost_s) / self.vae_end_s if self.vae_end_s else 0.0
+        return (self.shared_s + self.reserve_s) / self.vae_end_s if self.vae_end_s else 0.0
 
     def vae_phase_over(self) -> bool:
         """Whether the VAE phase must stop now to leave its final epoch end room."""
-        return bool(self.vae_end_s and self.shared_s + self.end_cost_s >= self.vae_end_s)
+        return bool(self.vae_end_s and self.shared_s + self.reserve_s >= self.vae_end_s)
 
     def next_end_is_final(self) -> bool:
         """Whether the epoch end about to run must be the final one: after it, the final would not fit."""
-        return bool(self.vae_end_s and self.shared_s + 2 * self.end_cost_s >= self.vae_end_s)
+        return bool(self.vae_end_s and self.shared_s + self.end_cost_s + self.reserve_s >= self.vae_end_s)
 
     def prior_seconds(self) -> float | None:
         """What is left for the prior's phase after the reserve for its report (None without a budget)."""
-        return max(0.0, self.total_s - self.now() - self.end_cost_s) if self.total_s else None
+        return max(0.0, self.total_s - self.now() - self.reserve_s) if self.total_s else None
 
     def finished(self) -> bool:
         """Whether this budget already ended the run."""

@@ -70,6 +70,8 @@ class _Session:
         with self.budget.epoch_end():
             self.metrics = report(self.trainer, self.run_dir, {**self.losses, **(extra or {})}, partial=partial,
                                   epoch=epoch, final=final)
+        if self.trainer.full_fit_extra_s is not None:
+            self.budget.final_fit_extra_s = self.trainer.full_fit_extra_s
         self.last_report = time.monotonic()
 
     def step(self, indices: torch.Tensor, stop_requested: Callable[[], bool]) -> None:
@@ -82,8 +84,8 @@ class _Session:
         self.progress.batch += 1
         self.reporter.advance(1, epoch=self.progress.epoch + 1, **self.losses)
         # The slowest rank's clock and rank 0's reserve: every rank must agree on the rate and on when to stop.
-        budget.shared_s, stop, budget.end_cost_s = trainer.ctx.max([budget.now(), float(stop_requested()),
-                                                                    budget.end_cost_s])
+        budget.shared_s, stop, budget.end_cost_s, budget.final_fit_extra_s = trainer.ctx.max(
+            [budget.now(), float(stop_requested()), budget.end_cost_s, budget.final_fit_extra_s])
         if stop:
             raise KeyboardInterrupt
         if budget.vae_phase_over():

@@ -27,14 +27,15 @@ from animevae.training.model import VAE, DIAGONAL_POINTS_PER_COMPONENT, Denoiser
 SAMPLE_COUNT = 16
 DENOISER_CROP = 32
 # Fits follow the weights by the clock, not by epochs: an epoch of a big folder outlasts a whole run, one of a
-# small folder takes seconds. The mixture is refitted at the first report, then at most this often, and at the
-# run's end or interruption; between refits the sample sheets draw from the last fit.
+# small folder takes seconds. The mixture is fitted at the first report, then at most this often, and at the
+# run's end or interruption; between fits the sample sheets draw from the last one.
 MIXTURE_REFIT_S = 300.0
 # Faces (each with its mirror image) whose latents the run's final mixture is fitted on: enough for the default
 # mixture's components at DIAGONAL_POINTS_PER_COMPONENT latents each, and a fixed cost whatever the folder's
 # size. A seeded sample of the whole split, so every style is in it.
 MIXTURE_FACES = ModelConfig().prior_components * DIAGONAL_POINTS_PER_COMPONENT // 2
-# The refits between only serve the sample sheets and mid-run checkpoints: a smaller sample keeps them cheap.
+# The fits before the final one only serve sample sheets and mid-run checkpoints: a smaller sample keeps them
+# cheap.
 SHEET_MIXTURE_FACES = 1_024
 # The gate knee is recalibrated (calibrate.py, on a fixed number of faces) at most this often, and at the run's
 # end: only checkpoints taken between see an older knee.
@@ -103,6 +104,9 @@ class Trainer:
         self.mixture_fitted_at: float | None = None
         self.mixture_fitted_step: int | None = None
         self.mixture_full = False
+        # Seconds the full fit is expected to cost beyond the last smaller one (None until one ran): the budget
+        # keeps them in reserve for the final report.
+        self.full_fit_extra_s: float | None = None
         self.calibrated_at: float | None = None
         self.calibrated_step: int | None = None
         self.autocast_dtype = torch.bfloat16 if config.train.precision == "bf16" else None
@@ -310,27 +314,29 @@ class Trainer:
         """Fit the Gaussian mixture to the posteriors of a seeded sample of training faces (MIXTURE_FACES, or
         SHEET_MIXTURE_FACES unless `full`) and of their mirror images: training flips faces, so both are faces
         the decoder draws, and twice the points carry twice the components before they copy."""
+        started = time.monotonic()
         faces = MIXTURE_FACES if full else SHEET_MIXTURE_FACES
         rows = sample_rows(len(self.train_pixels), faces, self.config.train.seed)
         labels = self.train_labels[rows].repeat(2) if self.train_labels is not None else None
         self.ema.fit_prior(*self.posteriors(rows, mirrored=True), seed=self.config.train.seed, labels=labels)
         self.mixture_fitted_at, self.mixture_fitted_step = time.monotonic(), self.progress.step
         self.mixture_full = full
+        if not full:  # encoding dominates a fit: its cost grows about as the faces do
+            ratio = min(len(self.train_pixels), MIXTURE_FACES) / max(1, min(len(self.train_pixels), faces))
+            self.full_fit_extra_s = (time.monotonic() - started) * (ratio - 1.0)
 
     def refresh_fits(self, final: bool) -> None:
         """Refit the mixture and recalibrate the gate where due (see `_due`): at a report, and at the run's end
         or interruption (final), so that a checkpoint's mixture and knee fit its weights.
 
-        The first and the final fits are full; those between, on fewer faces, only serve sample sheets and
-        mid-run checkpoints. A full first fit puts the final fit's cost into the reserve the budget keeps
-        for the final report."""
+        The final fit is full; those before, on fewer faces, only serve sample sheets and mid-run checkpoints
+        (and tell the budget what the full one will cost)."""
         step = self.progress.step
         if _due(self.mixture_fitted_at, self.mixture_fitted_step, step, final, MIXTURE_REFIT_S) \
                 or (final and not self.mixture_full):
-            full = final or self.mixture_fitted_at is None
-            faces = min(len(self.train_pixels), MIXTURE_FACES if full else SHEET_MIXTURE_FACES)
+            faces = min(len(self.train_pixels), MIXTURE_FACES if final else SHEET_MIXTURE_FACES)
             self.log(f"fitting the latent mixture on {2 * faces:,} latents (faces and their mirror images) ...")
-            self.fit_prior(full)
+            self.fit_prior(final)
         # A knee at the top of the grid shuts the gate: the denoiser helped no light case yet. It is recalibrated
         # sooner until it helps, so that a mid-run export or metrics line does not carry a shut gate for the
         # first refresh interval.
