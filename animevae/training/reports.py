@@ -104,7 +104,7 @@ def report(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: b
     trainer.refresh_fits(final)
     metrics = {**{k: round(v, 6) for k, v in losses.items()}, **evaluate(trainer),
                "denoise_knee": float(trainer.denoiser.knee)}
-    if final:
+    if final and (trainer.prior is None or trainer.prior_trained):  # a prior phase to come reports again
         trainer.log(f"scoring {SWD_IMAGES} samples by sliced Wasserstein distance ...")
         metrics |= swd_metrics(trainer)
     budget.sync()
