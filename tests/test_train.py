@@ -760,3 +760,22 @@ def test_a_shut_gate_waits_its_own_interval_between_calibrations(image_dir: Path
                    TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
     per_epoch = result.progress.step // 3
     assert steps == [per_epoch, 3 * per_epoch]  # the first report, then the run's end
+
+
+def test_a_report_that_spends_the_rest_of_the_budget_is_followed_by_the_final_fits(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first report's cost is foretold by nothing: when it runs past the budget, the run still ends with the
+    final fits (the full mixture) and the final line, at the same step."""
+    import time as time_module
+
+    import animevae.training.loop as loop_module
+
+    report = loop_module.report
+    finals: list[bool] = []
+    monkeypatch.setattr(loop_module, "report", lambda *args, **kwargs: (
+        finals.append(kwargs["final"]), time_module.sleep(0.0 if kwargs["final"] else 2.0), report(*args, **kwargs))[2])
+    result = train(image_dir, replace(tiny_model_config, prior="mixture"),
+                   TrainConfig(max_minutes=0.02, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
+    records = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert finals[-1] is True and len(records) == 1  # the final line replaced the first at the same step
+    assert records[0]["step"] == result.progress.step and "swd_16" in records[0]

@@ -74,6 +74,14 @@ class _Session:
             self.budget.final_fit_extra_s = self.trainer.full_fit_extra_s
         self.last_report = time.monotonic()
 
+    def agree(self, stop_requested: Callable[[], bool]) -> bool:
+        """Share the slowest rank's clock and rank 0's reserve (every rank must agree on the rate and on when to
+        stop); returns whether any rank was asked to stop."""
+        budget = self.budget
+        budget.shared_s, stop, budget.end_cost_s, budget.final_fit_extra_s = self.trainer.ctx.max(
+            [budget.now(), float(stop_requested()), budget.end_cost_s, budget.final_fit_extra_s])
+        return bool(stop)
+
     def step(self, indices: torch.Tensor, stop_requested: Callable[[], bool]) -> None:
         """One training step, then what is due: a stop, a checkpoint, a report within the epoch."""
         trainer, budget, config = self.trainer, self.budget, self.config
@@ -83,10 +91,7 @@ class _Session:
             self.losses = trainer.step(indices, adversarial=adversarial)
         self.progress.batch += 1
         self.reporter.advance(1, epoch=self.progress.epoch + 1, **self.losses)
-        # The slowest rank's clock and rank 0's reserve: every rank must agree on the rate and on when to stop.
-        budget.shared_s, stop, budget.end_cost_s, budget.final_fit_extra_s = trainer.ctx.max(
-            [budget.now(), float(stop_requested()), budget.end_cost_s, budget.final_fit_extra_s])
-        if stop:
+        if self.agree(stop_requested):
             raise KeyboardInterrupt
         if budget.vae_phase_over():
             raise Stop
@@ -111,6 +116,14 @@ class _Session:
                 progress.epoch, progress.batch = progress.epoch + 1, 0
                 self.save()
                 if last:
+                    return
+                if self.agree(stop_requested):
+                    raise KeyboardInterrupt
+                if self.fraction() >= 1.0:
+                    # The report itself spent what was left (the first report, whose cost nothing foretold): the
+                    # run ends here, and its line is made again with the final fits.
+                    self.report(partial=False, final=True, epoch=progress.epoch)
+                    self.save()
                     return
         except Stop:
             if self.trainer.prior is None:
