@@ -19,21 +19,16 @@ class ModelConfig:
     # Denoiser: a two-level residual U-Net on the pixel-unshuffled (2x2 -> channels) image.
     denoiser_width: int = 32
     denoiser_blocks: int = 2
-    # How the decoder doubles its resolution: "transpose" (4x4 stride-2 transposed conv) or "resize"
-    # (nearest-neighbour upsample + 3x3 conv); benchmarks/bench_decoders.py measures both.
-    upsample: str = "transpose"
     # Gaussians in the mixture fitted to the training latents and their mirror images: the default prior, and
     # what interpolate and traverse read the latent space's centre and main directions from. "diagonal"
-    # covariances let many small components follow the data (at most one per 16 latents, see
-    # model.DIAGONAL_POINTS_PER_COMPONENT: 687 on faces-dev, whose samples have 0.89 of the held-out faces'
-    # diversity in a 10-minute run at 0.32% copying, where 200 gave 0.85 and 10 full ones, about all the data
-    # supports, 0.83; benchmarks/priors.py);
-    # "full" is what runs before it used, and what their config.json files mean (see RunConfig.from_dict).
+    # covariances let many small components follow the data (at most one per
+    # model.DIAGONAL_POINTS_PER_COMPONENT latents, so no component sits on a few faces and copies them); a
+    # "full" covariance needs 2D + 2 latents per component, so the same data carries far fewer of them.
     prior_components: int = 700
     prior_covariance: str = "diagonal"
     # Where samples come from: "mixture" (the Gaussian mixture) or "diffusion" (the learned prior of diffusion.py,
-    # exported as prior.onnx). In a 10-minute CPU run the diffusion prior's samples were no more realistic and
-    # less varied (diversity 0.73 of the held-out faces'), so the mixture is the default.
+    # exported as prior.onnx). The mixture is the default: the diffusion prior's samples were no more realistic
+    # and less varied (docs/experiments.md), and a run without it never builds or imports it.
     prior: str = "mixture"
     prior_width: int = 256
     prior_blocks: int = 3
@@ -72,8 +67,6 @@ class ModelConfig:
             raise ValueError(f"prior must be 'diffusion' or 'mixture', not {self.prior!r}")
         if self.prior_covariance not in ("diagonal", "full"):
             raise ValueError(f"prior_covariance must be 'diagonal' or 'full', not {self.prior_covariance!r}")
-        if self.upsample not in ("transpose", "resize"):
-            raise ValueError(f"upsample must be 'transpose' or 'resize', not {self.upsample!r}")
 
 
 @dataclass(frozen=True)
@@ -97,11 +90,12 @@ class TrainConfig:
     checkpoint_minutes: float = 2.0
     # Adversarial loss (adversarial.py): its weight on top of the adaptive one (0, the default, turns it off),
     # and the share of the run before it starts (the decoder first learns to reconstruct at all, as in VQGAN).
-    # In 10 CPU minutes it cost 30% of the steps and left reconstructions lower (24.6 dB) and no more realistic.
+    # Off by default: on a time budget its steps cost more than its realism gained (docs/experiments.md), and a
+    # run without it never builds, imports or checkpoints the discriminator.
     adversarial_weight: float = 0.0
     adversarial_start: float = 0.25
     # Exponential moving average of the VAE weights, used for evaluation, sampling and export (0 turns it off);
-    # 0.995 averages over about the last 200 steps: a 10-minute CPU run makes only about 1,300.
+    # 0.995 averages over about the last 200 steps: short enough for a CPU run of a few thousand steps.
     ema_decay: float = 0.995
     # Share of a time budget spent training the diffusion prior (prior="diffusion") on the final latents, and its
     # number of steps
@@ -131,9 +125,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
-        """Build from parsed JSON, ignoring keys this version does not know."""
+        """Build from parsed JSON, ignoring keys this animevae does not know (a newer one wrote them)."""
         model = _known_fields(ModelConfig, raw.get("model", {}))
-        model.setdefault("prior_covariance", "full")  # written before the field existed: full covariances
         train = _known_fields(TrainConfig, raw.get("train", {}))
         top = _known_fields(cls, raw)
         top.update(model=ModelConfig(**model), train=TrainConfig(**train))

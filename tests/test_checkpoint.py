@@ -18,6 +18,9 @@ from animevae.training.model import VAE, Denoiser, VAELoss
 from helpers import evil_object, evil_pickle, temp_leftovers
 
 
+BUDGET = {"elapsed_s": 3.5, "steps_s": 3.0, "end_cost_s": 0.25, "final_fit_extra_s": 1.0, "finished_under": None}
+
+
 def _trained_state(config: ModelConfig) -> tuple[RunConfig, dict, dict]:
     torch.manual_seed(0)
     vae, denoiser = VAE(config), Denoiser(config)
@@ -45,9 +48,9 @@ def _own_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def saved(tmp_path: Path, tiny_model_config: ModelConfig):
     run_config, modules, optimizers = _trained_state(tiny_model_config)
     path = tmp_path / "run" / "last.safetensors"
-    progress = Progress(epoch=1, batch=2, step=7, elapsed_s=3.5, extra={"note": "x"})
+    progress = Progress(epoch=1, batch=2, step=7, extra={"note": "x"})
     rng = torch.Generator().manual_seed(42).get_state()
-    save_checkpoint(path, run_config, modules, optimizers, progress, rng)
+    save_checkpoint(path, run_config, modules, optimizers, progress, rng, BUDGET)
     return path, run_config, modules, optimizers, progress, rng
 
 
@@ -56,6 +59,7 @@ def test_round_trip_restores_weights_optimisers_and_progress(saved, tiny_model_c
     checkpoint = load_checkpoint(path)
     assert checkpoint.config == run_config
     assert checkpoint.progress == progress
+    assert checkpoint.budget == BUDGET
     assert torch.equal(checkpoint.tensors["rng.torch"], rng)
 
     vae, denoiser = VAE(tiny_model_config), Denoiser(tiny_model_config)
@@ -94,7 +98,8 @@ def test_a_checkpoint_creates_its_folders_and_reaches_the_disk(tmp_path: Path, t
     """fsync before the rename: after a power cut the checkpoint is the old one or the new one, never empty."""
     run_config, modules, optimizers = _trained_state(tiny_model_config)
     path = tmp_path / "runs" / "new" / "last.safetensors"
-    save_checkpoint(path, run_config, modules, optimizers, Progress(step=3), torch.Generator().get_state())
+    save_checkpoint(path, run_config, modules, optimizers, Progress(step=3), torch.Generator().get_state(),
+                    BUDGET)
     assert load_checkpoint(path).progress.step == 3
     assert any(Path(p).name.startswith(".last.safetensors") for p in fsynced_paths)
 
@@ -172,12 +177,29 @@ def test_non_checkpoint_files_are_refused(tmp_path: Path, saved) -> None:
         load_checkpoint(newer)
     assert caught.value.hint
 
+    # A checkpoint of an older layout (no budget record) says so, instead of failing on a missing key.
+    older = tmp_path / "older.safetensors"
+    header = {k: v for k, v in json.loads(_header(saved[0]))["__metadata__"].items()
+              if k not in ("checkpoint_version", "budget")}
+    save_file({"w": torch.zeros(2)}, str(older), metadata=header)
+    with pytest.raises(ModelError, match="checkpoint format 1") as caught:
+        load_checkpoint(older)
+    assert "start a new run" in caught.value.hint
+    with pytest.raises(ModelError, match="checkpoint format 1"):
+        read_config(older)
+
     truncated = tmp_path / "truncated.safetensors"
     data = saved[0].read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match="cannot read checkpoint") as caught:
         load_checkpoint(truncated)
     assert "truncated" in caught.value.hint
+
+
+def _header(path: Path) -> str:
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return data[8 : 8 + header_len].decode()
 
 
 def test_failed_save_keeps_the_previous_checkpoint(saved, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +214,7 @@ def test_failed_save_keeps_the_previous_checkpoint(saved, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(checkpoint_module, "save_file", half_write)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, run_config, modules, optimizers, Progress(step=99), rng)
+        save_checkpoint(path, run_config, modules, optimizers, Progress(step=99), rng, BUDGET)
     assert path.read_bytes() == before
     assert temp_leftovers(path.parent) == []
     assert load_checkpoint(path).progress.step == 7

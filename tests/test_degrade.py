@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from animevae.training.degrade import (CHROMA_420, CHROMA_444, REAL, RECIPES, Recipe, degrade_batch, jpeg_batch,
+from animevae.training.degrade import (CHROMA_420, CHROMA_444, REAL, Recipe, degrade_batch, jpeg_batch,
                               jpeg_bytes_roundtrip, multiscale_crop)
 from helpers import blob_image
 
@@ -92,11 +92,11 @@ def test_jpeg_recipe_quantises_and_loses_more_at_low_quality() -> None:
     assert (low - clean).pow(2).mean() > 3.0 * (high - clean).pow(2).mean() > 0
 
 
-def test_every_benchmark_recipe_degrades_a_batch() -> None:
+def test_gaussian_only_and_jpeg_only_recipes_degrade_a_batch() -> None:
     clean = _blobs(8)
-    for name, recipe in RECIPES.items():
-        assert degrade_batch(clean, _gen(0), recipe=recipe).shape == clean.shape, name
-    assert RECIPES["real"] == REAL
+    for recipe in (Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0), ONLY_JPEG, REAL):
+        out = degrade_batch(clean, _gen(0), recipe=recipe)
+        assert out.shape == clean.shape and not torch.equal(out, clean)
 
 
 def test_scale_one_crops_are_windows_of_their_own_image() -> None:

@@ -82,6 +82,10 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
     assert saved == {**asdict(report), "seconds": saved["seconds"]}
     # 40 images: 4 held out (10%), 36 for training, as in training's own split.
     assert (report.held_out, report.train_images, report.samples) == (4, 36, 40)
+    # SWD of samples and its floor (held-out faces), both against training faces, 4 a side (the held-out count);
+    # 16x16 images have one pyramid level.
+    assert set(report.swd_samples) == set(report.swd_floor) == {"16"} and report.swd_images == 4
+    assert report.swd_samples["16"] > 0 and report.swd_floor["16"] > 0
     assert set(report.denoise_psnr) == set(report.denoise_made_worse) == {"0", "15", "25", "50", "jpeg20", "jpeg40",
                                                                           "jpeg90"}
     assert report.noisy_psnr["0"] == 100.0  # clean input: PSNR capped at 100 dB

@@ -192,12 +192,12 @@ def test_a_float32_diagonal_fit_far_from_the_origin_matches_the_float64_one() ->
     torch.testing.assert_close(s32, s64, atol=2e-4, rtol=0.02)
 
 
-def test_a_config_written_before_diagonal_mixtures_keeps_full_covariances() -> None:
-    raw = json.loads(RunConfig(name="old", model=ModelConfig(**TINY)).to_json())
+def test_full_covariances_are_a_choice_and_diagonal_the_default() -> None:
+    raw = json.loads(RunConfig(name="run", model=ModelConfig(**TINY)).to_json())
     del raw["model"]["prior_covariance"]
-    old = RunConfig.from_dict(raw)
-    assert old.model.prior_covariance == "full"
-    assert "prior_scale_trils" in VAE(old.model).state_dict()
+    assert RunConfig.from_dict(raw).model.prior_covariance == "diagonal"
+    full = ModelConfig(**{**TINY, "prior_covariance": "full"})
+    assert "prior_scale_trils" in VAE(full).state_dict() and "prior_scales" not in VAE(full).state_dict()
     assert ModelConfig().prior_covariance == "diagonal"
     with pytest.raises(ValueError, match="prior_covariance"):
         ModelConfig(**{**TINY, "prior_covariance": "spherical"}).check()
@@ -295,9 +295,9 @@ def test_choose_model_explicit_paths_and_errors(tmp_path: Path, monkeypatch: pyt
         models.choose_model(tmp_path / "runs")
 
 
-def test_resize_upsampling_decoder_has_the_same_contract() -> None:
-    vae = VAE(ModelConfig(**{**TINY, "upsample": "resize"}))
+def test_the_decoder_doubles_by_transposed_convs_and_a_stored_upsample_key_is_ignored() -> None:
+    vae = VAE(ModelConfig(**TINY))
     assert vae.decoder(torch.randn(3, 8)).shape == (3, 3, 16, 16)
-    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in vae.decoder.modules())
-    with pytest.raises(ValueError, match="upsample"):
-        ModelConfig(upsample="bilinear").check()
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in vae.decoder.modules()) == len(TINY["channels"])
+    stored = {"name": "old", "model": {**TINY, "upsample": "transpose"}}  # a config.json that still names it
+    assert RunConfig.from_dict(stored).model == ModelConfig(**TINY)

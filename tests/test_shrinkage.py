@@ -160,13 +160,15 @@ def test_a_denoiser_file_without_a_knee_runs_ungated(onnx_models) -> None:
 
 def test_a_shut_gate_is_recalibrated_at_every_epoch_end_until_the_denoiser_helps(tmp_path, monkeypatch) -> None:
     import animevae.training.train as train_module
+    import animevae.training.trainer as trainer_module
     from animevae.config import TrainConfig
     from animevae.training.checkpoint import load_checkpoint
     from helpers import write_blobs
 
-    monkeypatch.setattr(train_module, "CALIBRATION_REFRESH_S", 1e9)  # no refresh by time
+    monkeypatch.setattr(trainer_module, "CALIBRATION_REFRESH_S", 1e9)  # no refresh by time
+    monkeypatch.setattr(trainer_module, "SHUT_GATE_REFRESH_S", 0.0)  # a shut gate: at every report
     knees = iter([32.0, 31.75, 5.0, 4.0, 4.0])  # shut, shut, then open
-    monkeypatch.setattr(train_module, "calibrate_knee", lambda denoiser, clean: next(knees))
+    monkeypatch.setattr(trainer_module, "calibrate_knee", lambda denoiser, clean: next(knees))
     steps: list[int] = []
     calibrate = train_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",
@@ -183,10 +185,11 @@ def test_a_shut_gate_is_recalibrated_at_every_epoch_end_until_the_denoiser_helps
 
 def test_training_calibrates_first_and_on_its_final_weights_and_not_twice(tmp_path, monkeypatch) -> None:
     import animevae.training.train as train_module
+    import animevae.training.trainer as trainer_module
     from animevae.config import TrainConfig
     from helpers import write_blobs
 
-    monkeypatch.setattr(train_module, "CALIBRATION_REFRESH_S", 1e9)  # only the first and the final one
+    monkeypatch.setattr(trainer_module, "CALIBRATION_REFRESH_S", 1e9)  # only the first and the final one
     steps: list[int] = []
     calibrate = train_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",

@@ -23,7 +23,8 @@ from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
 from animevae.training.data import TrainingData, load_training_images
-from animevae.training.train import prior_schedule_fraction, train
+from animevae.training.prior_phase import prior_schedule_fraction
+from animevae.training.train import train
 from helpers import read_jsonl, read_rgb, temp_leftovers
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
@@ -67,7 +68,6 @@ def test_run_folder_holds_config_checkpoint_metrics_and_samples(trained_run) -> 
     assert config["name"] == "run"
     assert config["model"] == {"image_size": 16, "latent_dim": 8, "channels": [8, 16], "denoiser_width": 8,
                                "denoiser_blocks": 1, "prior_components": 700, "prior_covariance": "diagonal",
-                               "upsample": "transpose",
                                "prior": "diffusion", "prior_width": 16, "prior_blocks": 1,
                                "prior_sampling_steps": 10, "disc_channels": 4,
                                "classes": [], "class_counts": []}  # a flat folder: no classes
@@ -84,6 +84,9 @@ def test_metrics_jsonl_has_one_record_per_epoch_with_all_fields(trained_run) -> 
     assert METRIC_FIELDS <= record.keys()
     assert record["epoch"] == 1 and record["step"] == trained_run.steps and record["partial"] is False
     assert all(math.isfinite(record[key]) for key in METRIC_FIELDS)
+    # The final report scores samples by sliced Wasserstein distance (one pyramid level for 16x16 images), and
+    # the line says how much of the run went on anything but training steps.
+    assert record["swd_16"] > 0 and 0 < record["overhead_s"] <= record["elapsed_s"]
     # sigma 25 noise on [0, 1] images is about 20 dB, sigma 50 about 14 dB (a bit more: clipping removes some).
     assert 19.0 < record["noisy_psnr_25"] < 23.0
     assert 13.0 < record["noisy_psnr_50"] < record["noisy_psnr_25"]
@@ -323,7 +326,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained_run, image_dir: Pa
     assert weights and resumed.tensors.keys() == straight.tensors.keys()
     for key in weights:
         assert torch.equal(resumed.tensors[key], straight.tensors[key]), key
-    strip = ("elapsed_s",)
+    strip = ("elapsed_s", "overhead_s")
     assert [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(runs / "run" / "metrics.jsonl")] == [
         {k: v for k, v in r.items() if k not in strip} for r in read_jsonl(trained_run.run_dir / "metrics.jsonl")]
 
@@ -551,17 +554,17 @@ def test_a_time_budget_includes_the_final_epoch_end(image_dir: Path, tmp_path: P
     not one epoch end after it. Each epoch end but the final one is made at least 1 s dearer, in a 15 s budget."""
     import time as time_module
 
-    import animevae.training.train as train_module
+    import animevae.training.loop as loop_module
 
-    end_epoch = train_module._end_epoch
-    monkeypatch.setattr(train_module, "_end_epoch", lambda *args, **kwargs: (
-        time_module.sleep(0.0 if kwargs.get("final") else 1.0), end_epoch(*args, **kwargs))[1])
+    report = loop_module.report
+    monkeypatch.setattr(loop_module, "report", lambda *args, **kwargs: (
+        time_module.sleep(0.0 if kwargs.get("final") else 1.0), report(*args, **kwargs))[1])
     config = replace(tiny_model_config, prior="mixture")
     result = train(image_dir, config, TrainConfig(max_minutes=0.25, batch_size=16, precision="fp32"),
                    tmp_path / "runs", device="cpu")
     final = read_jsonl(result.run_dir / "metrics.jsonl")[-1]
     assert final["elapsed_s"] < 14.5  # without the reserve the final epoch end starts at 15 s
-    assert result.progress.elapsed_s < 16.0  # and it ends about when the budget does
+    assert result.elapsed_s < 16.0  # and it ends about when the budget does
     # The finished run, resumed, has nothing left to train, though its cheap final epoch end left a few seconds
     # of the reserve unspent; resumed with a longer budget, it trains on.
     lines = len(read_jsonl(result.run_dir / "metrics.jsonl"))
@@ -580,16 +583,17 @@ def test_a_time_budget_includes_the_final_epoch_end(image_dir: Path, tmp_path: P
 def test_the_mixture_fits_mirrored_latents_first_last_and_on_interrupt_not_every_epoch(
         image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     import animevae.training.train as train_module
+    import animevae.training.trainer as trainer_module
     from animevae.training.model import DIAGONAL_POINTS_PER_COMPONENT
 
-    monkeypatch.setattr(train_module, "MIXTURE_REFIT_S", 1e9)  # only the first fit and the final one
+    monkeypatch.setattr(trainer_module, "MIXTURE_REFIT_S", 1e9)  # only the first fit and the final one
     fits: list[tuple[int, int]] = []  # (step, rows fitted)
     fit_at = train_module.Trainer.fit_prior
-    fit_rows = train_module.VAE.fit_prior
+    fit_rows = trainer_module.VAE.fit_prior
     steps: list[int] = []
     monkeypatch.setattr(train_module.Trainer, "fit_prior",
-                        lambda self: (steps.append(self.progress.step), fit_at(self))[1])
-    monkeypatch.setattr(train_module.VAE, "fit_prior",
+                        lambda self, *a: (steps.append(self.progress.step), fit_at(self, *a))[1])
+    monkeypatch.setattr(trainer_module.VAE, "fit_prior",
                         lambda self, mu, *a, **k: (fits.append((steps[-1], len(mu))), fit_rows(self, mu, *a, **k))[1])
     config = replace(tiny_model_config, prior="mixture", prior_components=50)
     result = train(image_dir, config, TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs",
@@ -623,3 +627,156 @@ def test_one_epoch_on_cuda_with_every_piece(image_dir: Path, tmp_path: Path, tin
     assert result.device.startswith("cuda") and result.precision == "bf16"
     assert {"d_loss", "prior_loss"} <= set(read_jsonl(result.run_dir / "metrics.jsonl")[-1])
     assert set(export_run(result.run_dir).max_abs_diff) >= {"encoder", "decoder", "denoiser", "prior"}
+
+
+_DEFAULT_RUN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from helpers import TINY_MODEL, write_blobs
+from animevae.config import ModelConfig, TrainConfig
+from animevae.training.checkpoint import load_checkpoint
+from animevae.training.train import train
+
+write_blobs(Path(sys.argv[1]), count=40)
+model = ModelConfig(**{**TINY_MODEL, "prior": "mixture"})  # the defaults: mixture prior, adversarial weight 0
+result = train(Path(sys.argv[1]), model, TrainConfig(epochs=1, batch_size=16, precision="fp32"), Path(sys.argv[2]),
+               device="cpu")
+keys = load_checkpoint(result.run_dir / "last.safetensors").tensors
+print("KEYS", " ".join(sorted({key.split(".")[0] + "." + key.split(".")[1] for key in keys})))
+print("MODULES", " ".join(sorted(name for name in sys.modules if name.startswith("animevae.training."))))
+"""
+
+
+def test_a_default_run_builds_imports_and_checkpoints_no_rejected_feature(tmp_path: Path) -> None:
+    """With default flags the patch discriminator (--adversarial-weight 0) and the diffusion prior (--prior
+    mixture) cost nothing: not built, not in the checkpoint, not even imported (a fresh process shows it)."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-c", _DEFAULT_RUN, str(tmp_path / "faces"), str(tmp_path / "runs"),
+                           str(tests)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if line.startswith(("KEYS", "MODULES")))
+    keys, modules = lines["KEYS"].split(), lines["MODULES"].split()
+    assert "vae.encoder" in keys and "optim.vae" in keys and "optim.denoiser" in keys  # the probe sees keys
+    assert not [k for k in keys if k.startswith(("discriminator.", "prior.", "optim.discriminator", "optim.prior"))]
+    assert "animevae.training.trainer" in modules
+    assert not {"animevae.training.adversarial", "animevae.training.diffusion",
+                "animevae.training.prior_phase"} & set(modules)
+
+
+def test_an_adversarial_diffusion_trainer_builds_and_checkpoints_both(tiny_model_config: ModelConfig,
+                                                                      tmp_path: Path) -> None:
+    trainer = _trainer(replace(tiny_model_config, prior="diffusion"), adversarial_weight=0.5)
+    assert {"discriminator", "prior"} <= trainer.modules.keys() and {"discriminator", "prior"} <= trainer.optimizers.keys()
+    trainer.save(tmp_path / "last.safetensors")
+    keys = load_checkpoint(tmp_path / "last.safetensors").tensors
+    assert any(k.startswith("discriminator.") for k in keys) and any(k.startswith("prior.") for k in keys)
+    plain = _trainer(replace(tiny_model_config, prior="mixture"))
+    assert plain.discriminator is None and plain.prior is None
+    assert not {"discriminator", "prior"} & (plain.modules.keys() | plain.optimizers.keys())
+
+
+def test_overhead_is_recorded_and_a_resume_keeps_counting_it(image_dir: Path, tmp_path: Path,
+                                                             tiny_model_config: ModelConfig,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """overhead_s: the seconds outside training steps, summed over every session of the run (each report here
+    made 0.5 s dearer, so the sum shows)."""
+    import time as time_module
+
+    import animevae.training.loop as loop_module
+
+    report = loop_module.report
+    monkeypatch.setattr(loop_module, "report", lambda *args, **kwargs: (time_module.sleep(0.5),
+                                                                        report(*args, **kwargs))[1])
+    config = replace(tiny_model_config, prior="mixture")
+    first = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",
+                  device="cpu")
+    record = read_jsonl(first.run_dir / "metrics.jsonl")[-1]
+    assert 0.5 <= record["overhead_s"] <= record["elapsed_s"]
+    assert first.overhead_s >= record["overhead_s"]
+    kept = load_checkpoint(first.run_dir / "last.safetensors").budget
+    assert kept["steps_s"] > 0 and kept["elapsed_s"] - kept["steps_s"] == pytest.approx(first.overhead_s, abs=0.05)
+    again = train(image_dir, config, TrainConfig(epochs=2, batch_size=16, precision="fp32"), tmp_path / "runs",
+                  name=first.run_dir.name, device="cpu", resume=True)
+    records = read_jsonl(first.run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[1]["overhead_s"] >= records[0]["overhead_s"] + 0.5  # the second session's report added on
+    assert again.elapsed_s > first.elapsed_s
+
+
+def test_the_mixture_fits_a_bounded_sample_of_faces_whatever_the_folder(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "MIXTURE_FACES", 10)
+    monkeypatch.setattr(trainer_module, "SHEET_MIXTURE_FACES", 6)
+    monkeypatch.setattr(trainer_module, "MIXTURE_REFIT_S", 0.0)  # refit at every report
+    fitted: list[int] = []
+    fit = trainer_module.VAE.fit_prior
+    monkeypatch.setattr(trainer_module.VAE, "fit_prior",
+                        lambda self, mu, *a, **k: (fitted.append(len(mu)), fit(self, mu, *a, **k))[1])
+    reporter = RecordingReporter()
+    config = replace(tiny_model_config, prior="mixture", prior_components=2)
+    train(image_dir, config, TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu",
+          reporter=reporter)
+    # 36 training faces: the fits before the final one on 6 of them and their mirror images, the final on 10.
+    assert fitted == [12, 12, 20]
+    assert sum("fitting the latent mixture on 20 latents" in line for line in reporter.logs) == 1
+
+
+def test_a_report_comes_within_an_epoch_when_the_last_is_old(image_dir: Path, tmp_path: Path,
+                                                             tiny_model_config: ModelConfig,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch of a big folder can outlast the run: reports come by the clock too (here after every step)."""
+    import animevae.training.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "REPORT_EVERY_S", 0.0)
+    config = replace(tiny_model_config, prior="mixture")
+    result = train(image_dir, config, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "runs",
+                   device="cpu")
+    records = read_jsonl(result.run_dir / "metrics.jsonl")
+    steps = result.progress.step
+    # Mid-epoch reports after steps 1 and 2 (partial), the epoch's own after the last.
+    assert [(r["step"], r["partial"], r["epoch"]) for r in records] == [(1, True, 1), (2, True, 1), (steps, False, 1)]
+    assert steps == 3
+
+
+def test_a_shut_gate_waits_its_own_interval_between_calibrations(image_dir: Path, tmp_path: Path,
+                                                                  tiny_model_config: ModelConfig,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small folder's epochs end every few seconds: a gate that stays shut is not recalibrated at each."""
+    import animevae.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "SHUT_GATE_REFRESH_S", 1e9)
+    monkeypatch.setattr(trainer_module, "calibrate_knee", lambda denoiser, clean: 32.0)  # it stays shut
+    steps: list[int] = []
+    calibrate = trainer_module.Trainer.calibrate_denoiser
+    monkeypatch.setattr(trainer_module.Trainer, "calibrate_denoiser",
+                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+    result = train(image_dir, replace(tiny_model_config, prior="mixture"),
+                   TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
+    per_epoch = result.progress.step // 3
+    assert steps == [per_epoch, 3 * per_epoch]  # the first report, then the run's end
+
+
+def test_a_report_that_spends_the_rest_of_the_budget_is_followed_by_the_final_fits(
+        image_dir: Path, tmp_path: Path, tiny_model_config: ModelConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first report's cost is foretold by nothing: when it runs past the budget, the run still ends with the
+    final fits (the full mixture) and the final line, at the same step."""
+    import time as time_module
+
+    import animevae.training.loop as loop_module
+
+    report = loop_module.report
+    finals: list[bool] = []
+    monkeypatch.setattr(loop_module, "report", lambda *args, **kwargs: (
+        finals.append(kwargs["final"]), time_module.sleep(0.0 if kwargs["final"] else 2.0), report(*args, **kwargs))[2])
+    result = train(image_dir, replace(tiny_model_config, prior="mixture"),
+                   TrainConfig(max_minutes=0.02, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
+    records = read_jsonl(result.run_dir / "metrics.jsonl")
+    assert finals[-1] is True and len(records) == 1  # the final line replaced the first at the same step
+    assert records[0]["step"] == result.progress.step and "swd_16" in records[0]

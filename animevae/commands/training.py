@@ -100,7 +100,8 @@ def train(
     progress, metrics = result.progress, result.metrics
     state = "interrupted; checkpoint saved" if result.interrupted else "finished"
     console.print(f"{state}: run {result.run_dir.name}, epoch {progress.epoch}, step {progress.step}, "
-                  f"{progress.elapsed_s / 60:.1f} min on {result.device} ({result.precision}), "
+                  f"{result.elapsed_s / 60:.1f} min ({result.overhead_s:.0f} s outside training steps) on "
+                  f"{result.device} ({result.precision}), "
                   f"{rate(result.images_per_s)} images/s")
     if "val_psnr" in metrics:  # absent when the set is too small to hold images out
         console.print(f"validation: recon PSNR {metrics['val_psnr']:.2f} dB; denoise PSNR at sigma 25 "
@@ -172,6 +173,9 @@ def evaluate(
                                  ("reconstructions", report.realism_recon_accuracy, report.realism_recon_auc)):
         table.add_row(f"real-vs-generated classifier, {label}: accuracy / AUC",
                       unmeasured if accuracy is None else f"{accuracy:.3f} / {auc:.3f}")
+    for side, value in report.swd_samples.items():
+        table.add_row(f"sliced Wasserstein x1e3 at {side} px, samples / held-out floor ({report.swd_images} a side)",
+                      f"{value:.1f} / {report.swd_floor[side]:.1f}")
     table.add_row("samples drawn from", report.latents)
     for style, share in report.style_share_train.items():
         table.add_row(f"style {style}: train / samples", f"{share:.3f} / {report.style_share_samples.get(style, 0.0):.3f}")

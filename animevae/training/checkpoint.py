@@ -17,6 +17,8 @@ from animevae.errors import ModelError
 from animevae.fileio import atomic_path
 
 CHECKPOINT_KIND = "animevae-checkpoint"
+# The layout of the checkpoint's own records (progress, budget): any other is refused with its number.
+CHECKPOINT_VERSION = 2
 # Progress.extra flag: the diffusion prior has had its training phase (train.py sets it, export reads it).
 PRIOR_TRAINED = "prior_trained"
 # The training split's content-hash keys (data.hash_keys), for evaluate's check that it scores unseen images.
@@ -30,7 +32,6 @@ class Progress:
     epoch: int = 0
     batch: int = 0
     step: int = 0
-    elapsed_s: float = 0.0
     best_val_psnr: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -42,10 +43,12 @@ def save_checkpoint(
     optimizers: dict[str, torch.optim.Optimizer],
     progress: Progress,
     rng_state: torch.Tensor,
+    budget: dict[str, Any],
     train_keys: torch.Tensor | None = None,
 ) -> None:
-    """Write everything needed to resume, atomically (a kill during the save keeps the old file), and the
-    (N,) content-hash keys of the images trained on (data.hash_keys), where the set has hashes."""
+    """Write everything needed to resume, atomically (a kill during the save keeps the old file): the
+    `budget` record (budget.Budget.record) and the (N,) content-hash keys of the images trained on
+    (data.hash_keys), where the set has hashes."""
     tensors: dict[str, torch.Tensor] = {} if train_keys is None else {TRAIN_KEYS: train_keys.cpu().contiguous()}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
@@ -61,8 +64,10 @@ def save_checkpoint(
     metadata = {
         "kind": CHECKPOINT_KIND,
         "format_version": str(FORMAT_VERSION),
+        "checkpoint_version": str(CHECKPOINT_VERSION),
         "config": config.to_json(),
         "progress": json.dumps(asdict(progress)),
+        "budget": json.dumps(budget),
         "param_groups": json.dumps(groups),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,7 @@ class Checkpoint:
     progress: Progress
     tensors: dict[str, torch.Tensor]
     param_groups: dict[str, Any]
+    budget: dict[str, Any] = field(default_factory=dict)
 
     def module_state(self, name: str) -> dict[str, torch.Tensor]:
         """The state dict saved for module `name`."""
@@ -96,8 +102,7 @@ class Checkpoint:
 
 
 def read_train_keys(path: Path) -> torch.Tensor | None:
-    """The (N,) content-hash keys of the images a checkpoint's run trained on; None where it kept none
-    (runs before this version, sets without hashes)."""
+    """The (N,) content-hash keys of the images a checkpoint's run trained on; None for a set without hashes."""
     _read(path, with_tensors=False)  # the same checks and errors as a full load
     with safe_open(str(path), framework="pt") as handle:
         return handle.get_tensor(TRAIN_KEYS) if TRAIN_KEYS in handle.keys() else None
@@ -123,12 +128,18 @@ def _read(path: Path, with_tensors: bool) -> Checkpoint:
             raise ModelError(f"{path} is not an animevae checkpoint", "point at runs/NAME/last.safetensors")
         if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
             raise ModelError(f"{path} was written by a newer animevae", "upgrade animevae")
+        version = int(metadata.get("checkpoint_version", "1"))
+        if version != CHECKPOINT_VERSION:
+            newer = version > CHECKPOINT_VERSION
+            raise ModelError(f"{path} has checkpoint format {version}; this animevae reads format {CHECKPOINT_VERSION}",
+                             "upgrade animevae" if newer else "it was written by an older animevae: start a new run")
         config = RunConfig.from_dict(json.loads(metadata["config"]))
         progress = Progress(**json.loads(metadata["progress"]))
         groups = json.loads(metadata["param_groups"])
+        budget = json.loads(metadata["budget"])
         tensors = load_file(str(path)) if with_tensors else {}
     except ModelError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"cannot read checkpoint {path}: {error}", "it may be truncated; train again") from None
-    return Checkpoint(config=config, progress=progress, tensors=tensors, param_groups=groups)
+    return Checkpoint(config=config, progress=progress, tensors=tensors, param_groups=groups, budget=budget)

@@ -35,14 +35,8 @@ class Recipe:
     chroma_420: float = 0.5  # of JPEG passes: 4:2:0 chroma subsampling (else 4:4:4)
 
 
-# The denoiser's training recipe, and the ones the benchmark compares it with.
+# The denoiser's training recipe.
 REAL = Recipe()
-RECIPES = {
-    "gaussian": Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0),  # what it trained on before
-    "gaussian+jpeg": Recipe(clean=0.0, gaussian=0.7, poisson=0.0, grey=0.0),
-    "noise+jpeg": Recipe(clean=0.0),  # adds Poisson and grey noise
-    "real": REAL,  # adds clean images
-}
 # Window side (as a multiple of the crop side) -> share of crops: 1 is a plain crop; larger windows are
 # downscaled to the crop side, so the model also sees line art and flat colours finer than the data's own.
 SCALES = {1.0: 0.5, 1.5: 0.25, 2.0: 0.25}

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,7 @@ from animevae.training.data import hash_keys, split_holdout
 from animevae.training.degrade import jpeg_batch
 from animevae.config import RunConfig
 from animevae.training.checkpoint import read_train_keys
-from animevae.training.diffusion import DDIMSampler
 from animevae.errors import DataError
-from animevae.training.export import load_run_models, load_run_sampler
 from animevae.fileio import write_json_atomic
 from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.progress import SilentReporter
@@ -29,6 +28,10 @@ from animevae.runs import CHECKPOINT_NAME
 from animevae.training import usefulness
 from animevae.training.realism import classifier_rows, realism_score
 from animevae.training.data import load_training_images
+from animevae.training.swd import swd
+
+if TYPE_CHECKING:  # the training loop imports this module: it must not pull in the diffusion prior
+    from animevae.training.diffusion import DDIMSampler
 
 NOISE_SEED = 1234
 SIGMAS = (0, 15, 25, 50)
@@ -37,6 +40,8 @@ JPEG_QUALITIES = (20, 40, 90)
 REPORT_NAME = "evaluation.json"
 # Diversity needs a pair of held-out images; the classifier one to train on and one to test on, per side.
 MIN_HELD_OUT = 2
+# Images a side for the sliced Wasserstein distance (fewer where fewer are held out: both figures at one size).
+SWD_IMAGES = 1000
 
 
 @dataclass
@@ -100,6 +105,12 @@ class QualityReport:
     # sample's style is its nearest training face's): which styles give the model away.
     realism_samples_by_style: dict[str, float] = field(default_factory=dict)
     realism_recon_by_style: dict[str, float] = field(default_factory=dict)
+    # Sliced Wasserstein distance x1e3 on Laplacian-pyramid patches (swd.py) per level side ("64", "32", "16"):
+    # samples against training faces, and the floor, held-out faces against training faces (0: identical
+    # statistics); both on swd_images images a side.
+    swd_samples: dict[str, float] = field(default_factory=dict)
+    swd_floor: dict[str, float] = field(default_factory=dict)
+    swd_images: int = 0
     seconds: float = 0.0
     # Measures the set is too small for (None above): they need at least MIN_HELD_OUT held-out images.
     not_measurable: list[str] = field(default_factory=list)
@@ -280,6 +291,24 @@ def refuse_trained_on(run_dir: Path, data: Path, config: RunConfig, hashes: list
                         "or on images it never saw")
 
 
+def swd_report(samples: torch.Tensor, held_out: torch.Tensor, train_images: torch.Tensor,
+               limit: int = SWD_IMAGES) -> tuple[dict[str, float], dict[str, float], int]:
+    """SWD per level of (N, 3, S, S) samples against a seeded draw of training faces, and the floor: held-out
+    faces against the same draw, at one size a side (at most `limit`). Returns both, keyed by level side, and the
+    size."""
+    count = min(limit, len(samples), len(held_out), len(train_images))
+    rows = torch.from_numpy(np.random.default_rng(0).permutation(len(train_images))[:count])
+    reference = swd_array(train_images[rows])
+    by_side = lambda scores: {str(side): value for side, value in scores.items()}  # noqa: E731
+    return (by_side(swd(swd_array(samples[:count]), reference)), by_side(swd(swd_array(held_out[:count]), reference)),
+            count)
+
+
+def swd_array(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) [0, 1] images as the 8-bit values a PNG holds, float32."""
+    return (as_saved(images.float()) * 255.0).cpu().numpy().astype(np.float32)
+
+
 def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
                  classifier_images: int = 1000, class_samples: int = 300, few_real: int = 20) -> QualityReport:
     """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
@@ -287,6 +316,8 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     The realism classifier learns from `classifier_images` training images per class and is scored on the
     held-out images against as many unseen samples (or reconstructions). A labelled run is also scored on
     `class_samples` samples per class: class fidelity, CAS, and the gain over `few_real` real images per class."""
+    from animevae.training.export import load_run_models, load_run_sampler
+
     started = time.monotonic()
     config, vae, denoiser = load_run_models(run_dir)
     sampler = load_run_sampler(run_dir)
@@ -327,6 +358,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     generated = drawn[:samples]
     sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
+    swd_samples, swd_floor, swd_images = swd_report(generated, held_out, train_images)
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
         recon_psnr=round(recon_psnr, 3), recon_ssim=round(recon_ssim, 4),
@@ -346,6 +378,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
         realism_samples_by_style=realism.by_group if realism else {},
         realism_recon_by_style=recon_realism.by_group if recon_realism else {},
+        swd_samples=swd_samples, swd_floor=swd_floor, swd_images=swd_images,
     )
     report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
                                                "realism_recon_accuracy", "realism_recon_auc"]
