@@ -133,7 +133,7 @@ def main() -> None:
     where = args.dir or Path(tempfile.gettempdir())
     print(f"\n{cores} cores, {args.count} images into {where}, medians of {args.repeats} runs (images/s):")
     print(f"  D (decoder alone)            {median['D']:8.0f}")
-    print(f"  P (latent prior alone, {sampler.kind}) {median['P']:8.0f}: its cost is "
+    print(f"  P (latent prior alone, {info.latent_source}) {median['P']:8.0f}: its cost is "
           f"{100 * median['D'] / median['P']:.1f}% of the decoder's")
     print(f"  W (PNG encode + write alone) {median['W']:8.0f}")
     print(f"  bound 1/(1/D + 1/W)          {bound:8.0f}")

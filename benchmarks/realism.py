@@ -95,7 +95,7 @@ def score(args: argparse.Namespace, **fit: int) -> None:
         mu_test = encoder.run(real_test.numpy())[0]
         recon = realism_score(real_train, _decode(decoder, mu_train), real_test, _decode(decoder, mu_test),
                               device=args.device, **fit)
-    print(json.dumps({"model": choice.origin, "latents": sampler.kind, "classifier_device": args.device,
+    print(json.dumps({"model": choice.origin, "latents": info.latent_source, "classifier_device": args.device,
                       "denoised_samples": args.denoise_samples, "temperature": args.temperature,
                       "samples": sample.__dict__, "reconstructions": recon.__dict__ if recon else None,
                       "seconds": round(time.perf_counter() - started, 1)}, indent=2))

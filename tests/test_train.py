@@ -697,7 +697,7 @@ def test_overhead_is_recorded_and_a_resume_keeps_counting_it(image_dir: Path, tm
                   device="cpu")
     record = read_jsonl(first.run_dir / "metrics.jsonl")[-1]
     assert 0.5 <= record["overhead_s"] <= record["elapsed_s"]
-    assert first.overhead_s >= record["overhead_s"]
+    assert first.overhead_s >= record["overhead_s"] - 0.05  # the record rounds to 0.1 s
     kept = load_checkpoint(first.run_dir / "last.safetensors").budget
     assert kept["steps_s"] > 0 and kept["elapsed_s"] - kept["steps_s"] == pytest.approx(first.overhead_s, abs=0.05)
     again = train(image_dir, config, TrainConfig(epochs=2, batch_size=16, precision="fp32"), tmp_path / "runs",
