@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import TINY_MODEL, write_blobs, write_labelled
+from helpers import MESSY_GOOD, TINY_MODEL, build_corpus, write_blobs, write_labelled
 
 
 @dataclass(frozen=True)
@@ -145,3 +145,13 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
                    TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"), runs_dir, device="cpu")
     report = export_run(result.run_dir)
     return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+
+
+@pytest.fixture
+def messy(tmp_path: Path) -> tuple[Path, set[str], set[str]]:
+    """tmp_path/messy: 30 good 16x16 faces plus the corpus of bad and odd files."""
+    folder = tmp_path / "messy"
+    write_blobs(folder, count=MESSY_GOOD)
+    odd, broken = build_corpus(folder)
+    yield folder, odd, broken
+    (folder / "locked.png").chmod(0o644)

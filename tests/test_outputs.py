@@ -1,0 +1,191 @@
+"""animevae/outputs.py: the manifest that guards an output folder (resume, refusal, --overwrite), the failure
+lists, single output files; and the same guard through generate, denoise and augment."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from animevae.cli import app
+from helpers import CPU, assert_cli_error, assert_ok, write_blobs
+
+
+def _model_flags(trained_run) -> list[str]:
+    return ["--model", str(trained_run.export_dir), *CPU]
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_a_users_skipped_json_is_neither_removed_nor_replaced(runner, trained_run, tmp_path: Path) -> None:
+    noisy, out = tmp_path / "noisy", tmp_path / "out"
+    write_blobs(noisy, count=3)
+    out.mkdir()
+    (out / "skipped.json").write_text("my list of skipped meals")
+    assert_cli_error(runner.invoke(app, ["denoise", str(noisy), "--out", str(out), *_model_flags(trained_run)]),
+                     "skipped.json")
+    assert (out / "skipped.json").read_text() == "my list of skipped meals"
+    from animevae.outputs import write_skipped
+
+    write_skipped(out, [])  # a clean run removes only a list of its own
+    assert (out / "skipped.json").read_text() == "my list of skipped meals"
+
+
+def test_overwrite_with_another_seed_leaves_no_stale_images(runner, trained_run, tmp_path: Path) -> None:
+    out, reference = tmp_path / "g", tmp_path / "reference"
+    flags = _model_flags(trained_run)
+    assert_ok(runner.invoke(app, ["generate", "--count", "4", "--seed", "0", "--out", str(out), *flags]))
+    assert_ok(runner.invoke(app, ["generate", "--count", "2", "--seed", "1", "--out", str(out), "--overwrite", *flags]))
+    assert sorted(_pngs(out)) == ["000000.png", "000001.png"]
+    assert_ok(runner.invoke(app, ["generate", "--count", "4", "--seed", "1", "--out", str(out), *flags]))
+    assert_ok(runner.invoke(app, ["generate", "--count", "4", "--seed", "1", "--out", str(reference), *flags]))
+    assert _pngs(out) == _pngs(reference)
+
+
+def test_an_interrupted_overwrite_never_leaves_a_mix(onnx_models, tmp_path: Path, monkeypatch) -> None:
+    import animevae.writer as writer
+    from animevae.generate import generate
+
+    decoder, out, reference = onnx_models["decoder"], tmp_path / "g", tmp_path / "reference"
+    generate(decoder, 6, out, seed=0, workers=0)
+    real_save, calls = writer.save_png_atomic, []
+
+    def save_then_interrupt(path: Path, pixels: np.ndarray) -> None:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(path)
+        real_save(path, pixels)
+
+    monkeypatch.setattr(writer, "save_png_atomic", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        generate(decoder, 6, out, seed=1, overwrite=True, workers=0, batch_size=1)
+    monkeypatch.setattr(writer, "save_png_atomic", real_save)
+    generate(decoder, 6, out, seed=1, workers=0)  # a plain rerun finishes the interrupted job
+    generate(decoder, 6, reference, seed=1, workers=0)
+    assert _pngs(out) == _pngs(reference)
+
+
+def test_denoise_refuses_another_input_and_overwrite_replaces_every_output(runner, trained_run, tmp_path: Path) -> None:
+    a, b, out = tmp_path / "A", tmp_path / "B", tmp_path / "X"
+    write_blobs(a, count=2, seed=1, prefix="000")
+    write_blobs(b, count=1, seed=2, prefix="000")
+    flags = _model_flags(trained_run)
+    assert_ok(runner.invoke(app, ["denoise", str(a), "--out", str(out), *flags]))
+    assert sorted(_pngs(out)) == ["000000.png", "000001.png"]
+    assert_cli_error(runner.invoke(app, ["denoise", str(b), "--out", str(out), *flags]), "--overwrite")
+    assert_ok(runner.invoke(app, ["denoise", str(b), "--out", str(out), "--overwrite", *flags]))
+    reference = tmp_path / "reference"
+    assert_ok(runner.invoke(app, ["denoise", str(b), "--out", str(reference), *flags]))
+    assert _pngs(out) == _pngs(reference)  # A's 000001.png is gone, 000000.png is B's
+
+
+def test_augment_refuses_another_input(runner, trained_run, tmp_path: Path) -> None:
+    a, b, out = tmp_path / "A", tmp_path / "B", tmp_path / "X"
+    write_blobs(a, count=1, seed=1)
+    write_blobs(b, count=1, seed=2)
+    base = ["--per-image", "1", "--out", str(out), *_model_flags(trained_run)]
+    assert_ok(runner.invoke(app, ["augment", str(a), *base]))
+    assert_cli_error(runner.invoke(app, ["augment", str(b), *base]), "--overwrite")
+
+
+def test_write_output_file_creates_missing_folders_and_turns_os_errors_into_output_errors(tmp_path: Path) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import write_output_file
+
+    deep = tmp_path / "a" / "b" / "grid.png"
+    write_output_file(deep, b"png", overwrite=False)
+    assert deep.read_bytes() == b"png"
+    (tmp_path / "plain").write_bytes(b"a file, not a folder")
+    with pytest.raises(OutputError, match="cannot write") as caught:
+        write_output_file(tmp_path / "plain" / "grid.png", b"png", overwrite=False)
+    assert str(tmp_path / "plain" / "grid.png") in str(caught.value) and caught.value.hint
+
+
+def test_skipped_list_names_of_shards() -> None:
+    from animevae.outputs import SKIPPED_NAME, skipped_name
+
+    assert skipped_name() == skipped_name(0, 1) == SKIPPED_NAME
+    assert skipped_name(1, 3) == "skipped.shard-1-of-3.json"
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{}", '[{"name": "mine"}]', "a folder"])
+def test_a_skipped_json_of_another_shape_is_refused_and_kept(tmp_path: Path, content: str) -> None:
+    """Only a list of {path, reason} objects is ours: anything else of that name belongs to the user."""
+    from animevae.errors import OutputError
+    from animevae.outputs import prepare_output, write_skipped
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = out / "skipped.json"
+    if content == "a folder":
+        users.mkdir()
+    else:
+        users.write_text(content)
+    with pytest.raises(OutputError, match="skipped.json"):
+        prepare_output(out, {"task": "denoise"}, overwrite=False)
+    write_skipped(out, [])
+    assert users.is_dir() if content == "a folder" else users.read_text() == content
+
+
+def test_file_digest_is_the_sha256_of_the_whole_file(tmp_path: Path) -> None:
+    """The digest is what tells one model's output folder from another's: it must cover every byte."""
+    import hashlib
+
+    from animevae.outputs import file_digest
+
+    data = bytes(range(256)) * 6144  # 1.5 MiB: more than one read block
+    (tmp_path / "model.onnx").write_bytes(data)
+    (tmp_path / "other.onnx").write_bytes(data[:-1] + b"x")
+    assert file_digest(tmp_path / "model.onnx") == hashlib.sha256(data).hexdigest()
+    assert file_digest(tmp_path / "other.onnx") != file_digest(tmp_path / "model.onnx")
+
+
+def test_prepare_output_creates_a_nested_out_and_refuses_one_it_cannot_write(tmp_path: Path, monkeypatch) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import MANIFEST_NAME, prepare_output
+
+    nested = tmp_path / "new" / "deeper" / "out"
+    prepare_output(nested, {"seed": 1}, overwrite=False)
+    assert json.loads((nested / MANIFEST_NAME).read_text()) == {"seed": 1}
+    # Root passes every permission check, so the folder's permissions are simulated: no write, or no entry.
+    for missing in (os.W_OK, os.X_OK):
+        monkeypatch.setattr(os, "access", lambda path, mode, missing=missing: not mode & missing)
+        with pytest.raises(OutputError, match="not writable") as caught:
+            prepare_output(tmp_path / f"locked{missing}", {"seed": 1}, overwrite=False)
+        assert caught.value.hint
+
+
+def test_a_damaged_manifest_is_not_taken_for_a_fresh_folder(tmp_path: Path) -> None:
+    """A manifest that cannot be read still says animevae wrote here: refused, and --overwrite clears the old
+    outputs, so they are never mixed with the new job's."""
+    from animevae.errors import OutputError
+    from animevae.outputs import MANIFEST_NAME, prepare_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text('{"seed": 1, "mod')  # cut short
+    (out / "000000.png").write_bytes(b"an old job's image")
+    with pytest.raises(OutputError, match="another model or settings"):
+        prepare_output(out, {"seed": 2}, overwrite=False)
+    prepare_output(out, {"seed": 2}, overwrite=True, old_outputs=lambda folder: folder.glob("*.png"))
+    assert not (out / "000000.png").exists()
+    assert json.loads((out / MANIFEST_NAME).read_text()) == {"seed": 2}
+
+
+def test_overwrite_for_another_job_removes_its_failure_lists_but_not_the_users(tmp_path: Path) -> None:
+    """An old job's skipped.json would list failures the new job never had."""
+    from animevae.outputs import MANIFEST_NAME, prepare_output, write_skipped
+    from animevae.data import Skipped
+
+    out = tmp_path / "out"
+    prepare_output(out, {"seed": 1}, overwrite=False)
+    write_skipped(out, [Skipped("a.png", "truncated")])
+    write_skipped(out, [Skipped("b.png", "truncated")], "skipped.shard-1-of-2.json")
+    (out / "skipped-notes.json").write_text('{"mine": true}')
+    prepare_output(out, {"seed": 2}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "skipped-notes.json"]
