@@ -3,7 +3,9 @@ and one latent mixture per class."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +13,19 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from animevae.cli import app
 from animevae.config import ModelConfig, TrainConfig
-from animevae.data import load_prepared_labels, manifest_path, prepare_images, save_prepared
+from animevae.data import (decode_rgb, load_prepared_labels, load_training_images, manifest_path, pixel_hash, prepare_images,
+                           save_prepared, split_holdout, square_resize)
 from animevae.errors import DataError
 from animevae.labels import ClassInfo, check_label
+from animevae.progress import SilentReporter
 from animevae.prior import LatentPrior
 from animevae.runtime import open_model
 from animevae.training.checkpoint import load_checkpoint
 from animevae.training.model import VAE
 from animevae.training.train import train
-from helpers import LABELLED_COUNTS, TINY_MODEL, write_blobs, write_labelled
+from helpers import LABELLED_COUNTS, TINY_MODEL, assert_ok, write_blobs, write_labelled
 
 
 def test_class_folders_become_sorted_classes_stored_in_the_set(tmp_path: Path) -> None:
@@ -159,3 +164,141 @@ def test_resuming_on_data_with_other_classes_is_refused(labelled_run, tmp_path: 
     with pytest.raises(DataError, match="owls"):
         train(other, config, TrainConfig(epochs=2, batch_size=16, precision="fp32"), runs, device="cpu", resume=True)
 
+
+
+# --- labels stay with their images: nested folders, tables, and every filter on the way (issue 32) ---------------
+
+
+def _decoded(path: Path) -> np.ndarray:
+    return square_resize(decode_rgb(path), 16)
+
+
+def _assert_labels_follow_their_images(root: Path, out: Path, expected: dict[str, str]) -> None:
+    """Prepare `root` (images and labels in one pass), save and reload it: every kept image, in every place the
+    labels travel (the list, the saved set, its manifest), carries `expected[its source path]`."""
+    prepared = prepare_images(root, 16)
+    assert len(prepared.label_names) == len(prepared.sources) == len(prepared.images)
+    assert dict(zip(prepared.sources, prepared.label_names)) == expected
+    for source, pixels in zip(prepared.sources, prepared.images):
+        assert np.array_equal(pixels, _decoded(root / source)), source
+    save_prepared(prepared, out, root)
+    labels = load_prepared_labels(out)
+    kept = json.loads(manifest_path(out).read_text())["kept"]
+    assert [k["path"] for k in kept] == prepared.sources
+    assert [labels.classes.names[i] for i in labels.index] == [expected[k["path"]] for k in kept]
+    assert [k["label"] for k in kept] == [expected[k["path"]] for k in kept]
+
+
+def test_an_image_in_a_subfolder_of_a_class_folder_belongs_to_that_class(runner, tmp_path: Path) -> None:
+    """ImageFolder's convention: DATA/<label>/**/x.png is <label>, however deep (not its innermost folder)."""
+    root = tmp_path / "pets"
+    write_blobs(root / "cats", count=1, seed=1, prefix="top")
+    write_blobs(root / "cats" / "indoor", count=2, seed=2, prefix="in")
+    write_blobs(root / "cats" / "outdoor" / "garden", count=1, seed=3, prefix="out")
+    write_blobs(root / "dogs" / "puppies", count=2, seed=4, prefix="pup")
+    expected = {"cats/top000.png": "cats", "cats/indoor/in000.png": "cats", "cats/indoor/in001.png": "cats",
+                "cats/outdoor/garden/out000.png": "cats", "dogs/puppies/pup000.png": "dogs",
+                "dogs/puppies/pup001.png": "dogs"}
+    prepared = prepare_images(root, 16)
+    assert prepared.layout == "labelled by class folders"
+    assert prepared.labels.classes == ClassInfo(("cats", "dogs"), (4, 2))
+    _assert_labels_follow_their_images(root, tmp_path / "api.safetensors", expected)
+    out = tmp_path / "cli.safetensors"
+    assert_ok(runner.invoke(app, ["prepare", str(root), "--out", str(out), "--image-size", "16", "-q"]))
+    assert {k["path"]: k["label"] for k in json.loads(manifest_path(out).read_text())["kept"]} == expected
+
+
+@pytest.mark.parametrize("dropped", ["duplicate in its class", "duplicate of another class", "broken file"])
+def test_labels_stay_with_their_images_when_a_file_is_dropped(tmp_path: Path, dropped: str) -> None:
+    """A file dropped before the last class (a duplicate, a file that does not decode) must not shift the
+    labels of the images after it onto their neighbours."""
+    root = write_labelled(tmp_path / "pets", {"cats": 3, "dogs": 3, "owls": 2})
+    if dropped == "duplicate in its class":
+        shutil.copy(root / "cats" / "cats000.png", root / "cats" / "cats000b.png")
+    elif dropped == "duplicate of another class":
+        shutil.copy(root / "cats" / "cats001.png", root / "dogs" / "dogs000b.png")
+    else:
+        (root / "cats" / "cats000b.png").write_bytes(b"not a picture")
+    expected = {f"{label}/{label}{i:03d}.png": label for label, n in (("cats", 3), ("dogs", 3), ("owls", 2))
+                for i in range(n)}
+    _assert_labels_follow_their_images(root, tmp_path / "pets.safetensors", expected)
+
+
+@pytest.mark.parametrize("table", ["metadata.csv", "metadata.jsonl"])
+def test_a_metadata_table_labels_nested_paths_and_normalises_dot_slash(tmp_path: Path, table: str) -> None:
+    """Table rows name images by '/'-separated paths relative to the table, at any depth, with or without a
+    leading './' (as Hugging Face's imagefolder writes and reads them); the folders themselves say nothing."""
+    root = tmp_path / "hf"
+    paths = [*write_blobs(root / "train" / "a", count=2, seed=1), *write_blobs(root / "train" / "b" / "c", count=2, seed=2),
+             *write_blobs(root, count=1, seed=3, prefix="top")]
+    names = [p.relative_to(root).as_posix() for p in paths]
+    labels = ["z", "y", "z", "x", "y"]  # unrelated to the folders
+    spelled = ["./" + names[0], names[1], "./" + names[2], "train//b/c/" + Path(names[3]).name, names[4]]
+    if table == "metadata.csv":
+        (root / table).write_text("file_name,label\n" + "".join(f"{f},{label}\n" for f, label in zip(spelled, labels)))
+    else:
+        (root / table).write_text("".join(json.dumps({"file_name": f, "label": label}) + "\n"
+                                          for f, label in zip(spelled, labels)))
+    prepared = prepare_images(root, 16)
+    assert prepared.layout == f"labelled by {table}" and prepared.skipped == []
+    _assert_labels_follow_their_images(root, tmp_path / "hf.safetensors", dict(zip(names, labels)))
+
+
+def test_labels_from_a_table_stay_aligned_through_unlisted_missing_broken_and_duplicate_rows(tmp_path: Path) -> None:
+    root = tmp_path / "hf"
+    names = [p.name for p in write_blobs(root, count=6, seed=5)]
+    shutil.copy(root / names[1], root / "copy.png")  # listed under another label: dropped as a duplicate
+    (root / "broken.png").write_bytes(b"not a picture")
+    rows = {names[0]: "a", names[1]: "b", "copy.png": "c", "broken.png": "a", "gone.png": "c", names[3]: "c",
+            names[4]: "a", names[5]: "b"}  # names[2] is not listed; gone.png does not exist
+    (root / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f, "label": label}) + "\n"
+                                                 for f, label in rows.items()))
+    prepared = prepare_images(root, 16)
+    assert sorted(s.path for s in prepared.skipped) == ["broken.png", names[2]]
+    assert [d["path"] for d in prepared.duplicates] == [names[1]]  # the copy sorts first and is kept
+    expected = {"copy.png": "c", names[0]: "a", names[3]: "c", names[4]: "a", names[5]: "b"}
+    _assert_labels_follow_their_images(root, tmp_path / "hf.safetensors", expected)
+
+
+def test_labels_that_differ_only_in_case_in_a_table_are_refused(tmp_path: Path) -> None:
+    names = [p.name for p in write_blobs(tmp_path / "d", count=2)]
+    (tmp_path / "d" / "metadata.csv").write_text(f"file_name,label\n{names[0]},Cat\n{names[1]},cat\n")
+    with pytest.raises(DataError, match="differ only in case"):
+        prepare_images(tmp_path / "d", 16)
+
+
+def test_a_table_row_matches_its_file_name_exactly(tmp_path: Path) -> None:
+    """A row whose path differs in case from the file names no image (as on a case-sensitive disk, where both
+    files may exist): that image is listed as not in the table, never given a guessed label."""
+    names = [p.name for p in write_blobs(tmp_path / "d", count=2)]
+    (tmp_path / "d" / "metadata.csv").write_text(f"file_name,label\n{names[0].upper()},a\n{names[1]},b\n")
+    prepared = prepare_images(tmp_path / "d", 16)
+    assert prepared.sources == [names[1]] and prepared.label_names == ["b"]
+    assert [s.path for s in prepared.skipped] == [names[0]]
+
+
+@pytest.mark.parametrize("source", ["folder", "prepared set"])
+def test_training_data_keeps_each_label_with_its_image_from_the_cache_and_through_the_split(
+        tmp_path: Path, source: str) -> None:
+    """What training reads (a folder prepared into the cache, read again from the cache; or a prepared set) and
+    the split it makes: row i's label is the class of the image in row i."""
+    root = write_labelled(tmp_path / "pets", {"cats": 12, "dogs": 9, "owls": 5})
+    shutil.copy(root / "cats" / "cats004.png", root / "cats" / "cats004b.png")
+    (root / "dogs" / "dogs000b.png").write_bytes(b"not a picture")
+    folder_of: dict[str, str] = {}
+    for path in sorted(root.rglob("*.png")):
+        with contextlib.suppress(DataError):
+            folder_of.setdefault(pixel_hash(decode_rgb(path)), path.parent.name)
+    if source == "prepared set":
+        save_prepared(prepare_images(root, 16), tmp_path / "pets.safetensors", root)
+    data = tmp_path / "pets.safetensors" if source == "prepared set" else root
+    loads = [load_training_images(data, 16, tmp_path / "cache", SilentReporter()) for _ in range(2)]
+    for loaded in loads:  # the folder's second load comes from the cache
+        assert len(loaded.images) == len(loaded.hashes) == len(loaded.labels.index) == 26
+        names = [loaded.labels.classes.names[i] for i in loaded.labels.index]
+        assert names == [folder_of[h] for h in loaded.hashes]
+        train_rows, held_rows = split_holdout(loaded.hashes, len(loaded.images), 3)
+        for rows in (train_rows, held_rows):
+            assert [loaded.labels.classes.names[i] for i in loaded.labels.subset(rows)] == [
+                folder_of[loaded.hashes[r]] for r in rows]
+    assert loads[1].labels.classes == ClassInfo(("cats", "dogs", "owls"), (12, 9, 5))
