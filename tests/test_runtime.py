@@ -478,7 +478,8 @@ def test_a_model_with_external_data_is_refused_before_onnxruntime_opens_it(runne
     opened = []
     real_session = runtime.ort.InferenceSession
     monkeypatch.setattr(runtime.ort, "InferenceSession", lambda *a, **k: opened.append(a) or real_session(*a, **k))
-    result = runner.invoke(app, ["generate", "--count", "1", "--out", str(tmp_path / "g"), "--model", str(path), *CPU])
+    result = runner.invoke(app, ["generate", "--count", "1", "--out", str(tmp_path / "g"), "--model", str(path),
+                                 *CPU_FLAGS])
     assert_cli_error(result, "external data")
     assert opened == []
 
@@ -499,7 +500,8 @@ def test_malformed_metadata_is_one_clear_error(runner, trained_run, tmp_path: Pa
                 entry.value = value
 
     path = _edited_decoder(trained_run, tmp_path, corrupt)
-    result = runner.invoke(app, ["generate", "--count", "2", "--out", str(tmp_path / "g"), "--model", str(path), *CPU])
+    result = runner.invoke(app, ["generate", "--count", "2", "--out", str(tmp_path / "g"), "--model", str(path),
+                                 *CPU_FLAGS])
     assert_cli_error(result, str(path))
 
 
