@@ -189,3 +189,79 @@ def test_overwrite_for_another_job_removes_its_failure_lists_but_not_the_users(t
     (out / "skipped-notes.json").write_text('{"mine": true}')
     prepare_output(out, {"seed": 2}, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "skipped-notes.json"]
+
+
+# --- files in an output tree that no animevae job wrote (issue 32): every depth, every job -----------------------
+
+
+def _generate_by_class(runner, labelled_run, out: Path, *args: str):
+    return runner.invoke(app, ["generate", "--out", str(out), "--runs-dir", str(labelled_run.runs_dir), "--device",
+                               "cpu", "-q", *args])
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _users_png(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_blobs(path.parent, count=1, seed=99, prefix="tmp-users")
+    (path.parent / "tmp-users000.png").rename(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("users_file", ["cats/mine.png", "cats/000000.png", "elsewhere/deeper/000001.png"])
+def test_a_class_tree_refuses_pngs_it_did_not_write_at_any_depth(runner, labelled_run, tmp_path: Path,
+                                                                  users_file: str) -> None:
+    """A folder with no manifest holding PNGs anywhere below it is the user's: generate by class neither adopts
+    one as a finished image (resume) nor writes over it."""
+    out = tmp_path / "synth"
+    mine = _users_png(out / users_file)
+    assert_cli_error(_generate_by_class(runner, labelled_run, out, "--per-class", "2"), "did not generate",
+                     "--overwrite")
+    assert _tree(out) == [users_file] and (out / users_file).read_bytes() == mine
+
+
+@pytest.mark.parametrize("command", ["denoise", "augment"])
+def test_a_mirrored_tree_refuses_pngs_it_did_not_write_in_its_subfolders(runner, trained_run, tmp_path: Path,
+                                                                         command: str) -> None:
+    """denoise and augment mirror the input tree: a user's PNG where an output of a subfolder would go, or
+    anywhere else below --out, is neither taken for a finished output nor replaced."""
+    noisy, out = tmp_path / "noisy", tmp_path / "out"
+    write_blobs(noisy / "sub", count=2)
+    name = "sub/face000.png" if command == "denoise" else "sub/face000_0.png"
+    mine = _users_png(out / name)
+    extra = ["--per-image", "1"] if command == "augment" else []
+    assert_cli_error(runner.invoke(app, [command, str(noisy), "--out", str(out), *extra, *_model_flags(trained_run)]),
+                     "did not generate", "--overwrite")
+    assert _tree(out) == [name] and (out / name).read_bytes() == mine
+
+
+def test_a_users_png_in_a_class_folder_survives_resume_and_overwrite_and_is_never_labelled(
+        runner, labelled_run, tmp_path: Path) -> None:
+    """In a class tree animevae wrote, only its numbered images are its own: a file the user added to a class
+    folder is not listed in metadata.jsonl on a rerun, and --overwrite for another seed leaves it alone."""
+    out = tmp_path / "synth"
+    assert_ok(_generate_by_class(runner, labelled_run, out, "--per-class", "2"))
+    mine = _users_png(out / "cats" / "mine.png")
+    assert_ok(_generate_by_class(runner, labelled_run, out, "--per-class", "3"))
+    listed = [json.loads(line)["file_name"] for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert listed == [f"{label}/00000{i}.png" for label in ("cats", "dogs", "rare") for i in range(3)]
+    reference = tmp_path / "reference"
+    assert_ok(_generate_by_class(runner, labelled_run, out, "--per-class", "1", "--seed", "5", "--overwrite"))
+    assert_ok(_generate_by_class(runner, labelled_run, reference, "--per-class", "1", "--seed", "5"))
+    assert (out / "cats" / "mine.png").read_bytes() == mine
+    assert {k: v for k, v in _pngs(out).items() if k != "cats/mine.png"} == _pngs(reference)
+    assert (out / "metadata.jsonl").read_bytes() == (reference / "metadata.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("first, then", [(["--count", "3"], ["--per-class", "1"]),
+                                         (["--per-class", "2"], ["--count", "2"])])
+def test_overwrite_into_the_other_layout_leaves_no_image_of_the_old_job(runner, labelled_run, tmp_path: Path,
+                                                                        first: list[str], then: list[str]) -> None:
+    """A flat folder overwritten by a run by class (or the reverse) holds the new job's images only."""
+    out, reference = tmp_path / "synth", tmp_path / "reference"
+    assert_ok(_generate_by_class(runner, labelled_run, out, *first))
+    assert_ok(_generate_by_class(runner, labelled_run, out, *then, "--seed", "1", "--overwrite"))
+    assert_ok(_generate_by_class(runner, labelled_run, reference, *then, "--seed", "1"))
+    assert _pngs(out) == _pngs(reference)
