@@ -79,10 +79,10 @@ timeout_multiplier = 5.0
 timeout_constant = 20.0
 """)
         mutmut = [sys.executable, "-m", "mutmut"]
-        # The session's trained run (tests/conftest.py: train + export, about 10 s) is made once, unmutated, and
-        # copied into each mutant's session. A mutant is then judged by the tests, not by a fixture that trains
-        # or exports through it: for checkpoint, prior and runtime a few mutants may survive here that the full
-        # suite kills in that fixture, so their score is a floor.
+        # The session's trained runs (tests/conftest.py: trained_run and labelled_run, each a train + export) are
+        # made once, unmutated, and copied into each mutant's session. A mutant is then judged by the tests, not
+        # by a fixture that trains or exports through it: for checkpoint, prior, runtime, labels and data a few
+        # mutants may survive here that the full suite kills in those fixtures, so their score is a floor.
         # One OpenMP thread: mutmut forks each mutant from a server that has imported torch, and a forked child
         # whose parent had started OpenMP threads hangs in its first parallel loop (a false "timeout").
         env = {**os.environ, "ANIMEVAE_TEST_RUN_CACHE": str(work / "trained-run-cache"), "OMP_NUM_THREADS": "1",
