@@ -265,3 +265,18 @@ def test_overwrite_into_the_other_layout_leaves_no_image_of_the_old_job(runner, 
     assert_ok(_generate_by_class(runner, labelled_run, out, *then, "--seed", "1", "--overwrite"))
     assert_ok(_generate_by_class(runner, labelled_run, reference, *then, "--seed", "1"))
     assert _pngs(out) == _pngs(reference)
+
+
+@pytest.mark.parametrize("command", ["denoise", "augment"])
+def test_overwrite_for_another_input_removes_the_old_outputs_in_subfolders(runner, trained_run, tmp_path: Path,
+                                                                           command: str) -> None:
+    """The old job's outputs in a mirrored tree's subfolders go too: none is left to pass for the new job's."""
+    a, b, out, reference = tmp_path / "A", tmp_path / "B", tmp_path / "X", tmp_path / "reference"
+    write_blobs(a / "sub" / "deeper", count=2, seed=1)
+    write_blobs(b / "sub", count=1, seed=2)
+    extra = ["--per-image", "1"] if command == "augment" else []
+    flags = [*extra, *_model_flags(trained_run)]
+    assert_ok(runner.invoke(app, [command, str(a), "--out", str(out), *flags]))
+    assert_ok(runner.invoke(app, [command, str(b), "--out", str(out), "--overwrite", *flags]))
+    assert_ok(runner.invoke(app, [command, str(b), "--out", str(reference), *flags]))
+    assert _pngs(out) == _pngs(reference)
