@@ -37,7 +37,7 @@ MODULE_TESTS = {
     "checkpoint": ["tests/test_checkpoint.py"],
     "runtime": ["tests/test_runtime.py"],
     "prior": ["tests/test_generate.py", "tests/test_export.py"],
-    "sampling": ["tests/test_generate.py", "tests/test_per_class.py"],
+    "sampling": ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_per_class.py"],
     # The labelled-data modules: labels read from folders and tables, kept aligned with the images through
     # prepare's filters, and the by-class generate tree.
     "labels": ["tests/test_labels.py", "tests/test_per_class.py", "tests/test_data.py"],

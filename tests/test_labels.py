@@ -18,7 +18,7 @@ from animevae.config import ModelConfig, TrainConfig
 from animevae.data import (decode_rgb, load_prepared_labels, load_training_images, manifest_path, pixel_hash, prepare_images,
                            save_prepared, split_holdout, square_resize)
 from animevae.errors import DataError
-from animevae.labels import ClassInfo, check_label
+from animevae.labels import ClassInfo, Labels, check_label, folder_label, metadata_table, read_metadata_labels
 from animevae.progress import SilentReporter
 from animevae.prior import LatentPrior
 from animevae.runtime import open_model
@@ -302,3 +302,76 @@ def test_training_data_keeps_each_label_with_its_image_from_the_cache_and_throug
             assert [loaded.labels.classes.names[i] for i in loaded.labels.subset(rows)] == [
                 folder_of[loaded.hashes[r]] for r in rows]
     assert loads[1].labels.classes == ClassInfo(("cats", "dogs", "owls"), (12, 9, 5))
+
+
+# --- labels.py at the API: the names it accepts, the class list in metadata, the tables it reads ----------------
+
+
+@pytest.mark.parametrize("good", ["cats", "a", "x" * 100, "Maine Coon", "v1.2_b+c-d", "0", "comic", "nul2", "data.jsonl"])
+def test_label_names_that_are_safe_folder_names_are_kept(good: str) -> None:
+    assert check_label(good) == good
+
+
+@pytest.mark.parametrize("bad", ["ends ", "lpt9", "AUX.txt", "metadata.csv", "my.JSON", " lead", "-dash"])
+def test_more_label_names_that_cannot_be_folder_names_are_refused(bad: str) -> None:
+    with pytest.raises(DataError, match="cannot be a folder name"):
+        check_label(bad, "metadata.csv, row 2")
+
+
+def test_a_refused_label_names_where_it_was_found() -> None:
+    with pytest.raises(DataError, match=r"\(in metadata.csv, row 7\)"):
+        check_label("..", "metadata.csv, row 7")
+
+
+def test_the_class_list_travels_as_json_and_back() -> None:
+    classes = ClassInfo(("cats", "dogs"), (3, 5))
+    assert json.loads(classes.to_json()) == [{"name": "cats", "count": 3}, {"name": "dogs", "count": 5}]
+    assert ClassInfo.from_json(classes.to_json()) == classes
+    assert ClassInfo.from_metadata({"animevae.classes": classes.to_json()}) == classes
+    assert ClassInfo.from_metadata({}) is None and ClassInfo.from_metadata({"animevae.classes": ""}) is None
+    assert classes.index("dogs") == 1
+
+
+@pytest.mark.parametrize("text", ["not json", '[{"name": "cats"}]', '[{"count": 1}]', '[{"name": "cats", "count": "x"}]',
+                                  "[]", '[{"name": "a", "count": 1}, {"name": "a", "count": 2}]',
+                                  '[{"name": "../up", "count": 1}]', "[1]"])
+def test_a_malformed_class_list_in_metadata_is_one_clear_error(text: str) -> None:
+    with pytest.raises(DataError) as error:
+        ClassInfo.from_json(text)
+    assert error.value.hint
+
+
+def test_labels_number_names_in_sorted_order_and_count_them() -> None:
+    labels = Labels.from_names(["dogs", "cats", "dogs", "owls", "dogs"])
+    assert labels.classes == ClassInfo(("cats", "dogs", "owls"), (1, 3, 1))
+    assert labels.index.tolist() == [1, 0, 1, 2, 1] and labels.index.dtype == np.int64
+    assert labels.subset(np.array([4, 1])).tolist() == [1, 0]
+
+
+def test_a_metadata_table_is_found_only_at_the_top(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "metadata.csv").write_text("file_name,label\n")
+    assert metadata_table(tmp_path) is None
+    (tmp_path / "metadata.jsonl").write_text("")
+    assert metadata_table(tmp_path) == tmp_path / "metadata.jsonl"
+
+
+@pytest.mark.parametrize("table, content, fragment", [
+    ("metadata.csv", "file_name,label\na.png,ok\nb.png,../up\n", "row 3"),
+    ("metadata.csv", "path,label\na.png,ok\n", "row 2: no file_name and label"),
+    ("metadata.jsonl", '{"file_name": "a.png", "label": "ok"}\n\n{"file_name": "b.png"}\n', "row 2: no file_name"),
+    ("metadata.jsonl", '["a.png", "ok"]\n', "row 1: no file_name"),
+    ("metadata.jsonl", '{"file_name": "a.png", "label": "ok"}\n{not json\n', "cannot read"),
+    ("metadata.csv", b"file_name,label\n\xff\xfe.png,x\n", "cannot read"),
+])
+def test_a_bad_metadata_table_is_one_clear_error_naming_its_row(tmp_path: Path, table: str, content, fragment: str) -> None:
+    path = tmp_path / table
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=fragment) as error:
+        read_metadata_labels(path)
+    assert error.value.hint
+
+
+def test_the_folder_label_is_the_top_folder_of_the_relative_path() -> None:
+    assert folder_label("cats/x.png") == "cats" and folder_label("x.png") is None
+    assert folder_label(str(Path("cats") / "sub" / "x.png")) == "cats"

@@ -280,3 +280,20 @@ def test_overwrite_for_another_input_removes_the_old_outputs_in_subfolders(runne
     assert_ok(runner.invoke(app, [command, str(b), "--out", str(out), "--overwrite", *flags]))
     assert_ok(runner.invoke(app, [command, str(b), "--out", str(reference), *flags]))
     assert _pngs(out) == _pngs(reference)
+
+
+@pytest.mark.parametrize("name, numbered", [("000000.png", True), ("1234567.png", True), ("00001.png", False),
+                                            ("000001.PNG", False), ("a000001.png", False), ("000001.png.tmp", False),
+                                            ("000001_0.png", False), ("mine.png", False)])
+def test_numbered_names_are_the_ones_generate_writes(name: str, numbered: bool) -> None:
+    from animevae.outputs import is_numbered_png, numbered_png
+
+    assert is_numbered_png(name) is numbered
+    assert numbered_png(7) == "000007.png" and numbered_png(1_234_567) == "1234567.png"
+
+
+def test_a_job_result_reports_images_per_second(tmp_path: Path) -> None:
+    from animevae.outputs import JobResult
+
+    assert JobResult(tmp_path, written=10, existing=0, seconds=2.0, provider="cpu").images_per_s == 5.0
+    assert JobResult(tmp_path, written=0, existing=3, seconds=0.0, provider="cpu").images_per_s == 0.0

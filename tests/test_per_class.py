@@ -247,3 +247,35 @@ def test_a_prior_file_beside_the_decoder_is_part_of_a_class_trees_identity(label
     prior.doc_string = "another prior"
     onnx.save(prior, str(model / "prior.onnx"))
     assert_cli_error(draw(with_prior), "prior_sha256", "--overwrite")
+
+
+@pytest.mark.parametrize(("request_", "by_class"), [(ClassRequest(), False), (ClassRequest(name="cats"), True),
+                                                    (ClassRequest(per_class=1), True), (ClassRequest(balance=True), True),
+                                                    (ClassRequest(count=3), False)])
+def test_a_request_is_by_class_when_it_names_a_class_a_count_per_class_or_balance(request_: ClassRequest,
+                                                                                  by_class: bool) -> None:
+    assert request_.by_class is by_class
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    (ClassRequest(balance=True, per_class=0), {0: 0, 1: 0, 2: 0}),
+    (ClassRequest(name="cats", per_class=2), {0: 2}),
+    (ClassRequest(name="rare", count=1), {2: 1}),
+])
+def test_more_requests_become_counts_per_class(request_: ClassRequest, expected: dict[int, int]) -> None:
+    assert class_counts(CLASSES, request_) == expected
+
+
+@pytest.mark.parametrize(("request_", "fragment"), [
+    (ClassRequest(name="dogs", count=0), "--count must be at least 1"),
+    (ClassRequest(balance=True, per_class=-1), "--per-class must be at least 1"),
+    (ClassRequest(balance=True, count=3), "--count goes with --class"),
+])
+def test_more_contradictory_requests_are_refused(request_: ClassRequest, fragment: str) -> None:
+    with pytest.raises(ArgumentError, match=fragment) as error:
+        class_counts(CLASSES, request_)
+    assert error.value.hint
+
+
+def test_image_c_i_goes_to_its_class_folder(tmp_path: Path) -> None:
+    assert class_image_path(tmp_path, "dogs", 12) == tmp_path / "dogs" / "000012.png"
