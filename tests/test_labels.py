@@ -304,6 +304,29 @@ def test_training_data_keeps_each_label_with_its_image_from_the_cache_and_throug
     assert loads[1].labels.classes == ClassInfo(("cats", "dogs", "owls"), (12, 9, 5))
 
 
+@pytest.mark.parametrize("change", ["relabel in the table", "rename a class folder"])
+def test_a_cached_set_is_not_reused_once_the_labels_change(tmp_path: Path, change: str) -> None:
+    """Training prepares a folder once and caches it; a new label in the table (same files, same sizes) or a
+    renamed class folder must prepare it again, not train on the cached set's old labels."""
+    root = tmp_path / "pets"
+    if change == "relabel in the table":
+        names = [p.name for p in write_blobs(root, count=4)]
+        table = root / "metadata.csv"
+        table.write_text("file_name,label\n" + "".join(f"{n},{'aa' if i < 2 else 'bb'}\n" for i, n in enumerate(names)))
+    else:
+        write_labelled(root, {"cats": 2, "dogs": 2})
+    first = load_training_images(root, 16, tmp_path / "cache", SilentReporter())
+    assert first.labels.classes.names in (("aa", "bb"), ("cats", "dogs"))
+    if change == "relabel in the table":
+        table.write_text(table.read_text().replace("bb", "cc"))
+        expected = ("aa", "cc")
+    else:
+        (root / "dogs").rename(root / "wolves")
+        expected = ("cats", "wolves")
+    again = load_training_images(root, 16, tmp_path / "cache", SilentReporter())
+    assert again.labels.classes.names == expected
+
+
 # --- labels.py at the API: the names it accepts, the class list in metadata, the tables it reads ----------------
 
 
