@@ -297,3 +297,29 @@ def test_a_job_result_reports_images_per_second(tmp_path: Path) -> None:
 
     assert JobResult(tmp_path, written=10, existing=0, seconds=2.0, provider="cpu").images_per_s == 5.0
     assert JobResult(tmp_path, written=0, existing=3, seconds=0.0, provider="cpu").images_per_s == 0.0
+
+
+def test_a_truncated_image_in_a_class_folder_is_redone_on_resume(runner, labelled_run, tmp_path: Path) -> None:
+    """Resume in a class tree takes only complete images for finished, as in a flat folder."""
+    out, reference = tmp_path / "synth", tmp_path / "reference"
+    for folder in (out, reference):
+        assert_ok(_generate_by_class(runner, labelled_run, folder, "--per-class", "2"))
+    cut = out / "dogs" / "000001.png"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    assert_ok(_generate_by_class(runner, labelled_run, out, "--per-class", "2"))
+    assert _pngs(out) == _pngs(reference)
+    assert (out / "metadata.jsonl").read_bytes() == (reference / "metadata.jsonl").read_bytes()
+
+
+def test_a_shards_failure_list_of_another_shape_is_refused_and_kept(tmp_path: Path) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import prepare_output, skipped_name
+
+    out = tmp_path / "out"
+    out.mkdir()
+    users = out / skipped_name(0, 2)
+    users.write_text('{"mine": true}')
+    with pytest.raises(OutputError, match="skipped.shard-0-of-2.json"):
+        prepare_output(out, {"task": "denoise"}, overwrite=False, report=skipped_name(0, 2))
+    prepare_output(out, {"task": "denoise"}, overwrite=False, report=skipped_name(1, 2))  # not this shard's list
+    assert users.read_text() == '{"mine": true}'
