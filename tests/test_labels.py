@@ -398,3 +398,24 @@ def test_a_bad_metadata_table_is_one_clear_error_naming_its_row(tmp_path: Path, 
 def test_the_folder_label_is_the_top_folder_of_the_relative_path() -> None:
     assert folder_label("cats/x.png") == "cats" and folder_label("x.png") is None
     assert folder_label(str(Path("cats") / "sub" / "x.png")) == "cats"
+
+
+def test_every_labels_error_has_a_message_and_a_hint(tmp_path: Path) -> None:
+    """What the CLI prints as `error:` and `hint:`: neither may be empty (a long label is cut to 60 characters)."""
+    errors = []
+    for call in (lambda: check_label(".."), lambda: check_label("y" * 101), lambda: ClassInfo.from_json("[]"),
+                 lambda: ClassInfo.from_json("not json"), lambda: ClassInfo(("a",), (1,)).index("b"),
+                 lambda: Labels.from_names(["Cat", "cat"])):
+        with pytest.raises(DataError) as error:
+            call()
+        errors.append(error.value)
+    (tmp_path / "metadata.csv").write_text("")
+    (tmp_path / "metadata.jsonl").write_text("")
+    with pytest.raises(DataError) as error:
+        metadata_table(tmp_path)
+    errors.append(error.value)
+    assert all(e.message and e.hint for e in errors), [(e.message, e.hint) for e in errors]
+    assert errors[0].message == "label '..' cannot be a folder name"
+    assert repr("y" * 60) in errors[1].message
+    assert [fragment in e.message for e, fragment in zip(errors[2:], (
+        "empty or repeats", "malformed class list", "no class 'b'", "differ only in case", "both"))] == [True] * 5
