@@ -518,3 +518,61 @@ def test_palette_cmyk_and_transparency_keys(tmp_path: Path) -> None:
     cmyk.save(tmp_path / "print.tif")
     layers = decode_layers(tmp_path / "print.tif")
     assert layers.alpha is None and np.array_equal(layers.rgb, np.asarray(cmyk.convert("RGB")))
+
+
+# --- the packed set's labels and hashes, read back (issue 32: labels aligned with their images) --------------------
+
+
+def _packed(path: Path, images: np.ndarray, labels: np.ndarray | None, classes: str | None) -> Path:
+    from safetensors.numpy import save_file
+
+    metadata = {"kind": DATASET_KIND, "format_version": "1"} | ({"classes": classes} if classes else {})
+    save_file({"images": images} | ({"labels": labels} if labels is not None else {}), str(path), metadata=metadata)
+    return path
+
+
+TWO_CLASSES = json.dumps([{"name": "a", "count": 2}, {"name": "b", "count": 1}])
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 1, 2]), np.array([0, -1, 1]), np.array([0, 1], np.int64),
+                                    np.array([0, 1, 0, 1]), np.array([0, 1, 0], np.int32), np.array([[0, 1, 0]])],
+                         ids=["past the classes", "negative", "fewer than images", "more than images", "int32", "2-d"])
+def test_a_set_whose_labels_do_not_fit_its_images_and_classes_is_refused(tmp_path: Path, labels: np.ndarray) -> None:
+    from animevae.data import load_prepared_labels
+
+    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), labels, TWO_CLASSES)
+    with pytest.raises(DataError, match="do not match") as error:
+        load_prepared_labels(path)
+    assert error.value.hint
+
+
+def test_a_set_without_labels_or_classes_reads_as_unlabelled(tmp_path: Path) -> None:
+    from animevae.data import load_prepared_labels
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    assert load_prepared_labels(_packed(tmp_path / "a.safetensors", images, None, TWO_CLASSES)) is None
+    assert load_prepared_labels(_packed(tmp_path / "b.safetensors", images, np.array([0, 1, 0]), None)) is None
+    labels = load_prepared_labels(_packed(tmp_path / "c.safetensors", images, np.array([0, 1, 0]), TWO_CLASSES))
+    assert labels.index.tolist() == [0, 1, 0] and labels.classes.names == ("a", "b")
+    with pytest.raises(DataError, match="cannot read"):
+        load_prepared_labels(tmp_path / "missing.safetensors")
+
+
+def test_hashes_come_from_the_manifest_only_when_it_lists_every_image(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    images, hashes = load_prepared(out)
+    assert len(hashes) == len(images) == 40 and all(len(h) == 64 for h in hashes)
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["kept"] = manifest["kept"][:-1]
+    manifest_path(out).write_text(json.dumps(manifest))
+    assert load_prepared(out)[1] == []
+    manifest_path(out).write_text('{"kept": [{"path": "x"}]}')
+    assert load_prepared(out)[1] == []
+
+
+def test_hash_keys_are_the_sorted_first_60_bits_of_each_hash() -> None:
+    from animevae.data import hash_keys
+
+    keys = hash_keys(["f" * 64, "0" * 14 + "1" + "f" * 49])
+    assert keys.tolist() == [1, 16**15 - 1] and keys.dtype == np.int64
