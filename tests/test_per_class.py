@@ -279,3 +279,11 @@ def test_more_contradictory_requests_are_refused(request_: ClassRequest, fragmen
 
 def test_image_c_i_goes_to_its_class_folder(tmp_path: Path) -> None:
     assert class_image_path(tmp_path, "dogs", 12) == tmp_path / "dogs" / "000012.png"
+
+
+@pytest.mark.parametrize("request_", [ClassRequest(name="dogs"), ClassRequest(per_class=5, count=3),
+                                      ClassRequest(per_class=0), ClassRequest(name="owls", count=1)])
+def test_every_refused_request_has_a_hint(request_: ClassRequest) -> None:
+    with pytest.raises((ArgumentError, DataError)) as error:
+        class_counts(CLASSES, request_)
+    assert error.value.message and error.value.hint
