@@ -21,6 +21,8 @@ def test_seeds_are_zero_or_more_and_the_error_names_the_flag() -> None:
     with pytest.raises(ArgumentError, match="--seed-b must be 0 or more") as error:
         check_seed(-1, "--seed-b")
     assert "--seed-b 0" in error.value.hint
+    with pytest.raises(ArgumentError, match="^--seed must be 0 or more"):
+        check_seed(-3)
 
 
 def test_a_sampler_refuses_a_temperature_out_of_range(onnx_models) -> None:
