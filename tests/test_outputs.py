@@ -323,3 +323,15 @@ def test_a_shards_failure_list_of_another_shape_is_refused_and_kept(tmp_path: Pa
         prepare_output(out, {"task": "denoise"}, overwrite=False, report=skipped_name(0, 2))
     prepare_output(out, {"task": "denoise"}, overwrite=False, report=skipped_name(1, 2))  # not this shard's list
     assert users.read_text() == '{"mine": true}'
+
+
+def test_a_refusal_names_only_the_settings_that_changed_with_digests_cut_to_12_characters(tmp_path: Path) -> None:
+    from animevae.errors import OutputError
+    from animevae.outputs import prepare_output
+
+    out = tmp_path / "out"
+    prepare_output(out, {"model_sha256": "b" * 64, "seed": 1, "task": "generate"}, overwrite=False)
+    with pytest.raises(OutputError) as error:
+        prepare_output(out, {"model_sha256": "a" * 64, "seed": 2, "task": "generate"}, overwrite=False)
+    assert f"(model_sha256 {'b' * 12}, now {'a' * 12}, seed 1, now 2)" in error.value.message
+    assert "b" * 13 not in error.value.message and "task" not in error.value.message
