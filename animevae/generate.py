@@ -18,8 +18,7 @@ from animevae.fileio import contact_sheet, encode_png, to_uint8
 from animevae.model_files import ModelSet
 from animevae.model_info import CLASS_MIXTURE, ModelInfo
 from animevae.outputs import MANIFEST_NAME, JobResult, is_numbered_png, numbered_png, write_output_file
-from animevae.per_class import (METADATA_NAME, ClassRequest, class_counts, class_image_path, generated_class_images,
-                                write_metadata)
+from animevae.per_class import METADATA_NAME, ClassRequest, class_counts, class_image_path, write_metadata
 from animevae.progress import Reporter
 from animevae.runtime import CPU, OnnxModel, open_model
 from animevae.sampling import LatentSampler, check_seed, check_temperature, open_sampler
@@ -47,8 +46,9 @@ def image_name(index: int, count: int) -> str:
 
 
 def generated_images(out_dir: Path) -> list[Path]:
-    """The images a generate run wrote into `out_dir` (by their names)."""
-    return [path for path in out_dir.glob("*.png") if is_numbered_png(path.name)]
+    """The images a generate run wrote into `out_dir` (by their names): OUT/<i>.png, and OUT/<class>/<i>.png of a
+    run by class (of any model), so that --overwrite into the other layout leaves none of them behind."""
+    return [path for path in [*out_dir.glob("*.png"), *out_dir.glob("*/*.png")] if is_numbered_png(path.name)]
 
 
 def generate(
@@ -112,8 +112,7 @@ def generate_by_class(
     mine = [task for position, task in enumerate(tasks) if shard.owns_index(position)]
     job = BulkJob("generating", out_dir, identity, mine,
                   lambda task: [class_image_path(out_dir, classes.names[task[0]], task[1])],
-                  old_outputs=lambda folder: generated_class_images(folder, classes), shard=shard,
-                  stop_on_failure=True)
+                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
     result = _run(models, job, seed, temperature, batch_size, overwrite, workers, reporter)
     labelled = write_metadata(out_dir, classes, seed, models.info.digest)
     shown = [class_image_path(out_dir, classes.names[c], i) for c, i in _round_robin(mine)[:GRID_LIMIT]]

@@ -339,10 +339,12 @@ def load_prepared_labels(path: Path) -> Labels | None:
             if not text or "labels" not in handle.keys():
                 return None
             index = handle.get_tensor("labels")
+            count = handle.get_slice("images").get_shape()[0]
     except (SafetensorError, OSError) as error:
         raise DataError(f"cannot read data set {path}: {error}", "prepare it again with `animevae prepare`") from None
     classes = ClassInfo.from_json(text)
-    if index.ndim != 1 or index.dtype != np.int64 or (len(index) and not 0 <= index.min() <= index.max() < len(classes.names)):
+    # One label per image, or each label after a missing or extra one would name its neighbour's class.
+    if index.shape != (count,) or index.dtype != np.int64 or (count and not 0 <= index.min() <= index.max() < len(classes.names)):
         raise DataError(f"{path} holds labels that do not match its class list", "prepare the folder again")
     return Labels(classes, index)
 

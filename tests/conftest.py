@@ -9,13 +9,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from helpers import TINY_MODEL, write_blobs, write_labelled
+from helpers import MESSY_GOOD, TINY_MODEL, build_corpus, write_blobs, write_labelled
 
 
 @dataclass(frozen=True)
@@ -82,36 +83,46 @@ def tiny_train_config():
     return TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32")
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
-    """Train the tiny model for 1 epoch on 40 blob images and export it, once for the whole session."""
+def _session_run(tmp_path_factory: pytest.TempPathFactory, name: str, data: Callable[[Path], Path],
+                 prior: str) -> TrainedRun:
+    """Train the tiny model (with `prior`) for 1 epoch on `data(folder)` and export it, once per session."""
     from animevae.config import ModelConfig, TrainConfig
     from animevae.training.export import export_run
     from animevae.training.train import train
 
     # benchmarks/mutation.py runs a fresh session per mutant: it names a folder here so that the run is trained
     # once, unmutated, then restored for each session at the same path (exports record absolute paths).
-    cache = os.environ.get("ANIMEVAE_TEST_RUN_CACHE")
-    base = Path(cache) / "live" if cache else tmp_path_factory.mktemp("session_run")
-    if cache and (Path(cache) / "trained_run.json").is_file():
+    cache = Path(os.environ["ANIMEVAE_TEST_RUN_CACHE"]) / name if os.environ.get("ANIMEVAE_TEST_RUN_CACHE") else None
+    base = cache / "live" if cache else tmp_path_factory.mktemp(name)
+    if cache and (cache / "run.json").is_file():
         shutil.rmtree(base, ignore_errors=True)
-        shutil.copytree(Path(cache) / "pristine", base)
-        stored = json.loads((Path(cache) / "trained_run.json").read_text())
+        shutil.copytree(cache / "pristine", base)
+        stored = json.loads((cache / "run.json").read_text())
         return TrainedRun(**{k: base / v if k.endswith("_dir") else v for k, v in stored.items()})
     if cache:
         shutil.rmtree(base, ignore_errors=True)  # what an interrupted build left
-    data_dir = base / "faces"
-    write_blobs(data_dir, count=40)
+    data_dir = data(base)
     runs_dir = base / "runs"
-    result = train(data_dir, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"),
-                   runs_dir, device="cpu")
+    result = train(data_dir, ModelConfig(**{**TINY_MODEL, "prior": prior}),
+                   TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"), runs_dir, device="cpu")
     report = export_run(result.run_dir)
     run = TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
     if cache:
-        shutil.copytree(base, Path(cache) / "pristine")
+        shutil.copytree(base, cache / "pristine")
         fields = {k: str(v.relative_to(base)) if isinstance(v, Path) else v for k, v in asdict(run).items()}
-        (Path(cache) / "trained_run.json").write_text(json.dumps(fields))
+        (cache / "run.json").write_text(json.dumps(fields))
     return run
+
+
+def _blob_faces(base: Path) -> Path:
+    write_blobs(base / "faces", count=40)
+    return base / "faces"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """Train the tiny model for 1 epoch on 40 blob images and export it, once for the whole session."""
+    return _session_run(tmp_path_factory, "session_run", _blob_faces, TINY_MODEL["prior"])
 
 
 @pytest.fixture
@@ -142,14 +153,14 @@ def generate_models(onnx_models: dict[str, object]) -> object:
 @pytest.fixture(scope="session")
 def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """The tiny model (mixture prior) trained for 1 epoch on three class folders and exported, once per session."""
-    from animevae.config import ModelConfig, TrainConfig
-    from animevae.training.export import export_run
-    from animevae.training.train import train
+    return _session_run(tmp_path_factory, "labelled_run", lambda base: write_labelled(base / "pets"), "mixture")
 
-    base = tmp_path_factory.mktemp("labelled_run")
-    data_dir = write_labelled(base / "pets")
-    runs_dir = base / "runs"
-    result = train(data_dir, ModelConfig(**{**TINY_MODEL, "prior": "mixture"}),
-                   TrainConfig(epochs=1, batch_size=16, seed=0, precision="fp32"), runs_dir, device="cpu")
-    report = export_run(result.run_dir)
-    return TrainedRun(data_dir, runs_dir, result.run_dir, report.folder, result.progress.step, report.max_abs_diff)
+
+@pytest.fixture
+def messy(tmp_path: Path) -> tuple[Path, set[str], set[str]]:
+    """tmp_path/messy: 30 good 16x16 faces plus the corpus of bad and odd files."""
+    folder = tmp_path / "messy"
+    write_blobs(folder, count=MESSY_GOOD)
+    odd, broken = build_corpus(folder)
+    yield folder, odd, broken
+    (folder / "locked.png").chmod(0o644)

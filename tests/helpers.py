@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +185,73 @@ def ctrl_c_after_step(monkeypatch: Any, step: int) -> None:
         return losses
 
     monkeypatch.setattr(train_module.Trainer, "step", step_then_ctrl_c)
+
+
+# The good faces of the messy folder (conftest's `messy` fixture) beside build_corpus's bad and odd files.
+MESSY_GOOD = 30
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _bomb_png() -> bytes:
+    """A tiny PNG whose header claims 30000 x 30000 RGB pixels."""
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+    """`image` encoded as a `fmt` file's bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def build_corpus(folder: Path) -> tuple[set[str], set[str]]:
+    """Write the bad and odd files of the robustness issue into `folder`; return (odd-but-valid, broken) names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    png, jpeg = encoded(picture, "PNG"), encoded(picture, "JPEG")
+    broken = {
+        "empty.png": b"",
+        "truncated.png": png[: len(png) // 2],
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "badcrc.png": png[:29] + bytes([png[29] ^ 0xFF]) + png[30:],  # the IHDR checksum
+        "text.png": b"this is not an image\n",
+        "bomb.png": _bomb_png(),
+    }
+    for name, data in broken.items():
+        (folder / name).write_bytes(data)
+    alpha = np.zeros((20, 20, 4), np.uint8)
+    alpha[5:15, 5:15] = (255, 0, 0, 255)
+    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    odd = {
+        "gray.png": Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), "L"),
+        "rgba.png": Image.fromarray(alpha, "RGBA"),
+        "palette.png": picture.convert("P", palette=Image.Palette.ADAPTIVE, colors=16),
+        "one-pixel.png": Image.new("RGB", (1, 1), (10, 200, 30)),
+        "wide.png": Image.fromarray(rng.integers(0, 256, (20, 2000, 3), dtype=np.uint8)),
+        "deep.png": Image.fromarray((rng.integers(0, 65536, (20, 20))).astype(np.uint16)),
+        "nested/a/b/inner.webp": picture,
+    }
+    for name, image in odd.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(folder / name)
+    (folder / "cmyk.jpg").write_bytes(encoded(picture.convert("CMYK"), "JPEG"))
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with open(os.path.join(os.fsencode(folder), b"latin-\xe9t\xe9.png"), "wb") as handle:
+        handle.write(encoded(Image.new("RGB", (16, 16), (1, 2, 3)), "PNG"))
+    locked = folder / "locked.png"
+    locked.write_bytes(encoded(Image.new("RGB", (16, 16), (90, 9, 9)), "PNG"))
+    locked.chmod(0)
+    os.symlink(folder, folder / "nested" / "loop")  # a directory link back to the top: a loop if followed
+    odd_names = set(odd) | {"cmyk.jpg", "animated.gif", "latin-\\xe9t\\xe9.png"}
+    return odd_names, set(broken)
+
+
+def locked_is_readable(folder: Path) -> bool:
+    """Whether build_corpus's locked.png can be read all the same (root reads anything)."""
+    return os.access(folder / "locked.png", os.R_OK)  # root reads anything

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from animevae.fileio import save_png_atomic
 from animevae.outputs import MANIFEST_NAME
 from animevae.progress import LineReporter
 from animevae.shard import Shard, path_hash
-from helpers import CPU, snapshot, write_blobs
+from helpers import CPU, assert_ok, snapshot, temp_leftovers, write_blobs
 
 
 def _toy_job(out: Path, tasks: list[int], stop_on_failure: bool = False) -> BulkJob[int]:
@@ -181,3 +183,98 @@ def test_train_without_a_terminal_prints_a_line_per_epoch(tmp_path: Path, monkey
     assert [line.split("  ")[:2] for line in epoch_lines] == [["training run: 3/6", "epoch 1 done"],
                                                               ["training run: 6/6", "done"]]
     assert "ETA" in epoch_lines[0] and "loss" in epoch_lines[0]
+
+
+def _model_flags(trained_run) -> list[str]:
+    return ["--model", str(trained_run.export_dir), *CPU]
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_names_differing_only_in_case_clash(onnx_models, tmp_path: Path) -> None:
+    from animevae.denoise import denoise_folder
+    from animevae.augment import augment_folder
+    from animevae.model_files import ModelSet as LatentModels
+
+    noisy = tmp_path / "noisy"
+    write_blobs(noisy, count=1, prefix="A")
+    write_blobs(noisy, count=1, seed=5, prefix="a")
+    result = denoise_folder(onnx_models["denoiser"], noisy, tmp_path / "out", workers=0)
+    assert result.written == 1 and [s.path for s in result.skipped] == ["a000.png"]
+    models = LatentModels("test", onnx_models["decoder"], onnx_models["encoder"])
+    augmented = augment_folder(models, noisy, tmp_path / "aug", per_image=1, strength=1.0, workers=0)
+    assert augmented.written == 1 and [s.path for s in augmented.skipped] == ["a000.png"]
+
+
+def test_a_truncated_png_is_redone_on_resume(runner, trained_run, tmp_path: Path) -> None:
+    out, reference, noisy, den = tmp_path / "g", tmp_path / "reference", tmp_path / "noisy", tmp_path / "den"
+    flags = _model_flags(trained_run)
+    for folder in (out, reference):
+        assert_ok(runner.invoke(app, ["generate", "--count", "3", "--out", str(folder), *flags]))
+    cut = out / "000001.png"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # as after a power loss
+    assert_ok(runner.invoke(app, ["generate", "--count", "3", "--out", str(out), *flags]))
+    assert _pngs(out) == _pngs(reference)
+
+    write_blobs(noisy, count=2)
+    assert_ok(runner.invoke(app, ["denoise", str(noisy), "--out", str(den), *flags]))
+    before = _pngs(den)
+    (den / "face001.png").write_bytes(b"")
+    assert_ok(runner.invoke(app, ["denoise", str(noisy), "--out", str(den), *flags]))
+    assert _pngs(den) == before
+
+
+class _CountingReporter:
+    """A Reporter that remembers how far the bar went."""
+
+    def __init__(self) -> None:
+        self.advanced = 0
+
+    def start(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, steps: int = 1, **fields: object) -> None:
+        self.advanced += steps
+
+    def stop(self) -> None: ...
+
+
+def test_write_tally_counts_only_written_files_and_lists_failures_by_relative_path(tmp_path: Path) -> None:
+    from animevae.images import Skipped
+    from animevae.bulk import WriteTally
+
+    skipped: list[Skipped] = [Skipped("earlier.png", "unreadable")]
+    reporter = _CountingReporter()
+    tally = WriteTally(tmp_path, skipped, reporter)
+    tally(4, [(tmp_path / "sub" / "a.png", "No space left on device")])
+    tally(2, [])
+    assert tally.written == 5  # 6 handled, 1 failed: the summary must not count a missing file as written
+    assert skipped == [Skipped("earlier.png", "unreadable"), Skipped("sub/a.png", "No space left on device")]
+    assert reporter.advanced == 6  # failed files still move the bar, or it never reaches the end
+
+
+def test_full_disk_stops_cleanly_and_a_rerun_completes(trained_run, runner, tmp_path, monkeypatch) -> None:
+    import animevae.writer as writer
+
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    real_save, calls = writer.save_png_atomic, {"n": 0}
+
+    def save_until_full(path: Path, pixels: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_save(path, pixels)
+
+    args = ["generate", "--count", "50", "--seed", "3", "--batch-size", "64", "--model",
+            str(trained_run.export_dir), *CPU]
+    monkeypatch.setattr(writer, "save_png_atomic", save_until_full)
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 1
+    assert "No space left" in result.output and "hint:" in result.output and "Traceback" not in result.output
+    assert len(list(out.glob("*.png"))) == 20
+    assert temp_leftovers(out) == []
+    monkeypatch.setattr(writer, "save_png_atomic", real_save)
+    assert_ok(runner.invoke(app, [*args, "--out", str(out)]))
+    assert_ok(runner.invoke(app, [*args, "--out", str(reference)]))
+    assert {k: v[1] for k, v in snapshot(out).items()} == {k: v[1] for k, v in snapshot(reference).items()}

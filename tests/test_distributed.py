@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import environ_without_debug, read_jsonl, write_blobs
-
 from animevae.training.distributed import DistContext, init_distributed
+from helpers import environ_without_debug, read_jsonl, write_blobs
 
 
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -80,3 +79,22 @@ def test_a_plain_process_is_world_size_one(monkeypatch: pytest.MonkeyPatch) -> N
     assert context.mean({"loss": 2.0}) == {"loss": 2.0}
     assert context.max([1.0, 0.0]) == [1.0, 0.0]
     assert context.share_text("run-7") == "run-7"
+
+
+@pytest.mark.slow
+def test_two_process_runs_under_load_always_exit_0(tmp_path: Path) -> None:
+    faces = tmp_path / "faces"
+    write_blobs(faces, count=24)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        for attempt in range(3):
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                       "-m", "animevae", "train", str(faces), "--image-size", "16", "--latent-dim", "8",
+                       "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--epochs", "1",
+                       "--runs-dir", str(tmp_path / "runs"), "--name", f"load-{attempt}"]
+            env = {**environ_without_debug(), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+            assert done.returncode == 0, f"attempt {attempt}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    finally:
+        hog.kill()
+        hog.wait()

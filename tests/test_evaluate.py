@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,12 @@ from animevae.training.export import load_run_models
 from animevae.progress import SilentReporter
 from animevae.training.data import load_training_images
 from helpers import assert_ok
+from animevae.training.data import load_training_images, split_holdout
+from animevae.progress import SilentReporter
+from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances,
+                                        ssim, style_of)
+from animevae.training.export import load_run_models
+from helpers import assert_ok, write_blobs
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise() -> None:
@@ -271,3 +278,18 @@ def test_evaluate_refuses_to_score_held_out_images_the_run_trained_on(trained_ru
                                  "--samples", "20", "--classifier-images", "10"])
     assert result.exit_code != 0
     assert "3 of the 3 images" in result.output and "were trained on by run" in result.output
+
+
+@pytest.mark.parametrize("count", [2, 5, 19])
+def test_evaluate_on_a_small_set_reports_what_it_can(runner, runs_copy: Path, tmp_path: Path, count: int) -> None:
+    small = tmp_path / "small"
+    write_blobs(small, count=count, seed=3)
+    result = runner.invoke(app, ["evaluate", str(small), "--run", "run", "--samples", "10", "--classifier-images", "4",
+                                 "--runs-dir", str(runs_copy)])
+    assert_ok(result)
+    assert "not measurable" in result.output
+    report = json.loads((runs_copy / "run" / "evaluation.json").read_text())
+    assert report["held_out"] == 1 and report["realism_samples_accuracy"] is None
+    assert report["realism_recon_auc"] is None and report["sample_diversity"] is None
+    assert {"realism_samples_accuracy", "realism_recon_accuracy", "sample_diversity"} <= set(report["not_measurable"])
+    assert report["recon_psnr"] > 0

@@ -9,19 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animevae.fileio import (
-    atomic_path,
-    contact_sheet,
-    encode_png,
-    remove_stale_temps,
-    save_png_atomic,
-    temp_name,
-    to_uint8,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from animevae.cli import app
+from animevae.fileio import (atomic_path, contact_sheet, encode_png, remove_stale_temps, save_png_atomic, temp_name,
+                             to_uint8, write_bytes_atomic, write_json_atomic)
 from animevae.writer import PngWriter, usable_cores, write_pngs
-from helpers import dead_pid, opened_for_writing, read_rgb, temp_leftovers
+from helpers import CPU, assert_ok, dead_pid, opened_for_writing, read_rgb, temp_leftovers
 
 
 # --- atomic writes -----------------------------------------------------------------------------
@@ -262,3 +254,55 @@ def test_json_and_fsync_requests_reach_the_disk(tmp_path: Path, fsynced_paths: l
     save_png_atomic(tmp_path / "p.png", np.zeros((2, 2, 3), np.uint8))
     assert [Path(p).name.split(".animevae-tmp-")[0] for p in fsynced_paths] == [".j.json", ".synced.bin"]
     assert (tmp_path / "j.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+
+
+def _model_flags(trained_run) -> list[str]:
+    return ["--model", str(trained_run.export_dir), *CPU]
+
+
+def test_cleanup_leaves_look_alike_user_files_alone(runner, trained_run, tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    (out / "sub").mkdir(parents=True)
+    lookalikes = [out / "sub" / ".draft.tmp-99999-v2", out / ".thesis.tmp-vm-4242-final", out / ".notes.tmp-old",
+                  out / f".000009.png.tmp-{dead_pid()}-abcd"]
+    for path in lookalikes:
+        path.write_text("keep me")
+    assert_ok(runner.invoke(app, ["generate", "--count", "2", "--out", str(out), *_model_flags(trained_run)]))
+    assert all(path.read_text() == "keep me" for path in lookalikes)
+
+
+def test_cleanup_removes_dead_writers_temps_only_in_the_folders_a_job_writes(tmp_path: Path) -> None:
+    from animevae.fileio import remove_stale_temps, temp_name
+
+    dead = dead_pid()
+    (tmp_path / "sub").mkdir()
+    mine_dead = temp_name(tmp_path / "000001.png").name.replace(f"-{os.getpid()}-", f"-{dead}-")
+    stale, deeper = tmp_path / mine_dead, tmp_path / "sub" / mine_dead
+    live = temp_name(tmp_path / "000002.png")
+    for path in (stale, deeper, live):
+        path.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == 1
+    assert not stale.exists() and deeper.exists() and live.exists()
+
+
+def test_host_tags_of_long_host_names_do_not_collide() -> None:
+    from animevae.fileio import host_tag
+
+    assert host_tag("a" * 32 + "-pod-1") != host_tag("a" * 32 + "-pod-2")
+
+
+def test_sets_and_checkpoints_follow_the_umask(image_dir: Path, tmp_path: Path, tiny_model_config,
+                                               tiny_train_config) -> None:
+    from animevae.prepared_set import prepare_images, save_prepared
+    from animevae.training.train import train
+
+    old = os.umask(0o022)
+    try:
+        save_prepared(prepare_images(image_dir, 16), tmp_path / "set.safetensors", image_dir)
+        result = train(tmp_path / "set.safetensors", tiny_model_config, tiny_train_config, tmp_path / "runs",
+                       device="cpu")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "set.safetensors", tmp_path / "set.manifest.json", result.run_dir / "last.safetensors",
+                 result.run_dir / "config.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,8 @@ from animevae.fileio import temp_name, to_uint8
 from animevae.generate import generate, image_name
 from animevae.outputs import MANIFEST_NAME
 from animevae.prior import LatentPrior
-from helpers import CPU, assert_cli_error, assert_ok, dead_pid, read_rgb, snapshot, temp_leftovers
+from helpers import (CPU, assert_cli_error, assert_ok, dead_pid, environ_without_debug, read_rgb, snapshot,
+                     temp_leftovers)
 
 
 def _generate(runner, trained_run, out: Path, *extra: str):
@@ -505,3 +510,41 @@ def test_prior_text_is_float32_and_weights_short_of_one_still_draw() -> None:
     assert any(u >= 0.9 for u in uniforms)
     for i, u in enumerate(uniforms):
         assert abs(short.latent(0, i)[0] - (10.0 if u >= 0.5 else 0.0)) < 0.1
+
+
+def test_image_names_do_not_depend_on_the_count() -> None:
+    from animevae.generate import image_name
+
+    assert image_name(5, 10) == image_name(5, 10_000_001) == "000005.png"
+    assert image_name(1_234_567, 2_000_000) == "1234567.png"
+
+
+def _generate_command(model: Path, out: Path, count: int) -> list[str]:
+    return [sys.executable, "-m", "animevae", "generate", "--count", str(count), "--out", str(out),
+            "--model", str(model), "--seed", "11", "--batch-size", "64", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.slow
+def test_generate_killed_then_rerun_gives_the_bytes_of_an_unbroken_run(trained_run, tmp_path) -> None:
+    model, count = trained_run.export_dir / "decoder.onnx", 4000
+    reference, broken = tmp_path / "reference", tmp_path / "broken"
+    subprocess.run(_generate_command(model, reference, count), check=True, env=environ_without_debug())
+    process = subprocess.Popen(_generate_command(model, broken, count), env=environ_without_debug(),
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list(broken.glob("*.png"))) < 200 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the workers too, mid-write
+    process.wait()
+    assert len(list(broken.glob("*.png"))) < count, "the run finished before it could be killed"
+    subprocess.run(_generate_command(model, broken, count), check=True, env=environ_without_debug())
+    assert temp_leftovers(broken) == []
+    assert {k: v[1] for k, v in snapshot(broken).items()} == {k: v[1] for k, v in snapshot(reference).items()}
+
+
+def test_two_generate_processes_into_one_folder(trained_run, tmp_path) -> None:
+    model, out, reference = trained_run.export_dir / "decoder.onnx", tmp_path / "shared", tmp_path / "reference"
+    processes = [subprocess.Popen(_generate_command(model, out, 600), env=environ_without_debug()) for _ in range(2)]
+    assert [p.wait() for p in processes] == [0, 0]
+    subprocess.run(_generate_command(model, reference, 600), check=True, env=environ_without_debug())
+    assert {k: v[1] for k, v in snapshot(out).items()} == {k: v[1] for k, v in snapshot(reference).items()}

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import struct
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -14,6 +20,13 @@ from animevae.errors import DataError
 from animevae.images import decode_rgb, find_images, pixel_hash, square_resize
 from animevae.prepared_set import count_images, prepare_images
 from helpers import blob_image
+from animevae.cli import app
+from animevae.prepared_set import DATASET_KIND, count_images, folder_fingerprint, load_prepared, manifest_path, prepare_images, save_prepared
+from animevae.images import decode_layers, decode_rgb, find_images, pixel_hash, square_resize
+from animevae.training.data import split_holdout
+from animevae.errors import DataError, OutputError
+from helpers import (MESSY_GOOD, assert_cli_error, assert_ok, blob_image, encoded, environ_without_debug,
+                     locked_is_readable, temp_leftovers, write_blobs)
 
 
 def _solid(color: tuple[int, ...], size: tuple[int, int] = (6, 4), mode: str = "RGB") -> Image.Image:
@@ -192,3 +205,214 @@ def test_tiff_files_are_found_and_decoded(tmp_path: Path) -> None:
     assert prepared.sources == ["a.tif", "b.tiff", "c.TIF"] and prepared.skipped == []
     for index, pixels in enumerate(pictures.values()):
         assert np.array_equal(prepared.images[index], pixels)  # lossless, and no resize at the same size
+
+
+def test_prepare_refuses_to_overwrite_a_file_that_is_not_a_data_set(runner, image_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q"]), "--overwrite")
+    assert notes.read_text() == "my notes"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q", "--overwrite"]))
+    from animevae.prepared_set import load_prepared
+
+    assert len(load_prepared(notes)[0]) == 40
+
+
+def test_prepare_refuses_an_out_inside_its_folder(runner, image_dir: Path) -> None:
+    source = image_dir / "face000.png"
+    before = source.read_bytes()
+    for out in (source, image_dir / "sub" / "set.safetensors"):
+        assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q", "--overwrite"]),
+                         "inside")
+    assert source.read_bytes() == before
+    assert not (image_dir / "sub").exists()
+
+
+def test_prepare_rewrites_its_own_data_set_but_not_a_foreign_manifest(runner, image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "faces.safetensors"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))  # its own set: a rerun
+    other = tmp_path / "set.safetensors"
+    (tmp_path / "set.manifest.json").write_text("the user's own file")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(other), "-q"]), "set.manifest.json")
+    assert (tmp_path / "set.manifest.json").read_text() == "the user's own file" and not other.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_not_an_input(onnx_models, tmp_path: Path) -> None:
+    from animevae.images import find_images
+    from animevae.denoise import denoise_folder
+
+    noisy = tmp_path / "noisy"
+    write_blobs(noisy, count=2)
+    fifo = noisy / "x.png"
+    os.mkfifo(fifo)
+    # Old code blocks reading the FIFO; a writer that never arrives would hang the test, so one feeds it once.
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError):  # the release below opens and closes before it writes
+            fifo.write_bytes(b"not a picture")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        listing = find_images(noisy)
+        assert fifo not in listing.files and [s.path for s in listing.skipped] == ["x.png"]
+        assert "not a regular file" in listing.skipped[0].reason
+        result = denoise_folder(onnx_models["denoiser"], noisy, tmp_path / "out", workers=0)
+        assert result.written == 2 and [s.path for s in result.skipped] == ["x.png"]
+    finally:
+        with open(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK), "rb"):  # release a still-waiting feeder
+            pass
+        feeder.join(timeout=5)
+
+
+def test_a_data_set_with_a_malformed_version_is_one_clear_error(image_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from animevae.prepared_set import load_prepared
+    from animevae.errors import DataError
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"images": np.zeros((2, 8, 8, 3), np.uint8)}, str(path),
+              metadata={"kind": "animevae-dataset", "format_version": "two"})
+    with pytest.raises(DataError, match="format"):
+        load_prepared(path)
+
+
+def test_prepare_skips_and_reports_every_bad_file(messy, runner, tmp_path) -> None:
+    folder, odd, broken = messy
+    out = tmp_path / "set.safetensors"
+    result = runner.invoke(app, ["prepare", str(folder), "--out", str(out), "--image-size", "16", "-q"])
+    assert_ok(result)
+    assert "Traceback" not in result.output
+    manifest = json.loads(out.with_name("set.manifest.json").read_text())
+    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) >= broken, skipped
+    assert "decompression bomb" in skipped["bomb.png"] or "claims 30000x30000" in skipped["bomb.png"]
+    kept = {entry["path"] for entry in manifest["kept"]}
+    assert {name for name in odd} <= kept, odd - kept
+    expected = MESSY_GOOD + len(odd) + (1 if locked_is_readable(folder) else 0)
+    assert len(kept) == expected
+    if not locked_is_readable(folder):
+        assert skipped["locked.png"] == "no read permission"
+    for name in broken:
+        assert name in result.output  # the summary table names every skipped file
+
+
+_PREPARE_AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+
+from PIL import Image
+
+from animevae.prepared_set import prepare_images
+
+Image.init()  # load Pillow's plugins before giving up root's rights to read them
+if os.geteuid() == 0:  # root reads anything: drop to an ordinary user for the check
+    os.setgid(65534)
+    os.setuid(65534)
+prepared = prepare_images(Path(sys.argv[1]), 16)
+print(json.dumps({"sources": prepared.sources, "skipped": [[s.path, s.reason] for s in prepared.skipped]}))
+"""
+
+
+def test_an_unreadable_file_is_skipped_as_no_read_permission_even_for_root_ci() -> None:
+    """Protects the skip reason for a file the user cannot read. As root (as CI runs) a child process drops
+    to user nobody first, so the case is checked there too instead of being skipped."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="animevae-perm-"))  # not under pytest's private (0700) tmp
+    try:
+        folder.chmod(0o755)
+        write_blobs(folder, count=2)
+        locked = folder / "locked.png"
+        locked.write_bytes(encoded(Image.new("RGB", (16, 16), (90, 9, 9)), "PNG"))
+        locked.chmod(0)
+        done = subprocess.run([sys.executable, "-c", _PREPARE_AS_NOBODY, str(folder)], capture_output=True,
+                              text=True, timeout=120, env=environ_without_debug())
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout) == {"sources": ["face000.png", "face001.png"],
+                                           "skipped": [["locked.png", "no read permission"]]}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _noisy_rgb(width: int = 20, height: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(blob_image(rng, width, height)).astype(np.int16)
+    return np.clip(pixels + rng.normal(0, 25, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def test_palette_cmyk_and_transparency_keys(tmp_path: Path) -> None:
+    rgb = _noisy_rgb()
+    palette = Image.fromarray(rgb).quantize(16)
+    palette.save(tmp_path / "pal.png")
+    layers = decode_layers(tmp_path / "pal.png")
+    assert not layers.grey and layers.alpha is None
+    assert np.array_equal(layers.rgb, np.asarray(palette.convert("RGB")))
+    palette.save(tmp_path / "pal_t.png", transparency=0)  # palette entry 0 transparent
+    layers = decode_layers(tmp_path / "pal_t.png")
+    assert np.array_equal(layers.alpha == 0, np.asarray(palette) == 0)
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    cmyk.save(tmp_path / "print.tif")
+    layers = decode_layers(tmp_path / "print.tif")
+    assert layers.alpha is None and np.array_equal(layers.rgb, np.asarray(cmyk.convert("RGB")))
+
+
+# --- the packed set's labels and hashes, read back (issue 32: labels aligned with their images) --------------------
+
+
+def _packed(path: Path, images: np.ndarray, labels: np.ndarray | None, classes: str | None) -> Path:
+    from safetensors.numpy import save_file
+
+    metadata = {"kind": DATASET_KIND, "format_version": "1"} | ({"classes": classes} if classes else {})
+    save_file({"images": images} | ({"labels": labels} if labels is not None else {}), str(path), metadata=metadata)
+    return path
+
+
+TWO_CLASSES = json.dumps([{"name": "a", "count": 2}, {"name": "b", "count": 1}])
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 1, 2]), np.array([0, -1, 1]), np.array([0, 1], np.int64),
+                                    np.array([0, 1, 0, 1]), np.array([0, 1, 0], np.int32), np.array([[0, 1, 0]])],
+                         ids=["past the classes", "negative", "fewer than images", "more than images", "int32", "2-d"])
+def test_a_set_whose_labels_do_not_fit_its_images_and_classes_is_refused(tmp_path: Path, labels: np.ndarray) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), labels, TWO_CLASSES)
+    with pytest.raises(DataError, match="do not match") as error:
+        load_prepared_labels(path)
+    assert error.value.hint
+
+
+def test_a_set_without_labels_or_classes_reads_as_unlabelled(tmp_path: Path) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    assert load_prepared_labels(_packed(tmp_path / "a.safetensors", images, None, TWO_CLASSES)) is None
+    assert load_prepared_labels(_packed(tmp_path / "b.safetensors", images, np.array([0, 1, 0]), None)) is None
+    labels = load_prepared_labels(_packed(tmp_path / "c.safetensors", images, np.array([0, 1, 0]), TWO_CLASSES))
+    assert labels.index.tolist() == [0, 1, 0] and labels.classes.names == ("a", "b")
+    with pytest.raises(DataError, match="cannot read"):
+        load_prepared_labels(tmp_path / "missing.safetensors")
+
+
+def test_hashes_come_from_the_manifest_only_when_it_lists_every_image(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    images, hashes = load_prepared(out)
+    assert len(hashes) == len(images) == 40 and all(len(h) == 64 for h in hashes)
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["kept"] = manifest["kept"][:-1]
+    manifest_path(out).write_text(json.dumps(manifest))
+    assert load_prepared(out)[1] == []
+    manifest_path(out).write_text('{"kept": [{"path": "x"}]}')
+    assert load_prepared(out)[1] == []
+
+
+def test_hash_keys_are_the_sorted_first_60_bits_of_each_hash() -> None:
+    from animevae.training.data import hash_keys
+
+    keys = hash_keys(["f" * 64, "0" * 14 + "1" + "f" * 49])
+    assert keys.tolist() == [1, 16**15 - 1] and keys.dtype == np.int64

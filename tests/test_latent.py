@@ -342,3 +342,12 @@ def test_interpolate_and_traverse_never_silently_replace_a_file(tiny: Tiny, tmp_
     grid = tmp_path / "grid.png"
     grid.write_bytes(b"x")
     assert_cli_error(CliRunner().invoke(app, ["traverse", "--out", str(grid), *tiny.flags()]), "already exists")
+
+
+def test_interpolate_overwrite_with_fewer_steps_removes_the_extra_frames(runner, trained_run, tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    base = ["interpolate", "--seed-a", "1", "--seed-b", "2", "--out", str(tmp_path / "s.png"), "--frames", str(frames),
+            "--model", str(trained_run.export_dir), "--device", "cpu"]
+    assert_ok(runner.invoke(app, [*base, "--steps", "5"]))
+    assert_ok(runner.invoke(app, [*base, "--steps", "3", "--overwrite"]))
+    assert sorted(p.name for p in frames.iterdir()) == ["frame_000.png", "frame_001.png", "frame_002.png"]

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from animevae.errors import ArgumentError, DataError
-from animevae.fileio import encode_png
+from animevae.fileio import encode_png, to_uint8
+from animevae.generate import generate_by_class
 from animevae.labels import ClassInfo
+from animevae.outputs import MANIFEST_NAME
+from animevae.model_files import open_models
 from animevae.per_class import ClassRequest, class_counts, class_image_path, write_metadata
+from animevae.prior import LatentPrior
+from animevae.runtime import open_model
+from helpers import read_rgb
 
 CLASSES = ClassInfo(("cats", "dogs", "rare"), (100, 80, 10))
 
@@ -155,3 +163,128 @@ def test_info_lists_the_classes_and_their_training_counts(labelled_run, runner) 
     result = runner.invoke(app, ["info", "--runs-dir", str(labelled_run.runs_dir), "--device", "cpu"])
     assert result.exit_code == 0
     assert "classes: 3" in result.output and "rare: 4 images" in result.output and "cats: 16 images" in result.output
+
+
+# --- a draw by class honours what the unlabelled draw honours: seed, temperature, prior file, shard (issue 32) ---
+
+NAMES = ("cats", "dogs", "rare")
+
+
+def _expected_class_images(labelled_run, tasks: list[tuple[int, int]], seed: int, temperature: float) -> np.ndarray:
+    """(len(tasks), 16, 16, 3) uint8: the decoded class latents of (class, index) pairs at this seed and temperature."""
+    decoder = open_model(labelled_run.export_dir / "decoder.onnx", "decoder", device="cpu")
+    prior = LatentPrior.from_metadata(decoder.metadata)
+    return to_uint8(decoder.run(np.stack([prior.class_latent(seed, c, i, temperature) for c, i in tasks]))[0])
+
+
+@pytest.mark.parametrize("request_args, tasks", [(["--class", "dogs", "--count", "3"], [(1, 0), (1, 1), (1, 2)]),
+                                                 (["--per-class", "2"], [(c, i) for c in range(3) for i in range(2)])])
+@pytest.mark.parametrize("seed, temperature", [(0, 1.0), (3, 0.5)])
+def test_a_draw_by_class_decodes_the_class_latents_of_its_seed_and_temperature(
+        labelled_run, runner, tmp_path: Path, request_args: list[str], tasks: list[tuple[int, int]], seed: int,
+        temperature: float) -> None:
+    """--temperature and --seed change the images drawn by class, not only what the manifest records."""
+    out = tmp_path / "synth"
+    result = _generate(runner, labelled_run, out, *request_args, "--seed", str(seed), "--temperature", str(temperature))
+    assert result.exit_code == 0, result.output
+    expected = _expected_class_images(labelled_run, tasks, seed, temperature)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(
+        f"{NAMES[c]}/{i:06d}.png" for c, i in tasks)
+    for (c, i), pixels in zip(tasks, expected):
+        assert np.array_equal(read_rgb(out / NAMES[c] / f"{i:06d}.png"), pixels), (c, i)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["seed"] == seed and manifest.get("temperature", 1.0) == temperature
+
+
+def test_worker_processes_draw_by_class_at_the_asked_seed_and_temperature(labelled_run, tmp_path: Path) -> None:
+    """Batches decoded in worker processes (more tasks than a batch, on the CPU) draw as the parent does."""
+    models = open_models(labelled_run.runs_dir, labelled_run.run_dir.name, None, ("decoder", "prior"), "cpu")
+    out = tmp_path / "synth"
+    result = generate_by_class(models, ClassRequest(per_class=3), out, seed=3, batch_size=2, workers=2,
+                               temperature=0.5)
+    assert result.written == 9
+    tasks = [(c, i) for c in range(3) for i in range(3)]
+    for (c, i), pixels in zip(tasks, _expected_class_images(labelled_run, tasks, 3, 0.5)):
+        assert np.array_equal(read_rgb(out / NAMES[c] / f"{i:06d}.png"), pixels), (c, i)
+
+
+def test_shards_of_a_cool_draw_by_class_write_the_whole_draw(labelled_run, runner, tmp_path: Path) -> None:
+    whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+    args = ["--per-class", "2", "--seed", "4", "--temperature", "0.6"]
+    assert _generate(runner, labelled_run, whole, *args).exit_code == 0
+    for shard in ("0/2", "1/2"):
+        assert _generate(runner, labelled_run, pieces, *args, "--batch-size", "1", "--shard", shard).exit_code == 0
+    assert {p.relative_to(whole): p.read_bytes() for p in whole.rglob("*.png")} == {
+        p.relative_to(pieces): p.read_bytes() for p in pieces.rglob("*.png")}
+    assert (whole / "metadata.jsonl").read_bytes() == (pieces / "metadata.jsonl").read_bytes()
+
+
+def test_a_prior_file_beside_the_decoder_is_part_of_a_class_trees_identity(labelled_run, trained_run, runner,
+                                                                           tmp_path: Path) -> None:
+    """As for the unlabelled draw, the folder records the prior.onnx beside the decoder, and another prior is
+    refused; the class images still come from each class's own mixture (the diffusion prior is unconditional)."""
+    import onnx
+
+    from animevae.cli import app
+    from animevae.outputs import file_digest
+    from helpers import assert_cli_error
+
+    model, plain, with_prior = tmp_path / "model", tmp_path / "plain", tmp_path / "with-prior"
+    shutil.copytree(labelled_run.export_dir, model)
+
+    def draw(out: Path):
+        return runner.invoke(app, ["generate", "--out", str(out), "--model", str(model), "--per-class", "1",
+                                   "--device", "cpu", "-q"])
+
+    assert draw(plain).exit_code == 0
+    shutil.copy(trained_run.export_dir / "prior.onnx", model / "prior.onnx")
+    result = draw(with_prior)
+    assert result.exit_code == 0, result.output
+    assert {p.relative_to(plain): p.read_bytes() for p in plain.rglob("*.png")} == {
+        p.relative_to(with_prior): p.read_bytes() for p in with_prior.rglob("*.png")}
+    manifest = json.loads((with_prior / MANIFEST_NAME).read_text())
+    assert manifest["prior_sha256"] == file_digest(model / "prior.onnx")
+    prior = onnx.load(str(model / "prior.onnx"))
+    prior.doc_string = "another prior"
+    onnx.save(prior, str(model / "prior.onnx"))
+    assert_cli_error(draw(with_prior), "prior_sha256", "--overwrite")
+
+
+@pytest.mark.parametrize(("request_", "by_class"), [(ClassRequest(), False), (ClassRequest(name="cats"), True),
+                                                    (ClassRequest(per_class=1), True), (ClassRequest(balance=True), True),
+                                                    (ClassRequest(count=3), False)])
+def test_a_request_is_by_class_when_it_names_a_class_a_count_per_class_or_balance(request_: ClassRequest,
+                                                                                  by_class: bool) -> None:
+    assert request_.by_class is by_class
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    (ClassRequest(balance=True, per_class=0), {0: 0, 1: 0, 2: 0}),
+    (ClassRequest(name="cats", per_class=2), {0: 2}),
+    (ClassRequest(name="rare", count=1), {2: 1}),
+])
+def test_more_requests_become_counts_per_class(request_: ClassRequest, expected: dict[int, int]) -> None:
+    assert class_counts(CLASSES, request_) == expected
+
+
+@pytest.mark.parametrize(("request_", "fragment"), [
+    (ClassRequest(name="dogs", count=0), "--count must be at least 1"),
+    (ClassRequest(balance=True, per_class=-1), "--per-class must be at least 1"),
+    (ClassRequest(balance=True, count=3), "--count goes with --class"),
+])
+def test_more_contradictory_requests_are_refused(request_: ClassRequest, fragment: str) -> None:
+    with pytest.raises(ArgumentError, match=fragment) as error:
+        class_counts(CLASSES, request_)
+    assert error.value.hint
+
+
+def test_image_c_i_goes_to_its_class_folder(tmp_path: Path) -> None:
+    assert class_image_path(tmp_path, "dogs", 12) == tmp_path / "dogs" / "000012.png"
+
+
+@pytest.mark.parametrize("request_", [ClassRequest(name="dogs"), ClassRequest(per_class=5, count=3),
+                                      ClassRequest(per_class=0), ClassRequest(name="owls", count=1)])
+def test_every_refused_request_has_a_hint(request_: ClassRequest) -> None:
+    with pytest.raises((ArgumentError, DataError)) as error:
+        class_counts(CLASSES, request_)
+    assert error.value.message and error.value.hint

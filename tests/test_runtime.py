@@ -15,8 +15,7 @@ import animevae.runtime as runtime
 from animevae.cli import app
 from animevae.errors import DeviceError, ModelError
 from animevae.runtime import CPU, CUDA, check_ran_as_asked, choose_providers, default_threads, open_model
-from helpers import CPU as CPU_FLAGS
-from helpers import assert_cli_error, evil_pickle
+from helpers import CPU as CPU_FLAGS, assert_cli_error, evil_pickle
 
 TRT = "TensorrtExecutionProvider"
 
@@ -453,3 +452,67 @@ def test_every_external_tensor_of_a_node_is_named(tmp_path: Path) -> None:
     onnx.save_model(model, str(tmp_path / "hostile.onnx"))
     with pytest.raises(ModelError, match=r"\(Custom\.a, Custom\.b\)"):
         refuse_external_data(tmp_path / "hostile.onnx")
+
+
+def _edited_decoder(trained_run, tmp_path: Path, edit) -> Path:
+    import onnx
+
+    model = onnx.load(str(trained_run.export_dir / "decoder.onnx"))
+    edit(model)
+    folder = tmp_path / "hostile"
+    folder.mkdir(exist_ok=True)
+    path = folder / "decoder.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_with_external_data_is_refused_before_onnxruntime_opens_it(runner, trained_run, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from onnx import TensorProto
+
+    def point_outside(model) -> None:
+        tensor = model.graph.initializer[0]
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "16")):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+
+    path = _edited_decoder(trained_run, tmp_path, point_outside)
+    import animevae.runtime as runtime
+
+    opened = []
+    real_session = runtime.ort.InferenceSession
+    monkeypatch.setattr(runtime.ort, "InferenceSession", lambda *a, **k: opened.append(a) or real_session(*a, **k))
+    result = runner.invoke(app, ["generate", "--count", "1", "--out", str(tmp_path / "g"), "--model", str(path),
+                                 *CPU_FLAGS])
+    assert_cli_error(result, "external data")
+    assert opened == []
+
+
+def test_the_onnxruntime_floor_checks_external_data_paths() -> None:
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"onnxruntime-gpu>=1.24' in text and '"onnxruntime>=1.24' in text
+
+
+@pytest.mark.parametrize("key, value", [("animevae.prior_weights", "not base64 at all!"),
+                                        ("animevae.prior_means", "AAAA"),
+                                        ("animevae.latent_dim", "eight"),
+                                        ("animevae.format_version", "\u00b2")])
+def test_malformed_metadata_is_one_clear_error(runner, trained_run, tmp_path: Path, key: str, value: str) -> None:
+    def corrupt(model) -> None:
+        for entry in model.metadata_props:
+            if entry.key == key:
+                entry.value = value
+
+    path = _edited_decoder(trained_run, tmp_path, corrupt)
+    result = runner.invoke(app, ["generate", "--count", "2", "--out", str(tmp_path / "g"), "--model", str(path),
+                                 *CPU_FLAGS])
+    assert_cli_error(result, str(path))
+
+
+def test_odd_thread_counts_fall_back_to_the_cores(monkeypatch) -> None:
+    from animevae.runtime import default_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "\u00b2")
+    assert default_threads() >= 1

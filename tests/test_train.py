@@ -6,6 +6,9 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,19 +16,26 @@ from typing import Any
 import pytest
 import torch
 
-from animevae.training.checkpoint import PRIOR_TRAINED, load_checkpoint
+from animevae.cli import app
 from animevae.config import ModelConfig, TrainConfig
 from animevae.prepared_set import prepare_images, save_prepared
 from animevae.training.data import split_holdout
+from animevae.training.data import TrainingData, load_training_images, split_holdout
+from animevae.prepared_set import prepare_images, save_prepared
 from animevae.errors import DataError, DeviceError, ModelError
-from animevae.training.export import load_run_models
-from animevae.training.model import add_noise
 from animevae.progress import SilentReporter
 from animevae.runs import check_name, list_runs, next_free_name, resolve_run
 from animevae.training.data import TrainingData, load_training_images
 from animevae.training.prior_phase import prior_schedule_fraction
 from animevae.training.train import train
 from helpers import read_jsonl, read_rgb, temp_leftovers
+from animevae.training.checkpoint import PRIOR_TRAINED, load_checkpoint
+from animevae.training.export import load_run_models
+from animevae.training.model import add_noise
+from animevae.training.prior_phase import prior_schedule_fraction
+from animevae.training.train import train
+from helpers import (CPU, assert_cli_error, assert_ok, ctrl_c_after_step, environ_without_debug, read_jsonl, read_rgb,
+                     temp_leftovers, write_blobs)
 
 METRIC_FIELDS = {"loss", "mse", "kl", "den_mse", "val_psnr", "denoise_psnr_25", "noisy_psnr_25", "denoise_psnr_50",
                  "noisy_psnr_50", "denoise_knee"}
@@ -780,3 +790,102 @@ def test_a_report_that_spends_the_rest_of_the_budget_is_followed_by_the_final_fi
     records = read_jsonl(result.run_dir / "metrics.jsonl")
     assert finals[-1] is True and len(records) == 1  # the final line replaced the first at the same step
     assert records[0]["step"] == result.progress.step and "swd_16" in records[0]
+def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from animevae.training.checkpoint import load_checkpoint
+
+    ctrl_c_after_step(monkeypatch, 2)
+    result = runner.invoke(app, ["train", str(image_dir), "--image-size", "16", "--latent-dim", "8", "--batch-size", "8",
+                                 "--precision", "fp32", "--epochs", "50", "--runs-dir", str(tmp_path / "runs"), *CPU])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; checkpoint saved" in result.output
+    assert load_checkpoint(tmp_path / "runs" / "run" / "last.safetensors").progress.step == 2
+
+
+def _train_command(faces: Path, runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "animevae", "train", str(faces), "--image-size", "16", "--latent-dim", "8",
+            "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--runs-dir", str(runs), *extra]
+
+
+@pytest.mark.slow
+def test_sigterm_to_train_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    from animevae.training.checkpoint import load_checkpoint
+
+    faces, runs = tmp_path / "faces", tmp_path / "runs"
+    write_blobs(faces, count=40)
+    metrics = runs / "t" / "metrics.jsonl"
+    process = subprocess.Popen(_train_command(faces, runs, "--name", "t", "--epochs", "500"),
+                               env=environ_without_debug(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output
+    assert "interrupted; checkpoint saved" in output
+    # Saved at the stop, past the end of the first epoch (whose save came first): mid-epoch, or during a later
+    # epoch's report.
+    progress = load_checkpoint(runs / "t" / "last.safetensors").progress
+    assert (progress.epoch, progress.batch) > (1, 0)
+
+
+def test_train_refuses_a_runs_dir_inside_its_data_folder(runner, image_dir: Path) -> None:
+    result = runner.invoke(app, ["train", str(image_dir), "--runs-dir", str(image_dir / "runs"), *CPU])
+    assert_cli_error(result, "inside")
+    assert not (image_dir / "runs").exists()
+
+
+def test_train_on_a_messy_folder(messy, runner, tmp_path, monkeypatch) -> None:
+    folder, _, _ = messy
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", str(folder), "--epochs", "1", "--image-size", "16", "--latent-dim", "8",
+                                 "--batch-size", "16", "--precision", "fp32", *CPU])
+    assert_ok(result)
+    assert "skipped empty.png:" in result.output and "manifest.json" in result.output
+    assert (tmp_path / "runs" / "run" / "last.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_train_killed_then_resumed(tmp_path) -> None:
+    faces = tmp_path / "faces"
+    write_blobs(faces, count=40)
+    command = [sys.executable, "-m", "animevae", "train", str(faces), "--image-size", "16", "--latent-dim", "8",
+               "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--runs-dir",
+               str(tmp_path / "runs"), "--name", "killed"]
+    checkpoint = tmp_path / "runs" / "killed" / "last.safetensors"
+    first_epoch = tmp_path / "runs" / "killed" / "metrics.jsonl"  # its checkpoint is saved right after
+    process = subprocess.Popen([*command, "--epochs", "500"], env=environ_without_debug())
+    deadline = time.monotonic() + 120
+    while not first_epoch.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    from animevae.training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(checkpoint).progress
+    assert saved.step > 0
+    subprocess.run([*command, "--resume", "--epochs", str(saved.epoch + 1)], check=True, env=environ_without_debug())
+    resumed = load_checkpoint(checkpoint).progress
+    assert resumed.epoch == saved.epoch + 1 and resumed.step > saved.step
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_epoch_ends_can_be_resumed(tmp_path) -> None:
+    from animevae.training.checkpoint import load_checkpoint
+
+    faces = tmp_path / "faces"
+    write_blobs(faces, count=40)
+    command = [sys.executable, "-m", "animevae", "train", str(faces), "--image-size", "16", "--latent-dim", "8",
+               "--batch-size", "8", "--precision", "fp32", "--device", "cpu", "--quiet", "--runs-dir",
+               str(tmp_path / "runs"), "--name", "early"]
+    checkpoint = tmp_path / "runs" / "early" / "last.safetensors"
+    process = subprocess.Popen([*command, "--epochs", "500"], env=environ_without_debug())
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:  # written before the first step
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "runs" / "early" / "metrics.jsonl").exists(), "killed too late to test this"
+    subprocess.run([*command, "--resume", "--epochs", "1"], check=True, env=environ_without_debug())
+    assert load_checkpoint(checkpoint).progress.epoch == 1
