@@ -3,8 +3,10 @@ held-out split, the content-hash keys a run keeps, and batches gathered from the
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import mmap
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,6 @@ from animevae.progress import Reporter
 SKIPPED_SHOWN = 20  # skipped files listed one per line when a folder is prepared for training
 # Bytes gathered from a memory-mapped set between hand-backs of its pages: the resident share of the map stays
 # below this, whatever the set's size.
-RELEASE_BYTES = 256 * 2**20
 
 
 def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +98,6 @@ class TrainingPixels:
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, device: torch.device) -> None:
         self.images, self.rows, self.device = images, rows, device
-        self._gathered_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -106,19 +106,40 @@ class TrainingPixels:
         """(B, 3, S, S) uint8 on the device: the rows `key` picks (a slice or indices into this split)."""
         if isinstance(key, torch.Tensor):
             key = key.cpu().numpy()
-        pixels = self.images[self.rows[key]]  # (B, S, S, 3): a copy of just these rows
-        self._count_gathered(pixels.nbytes)
+        pixels = read_rows(self.images, self.rows[key])  # (B, S, S, 3): a copy of just these rows
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(self.device)
 
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1] on the device."""
         return self[indices].float().div_(255.0)
 
-    def _count_gathered(self, count: int) -> None:
-        """Hand a memory-mapped set's pages back now and then: they stay in the page cache, but no longer count
-        towards this process's resident memory, which would otherwise grow to the whole file."""
-        self._gathered_bytes += count
-        mapping = getattr(self.images, "_mmap", None)  # np.memmap's mmap object; None for an in-memory array
-        if self._gathered_bytes >= RELEASE_BYTES and mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-            mapping.madvise(mmap.MADV_DONTNEED)
-            self._gathered_bytes = 0
+
+def read_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), S, S, 3) uint8: a copy of `rows` of `images`.
+
+    A memory-mapped set is read with pread, not through the map: a page fault maps whole page-cache folios (up to
+    2 MiB) around each row, so random rows read through a map make the process's resident memory grow to the whole
+    file; read into a buffer, only the batch is resident."""
+    start = _file_start(images)
+    if start is None:
+        return images[rows]
+    out = np.empty((len(rows), *images.shape[1:]), dtype=np.uint8)
+    row_bytes = out[0].nbytes if len(rows) else 0
+    with open(images.filename, "rb", buffering=0) as handle:  # type: ignore[union-attr]
+        for position, row in enumerate(np.asarray(rows).reshape(-1)):
+            data = os.pread(handle.fileno(), row_bytes, start + int(row) * row_bytes)
+            if len(data) != row_bytes:
+                raise DataError(f"{images.filename} ended early (row {int(row)})", "prepare the folder again")
+            out[position] = np.frombuffer(data, dtype=np.uint8).reshape(images.shape[1:])
+    return out
+
+
+def _file_start(images: np.ndarray) -> int | None:
+    """Where a C-contiguous np.memmap's first byte lies in its file (also for a slice of one, whose `offset` is
+    its parent's); None for anything else."""
+    mapping = getattr(images, "_mmap", None)
+    if not isinstance(images, np.memmap) or images.filename is None or mapping is None \
+            or not images.flags.c_contiguous or images.dtype != np.uint8:
+        return None
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))  # the map's first byte (a copy-on-write map)
+    return images.offset - images.offset % mmap.ALLOCATIONGRANULARITY + images.ctypes.data - base
