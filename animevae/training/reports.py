@@ -87,7 +87,7 @@ def swd_metrics(trainer: Trainer) -> dict[str, float]:
     samples = trainer.ema.decoder(latents).float().cpu()  # (n, 3, S, S)
     trainer.ema.train()
     rows = sample_rows(len(trainer.train_pixels), SWD_IMAGES, trainer.config.train.seed + 31)
-    train_faces = trainer.train_pixels[rows.to(trainer.train_pixels.device)].float().div_(255.0).cpu()
+    train_faces = trainer.train_pixels.batch(rows).cpu()  # (n, 3, S, S) in [0, 1]
     count = min(len(samples), len(train_faces))
     scores = swd(swd_array(samples[:count]), swd_array(train_faces[:count]))
     return {f"swd_{side}": value for side, value in scores.items()}
