@@ -6,6 +6,10 @@ import os
 
 # As the CLI does, before torch/onnxruntime load: idle threads sleep instead of spinning (2-core machines).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist each worker is one of as many processes as there are cores: one compute thread each, so
+# that workers do not oversubscribe the cores (their subprocesses inherit it).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json
 import shutil
