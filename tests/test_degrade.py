@@ -225,3 +225,18 @@ def test_jpeg_batch_is_pillow_at_a_fixed_quality() -> None:
     pixels = (clean.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
     expected = np.stack([jpeg_bytes_roundtrip(image, 20) for image in pixels])
     assert torch.equal(jpeg_batch(clean, 20), torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255.0)
+
+
+def test_pairs_are_degraded_on_one_thread_and_the_count_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.degrade as degrade
+
+    seen, roundtrip = [], degrade.jpeg_roundtrip
+    monkeypatch.setattr(degrade, "jpeg_roundtrip",
+                        lambda *args: seen.append(torch.get_num_threads()) or roundtrip(*args))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        degrade_pairs(_blobs(4), _gen(0), recipe=ONLY_JPEG)
+        assert seen == [1] * 4 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from animevae.training.devices import one_thread
+
 # Pillow's `subsampling=` values.
 CHROMA_444, CHROMA_420 = 0, 2
 JPEG_BLOCK = 8
@@ -98,9 +100,16 @@ def degrade_pairs(clean: torch.Tensor, generator: torch.Generator, sigma_max: fl
 
     Every random draw comes from `generator` (a CPU generator), in a fixed order: the paths, the noise of the
     images degraded at the crop's size, their JPEG passes, then each image whose resize falls between saves."""
-    count, side = len(clean), clean.shape[-1]
+    with one_thread():
+        target, noisy = _degrade(clean.detach().float().cpu(), generator, sigma_max, recipe)
+    return target.to(clean.device, clean.dtype), noisy.to(clean.device, clean.dtype)
+
+
+def _degrade(image: torch.Tensor, generator: torch.Generator, sigma_max: float,
+             recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """degrade_pairs on the CPU, in float32."""
+    count, side = len(image), image.shape[-1]
     paths = draw_paths(count, side, generator, recipe)
-    image = clean.detach().float().cpu()
     target, shrunk = image.clone(), {}
     for index in paths.resize.nonzero().flatten().tolist():
         there, back = paths.kernels[index].tolist()
@@ -117,7 +126,7 @@ def degrade_pairs(clean: torch.Tensor, generator: torch.Generator, sigma_max: fl
                              generator)
         once = jpeg_roundtrip(small[0], generator, recipe)
         noisy[index] = jpeg_roundtrip(resample(once, side, RESAMPLERS[int(paths.kernels[index, 1])]), generator, recipe)
-    return target.to(clean.device, clean.dtype), noisy.to(clean.device, clean.dtype)
+    return target, noisy
 
 
 def _noise_stage(images: torch.Tensor, gaussian: torch.Tensor, poisson: torch.Tensor, grey: torch.Tensor,
