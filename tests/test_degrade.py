@@ -1,4 +1,5 @@
-"""animevae.training.degrade: seeded, per-kind degradations of training crops, and crops at several scales."""
+"""animevae.training.degrade: seeded, per-kind degradations of training crops (target and degraded copy, aligned),
+resampling as Pillow does it, and crops at several scales."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from animevae.training.degrade import (CHROMA_420, CHROMA_444, REAL, Recipe, degrade_batch, jpeg_batch,
-                              jpeg_bytes_roundtrip, multiscale_crop)
+from animevae.training.degrade import (CHROMA_420, CHROMA_444, REAL, RESAMPLERS, Recipe, degrade_pairs, draw_paths,
+                                       jpeg_batch, jpeg_bytes_roundtrip, jpeg_roundtrip, multiscale_crop, resample)
 from helpers import blob_image
 
-ONLY_GAUSSIAN = Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0)
-ONLY_JPEG = Recipe(clean=0.0, gaussian=0.0, poisson=0.0, jpeg=1.0, double_jpeg=0.0)
+ONLY_GAUSSIAN = Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0, resize=0.0)
+ONLY_JPEG = Recipe(clean=0.0, gaussian=0.0, poisson=0.0, jpeg=1.0, double_jpeg=0.0, resize=0.0)
+# Every image resampled and saved twice, the way back between the saves; no noise.
+RESIZED_TWICE_SAVED = Recipe(clean=0.0, gaussian=0.0, poisson=0.0, jpeg=1.0, double_jpeg=1.0, resize=1.0)
+PILLOW_FILTERS = dict(zip(RESAMPLERS, (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC,
+                                       Image.Resampling.LANCZOS)))
 
 
 def _blobs(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -29,22 +34,35 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_the_same_generator_state_gives_the_same_batch() -> None:
+def degrade_batch(clean: torch.Tensor, generator: torch.Generator, sigma_max: float = 55.0,
+                  recipe: Recipe = REAL) -> torch.Tensor:
+    """The degraded copy alone, for recipes that never resample (the target is then `clean`)."""
+    target, noisy = degrade_pairs(clean, generator, sigma_max, recipe)
+    assert torch.equal(target, clean)
+    return noisy
+
+
+def _no_resize(recipe: Recipe, **changes: object) -> Recipe:
+    return Recipe(**{**recipe.__dict__, "resize": 0.0, **changes})
+
+
+def test_the_same_generator_state_gives_the_same_pairs() -> None:
     clean = _blobs(16)
-    first, again = degrade_batch(clean, _gen(3)), degrade_batch(clean, _gen(3))
-    assert torch.equal(first, again)
-    assert not torch.equal(first, degrade_batch(clean, _gen(4)))
-    assert first.shape == clean.shape and first.dtype == clean.dtype
-    assert first.min() >= 0.0 and first.max() <= 1.0
+    (target, noisy), (target_again, noisy_again) = degrade_pairs(clean, _gen(3)), degrade_pairs(clean, _gen(3))
+    assert torch.equal(target, target_again) and torch.equal(noisy, noisy_again)
+    assert not torch.equal(noisy, degrade_pairs(clean, _gen(4))[1])
+    for out in (target, noisy):
+        assert out.shape == clean.shape and out.dtype == clean.dtype
+        assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_the_clean_share_is_left_untouched_and_the_rest_is_not() -> None:
     clean = _blobs(64)
-    noisy = degrade_batch(clean, _gen(0), recipe=Recipe(clean=0.25))
+    noisy = degrade_batch(clean, _gen(0), recipe=Recipe(clean=0.25, resize=0.0))
     untouched = (noisy == clean).flatten(1).all(dim=1)
     # 64 draws at p = 0.25: far from 0 and from 64, and every other image really changed.
     assert 5 <= untouched.sum().item() <= 30
-    assert torch.equal(degrade_batch(clean, _gen(0), recipe=Recipe(clean=1.0)), clean)
+    assert torch.equal(degrade_batch(clean, _gen(0), recipe=Recipe(clean=1.0, resize=0.0)), clean)
 
 
 def test_gaussian_noise_stays_within_sigma_max() -> None:
@@ -59,7 +77,7 @@ def test_gaussian_noise_stays_within_sigma_max() -> None:
 @pytest.mark.parametrize("kind", ["gaussian", "poisson"])
 def test_grey_noise_is_the_same_on_all_three_channels(kind: str) -> None:
     clean = torch.full((16, 3, 32, 32), 0.5)
-    recipe = Recipe(clean=0.0, gaussian=1.0 if kind == "gaussian" else 0.0, poisson=1.0, grey=1.0, jpeg=0.0)
+    recipe = Recipe(clean=0.0, gaussian=1.0 if kind == "gaussian" else 0.0, poisson=1.0, grey=1.0, jpeg=0.0, resize=0.0)
     noise = degrade_batch(clean, _gen(2), sigma_max=10.0, recipe=recipe) - clean
     assert noise.abs().max() > 0
     assert torch.allclose(noise[:, 0], noise[:, 1]) and torch.allclose(noise[:, 0], noise[:, 2])
@@ -69,7 +87,7 @@ def test_grey_noise_is_the_same_on_all_three_channels(kind: str) -> None:
 
 def test_poisson_noise_grows_with_brightness() -> None:
     dark, bright = torch.full((32, 3, 32, 32), 0.1), torch.full((32, 3, 32, 32), 0.8)
-    recipe = Recipe(clean=0.0, gaussian=0.0, poisson=1.0, grey=0.0, jpeg=0.0)
+    recipe = Recipe(clean=0.0, gaussian=0.0, poisson=1.0, grey=0.0, jpeg=0.0, resize=0.0)
     dark_std = (degrade_batch(dark, _gen(5), recipe=recipe) - dark).std()
     bright_std = (degrade_batch(bright, _gen(5), recipe=recipe) - bright).std()
     assert bright_std > 2.0 * dark_std  # sqrt(0.8 / 0.1) = 2.8 for pure shot noise
@@ -92,11 +110,88 @@ def test_jpeg_recipe_quantises_and_loses_more_at_low_quality() -> None:
     assert (low - clean).pow(2).mean() > 3.0 * (high - clean).pow(2).mean() > 0
 
 
-def test_gaussian_only_and_jpeg_only_recipes_degrade_a_batch() -> None:
+def test_gaussian_only_jpeg_only_and_the_real_recipe_degrade_a_batch() -> None:
     clean = _blobs(8)
-    for recipe in (Recipe(clean=0.0, gaussian=1.0, poisson=0.0, grey=0.0, jpeg=0.0), ONLY_JPEG, REAL):
-        out = degrade_batch(clean, _gen(0), recipe=recipe)
-        assert out.shape == clean.shape and not torch.equal(out, clean)
+    for recipe in (ONLY_GAUSSIAN, ONLY_JPEG, REAL, RESIZED_TWICE_SAVED):
+        target, noisy = degrade_pairs(clean, _gen(0), recipe=recipe)
+        assert noisy.shape == clean.shape and not torch.equal(noisy, target)
+
+
+@pytest.mark.parametrize("kernel", RESAMPLERS)
+def test_resampling_is_pillows_float_resize(kernel: str) -> None:
+    plane = np.random.default_rng(0).random((20, 20), dtype=np.float32)
+    for side in (11, 37):  # shrinking (the kernel widened) and enlarging
+        expected = np.asarray(Image.fromarray(plane, "F").resize((side, side), PILLOW_FILTERS[kernel]))
+        ours = resample(torch.from_numpy(plane), side, kernel)
+        assert ours.shape == (side, side)
+        assert np.allclose(ours.numpy(), expected.clip(0.0, 1.0), atol=1e-5)
+
+
+def test_bicubic_and_lanczos_ring_where_area_and_bilinear_do_not() -> None:
+    edge = torch.full((1, 16, 16), 0.25)
+    edge[..., 8:] = 0.75  # a vertical step
+    overshoot = {kernel: (resample(edge, 40, kernel) - 0.75).max().item() for kernel in RESAMPLERS}
+    assert overshoot["bicubic"] > 0.01 and overshoot["lanczos"] > 0.01
+    assert overshoot["area"] <= 1e-6 and overshoot["bilinear"] <= 1e-6
+
+
+def test_every_path_of_the_real_recipe_is_drawn() -> None:
+    paths = draw_paths(512, 32, _gen(0))
+    resized_once = paths.resize & paths.jpeg & ~paths.double  # resampled, then noise and one save
+    for name, mask in [("clean", paths.clean), ("gaussian", paths.gaussian), ("poisson", paths.poisson),
+                       ("grey", paths.grey), ("jpeg", paths.jpeg), ("double", paths.double), ("resize", paths.resize),
+                       ("resized, then one save", resized_once), ("resized between two saves", paths.between),
+                       ("resized, kept clean", paths.resize & paths.clean),
+                       ("resized, noise only", paths.resize & ~paths.jpeg & ~paths.clean)]:
+        assert 0 < int(mask.sum()) < 512, name
+    sides = paths.side[paths.resize]
+    assert sides.min() >= 16 and sides.max() <= 64 and not (sides == 32).any()
+    assert (sides < 32).any() and (sides > 32).any()
+    assert set(paths.kernels[paths.resize, 0].tolist()) == set(paths.kernels[paths.resize, 1].tolist()) == {0, 1, 2, 3}
+
+
+def test_a_resize_only_path_leaves_noisy_equal_to_its_resampled_target() -> None:
+    clean = _blobs(8)
+    recipe = Recipe(clean=1.0, resize=1.0)
+    target, noisy = degrade_pairs(clean, _gen(6), recipe=recipe)
+    assert torch.equal(noisy, target)
+    paths = draw_paths(8, 32, _gen(6), recipe)
+    for index, image in enumerate(clean):
+        there, back = (RESAMPLERS[k] for k in paths.kernels[index].tolist())
+        expected = resample(resample(image, int(paths.side[index]), there), 32, back)
+        assert torch.equal(target[index], expected)
+        assert not torch.allclose(target[index], image, atol=1e-3)
+
+
+def test_resizing_before_the_noise_keeps_the_pair_aligned() -> None:
+    clean = _blobs(16)
+    recipe = Recipe(clean=0.0, gaussian=1.0, grey=0.0, jpeg=0.0, resize=1.0)
+    target, noisy = degrade_pairs(clean, _gen(2), sigma_max=10.0, recipe=recipe)
+    residual = noisy - target  # noise of sigma <= 10 on the target itself: no edges left in it
+    assert residual.abs().mean() < 0.02 and (residual - residual.mean()).std() < 12.0 / 255.0
+    assert (noisy - clean).abs().mean() > residual.abs().mean()
+
+
+def test_resizing_between_two_saves_keeps_the_pair_aligned() -> None:
+    clean = _blobs(16)
+    recipe = Recipe(**{**RESIZED_TWICE_SAVED.__dict__, "quality_min": 95, "quality_max": 95, "chroma_420": 0.0})
+    target, noisy = degrade_pairs(clean, _gen(1), recipe=recipe)
+    error = (noisy - target).pow(2).mean().item()
+    shifted = (noisy[..., 1:] - target[..., :-1]).pow(2).mean().item()
+    assert error < 0.2 * (noisy - clean).pow(2).mean().item()
+    assert error < 0.2 * shifted
+
+
+def test_resizing_between_two_saves_saves_first_at_the_intermediate_side() -> None:
+    clean = _blobs(6)
+    target, noisy = degrade_pairs(clean, _gen(8), recipe=RESIZED_TWICE_SAVED)
+    replay = _gen(8)
+    paths = draw_paths(6, 32, replay, RESIZED_TWICE_SAVED)  # no noise: the JPEG passes draw next, image by image
+    for index, image in enumerate(clean):
+        there, back = (RESAMPLERS[k] for k in paths.kernels[index].tolist())
+        once = jpeg_roundtrip(resample(image, int(paths.side[index]), there), replay, RESIZED_TWICE_SAVED)
+        assert torch.equal(noisy[index], jpeg_roundtrip(resample(once, 32, back), replay, RESIZED_TWICE_SAVED))
+        assert torch.equal(target[index], resample(resample(image, int(paths.side[index]), there), 32, back))
 
 
 def test_scale_one_crops_are_windows_of_their_own_image() -> None:
@@ -130,3 +225,18 @@ def test_jpeg_batch_is_pillow_at_a_fixed_quality() -> None:
     pixels = (clean.permute(0, 2, 3, 1).numpy() * 255.0 + 0.5).astype(np.uint8)
     expected = np.stack([jpeg_bytes_roundtrip(image, 20) for image in pixels])
     assert torch.equal(jpeg_batch(clean, 20), torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255.0)
+
+
+def test_pairs_are_degraded_on_one_thread_and_the_count_is_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.degrade as degrade
+
+    seen, roundtrip = [], degrade.jpeg_roundtrip
+    monkeypatch.setattr(degrade, "jpeg_roundtrip",
+                        lambda *args: seen.append(torch.get_num_threads()) or roundtrip(*args))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        degrade_pairs(_blobs(4), _gen(0), recipe=ONLY_JPEG)
+        assert seen == [1] * 4 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,6 +1,10 @@
-"""Choosing the torch device for training (onnxruntime providers are chosen in runtime.py)."""
+"""Choosing the torch device and precision for training (onnxruntime providers are chosen in runtime.py), and the
+CPU threads of data made on the fly."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -54,3 +58,16 @@ def _cpu_bf16_speedup() -> float:
 
     timed(False), timed(True)  # warm-up: first calls pick kernels
     return timed(False) / timed(True)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread inside, then restore the count: for work made of many small tensors
+    (training data drawn or degraded on the fly), whose hand-offs between threads cost more than the threads
+    save, and far more when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -20,7 +20,7 @@ from animevae.errors import DataError, ModelError
 from animevae.training.budget import Budget
 from animevae.training.calibrate import CALIBRATION_FACES, KNEES, calibrate_knee, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, TRAIN_KEYS, Checkpoint, Progress, save_checkpoint
-from animevae.training.degrade import degrade_batch, multiscale_crop
+from animevae.training.degrade import degrade_pairs, multiscale_crop
 from animevae.training.distributed import DistContext
 from animevae.training.model import VAE, DIAGONAL_POINTS_PER_COMPONENT, Denoiser, VAELoss
 
@@ -222,10 +222,11 @@ class Trainer:
         if adversarial:
             losses["d_loss"] = self._discriminator_step(batch, recon.detach())
         # (B, 3, c, c) windows of 1-2 c resized to c: 4x cheaper steps than whole images, same conv weights
-        clean = multiscale_crop(batch, DENOISER_CROP, self.generator)
-        noisy = degrade_batch(clean, self.generator, self.config.train.noise_sigma_max)
+        crops = multiscale_crop(batch, DENOISER_CROP, self.generator)
+        # The target is the crop itself, or its resampled self when the path resizes it (degrade.py).
+        target, noisy = degrade_pairs(crops, self.generator, self.config.train.noise_sigma_max)
         with self._autocast():
-            den_loss = F.mse_loss(self.den_step(noisy).float(), clean)
+            den_loss = F.mse_loss(self.den_step(noisy).float(), target)
         self.opt_den.zero_grad(set_to_none=True)
         den_loss.backward()
         torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
