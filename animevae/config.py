@@ -86,6 +86,8 @@ class TrainConfig:
     val_size: int = 500
     # Noise levels the blind denoiser trains on, on the 0-255 scale.
     noise_sigma_max: float = 55.0
+    # Share of the denoiser's training crops that are procedural dead-leaves images (synthetic.py), not faces.
+    synthetic_share: float = 0.0
     # Checkpoint at least this often, so a killed run loses little.
     checkpoint_minutes: float = 2.0
     # Adversarial loss (adversarial.py): its weight on top of the adaptive one (0, the default, turns it off),

@@ -240,3 +240,18 @@ def test_pairs_are_degraded_on_one_thread_and_the_count_is_restored(monkeypatch:
         assert seen == [1] * 4 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_with_synthetic_replaces_its_share_of_the_crops_and_costs_nothing_at_zero() -> None:
+    from animevae.training.degrade import with_synthetic
+    from animevae.training.synthetic import dead_leaves
+
+    crops = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(5)
+    state = generator.get_state()
+    assert with_synthetic(crops, 0.0, generator) is crops
+    assert torch.equal(generator.get_state(), state)  # no draw at 0
+    mixed = with_synthetic(crops, 0.25, generator)
+    assert mixed.shape == crops.shape
+    torch.testing.assert_close(mixed[2:], crops[2:])
+    torch.testing.assert_close(mixed[:2], dead_leaves(2, 16, torch.Generator().manual_seed(5)))

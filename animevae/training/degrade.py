@@ -234,6 +234,19 @@ def _lanczos(x: torch.Tensor) -> torch.Tensor:
 _KERNELS = {"area": (0.5, _box), "bilinear": (1.0, _triangle), "bicubic": (2.0, _cubic), "lanczos": (3.0, _lanczos)}
 
 
+def with_synthetic(crops: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, 3, c, c) crops with the first round(share * B) replaced by dead-leaves images (synthetic.py) of the
+    same side: procedural images we may ship a model of, whose edges, gradients and textures no face set holds.
+    The crops themselves when share is 0 (no draw is made)."""
+    count = round(share * len(crops))
+    if count == 0:
+        return crops
+    from animevae.training.synthetic import dead_leaves
+
+    leaves = dead_leaves(count, crops.shape[-1], generator).to(crops.device, crops.dtype)
+    return torch.cat([leaves, crops[count:]]).contiguous(memory_format=torch.channels_last)
+
+
 def multiscale_crop(batch: torch.Tensor, size: int, generator: torch.Generator,
                     scales: dict[float, float] = SCALES) -> torch.Tensor:
     """(B, 3, S, S) -> (B, 3, size, size): per image a random window of scale * size pixels (at most S), resized to

@@ -20,7 +20,7 @@ from animevae.errors import DataError, ModelError
 from animevae.training.budget import Budget
 from animevae.training.calibrate import CALIBRATION_FACES, KNEES, calibrate_knee, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, TRAIN_KEYS, Checkpoint, Progress, save_checkpoint
-from animevae.training.degrade import degrade_pairs, multiscale_crop
+from animevae.training.degrade import degrade_pairs, multiscale_crop, with_synthetic
 from animevae.training.distributed import DistContext
 from animevae.training.model import VAE, DIAGONAL_POINTS_PER_COMPONENT, Denoiser, VAELoss
 
@@ -223,6 +223,7 @@ class Trainer:
             losses["d_loss"] = self._discriminator_step(batch, recon.detach())
         # (B, 3, c, c) windows of 1-2 c resized to c: 4x cheaper steps than whole images, same conv weights
         crops = multiscale_crop(batch, DENOISER_CROP, self.generator)
+        crops = with_synthetic(crops, self.config.train.synthetic_share, self.generator)
         # The target is the crop itself, or its resampled self when the path resizes it (degrade.py).
         target, noisy = degrade_pairs(crops, self.generator, self.config.train.noise_sigma_max)
         with self._autocast():
