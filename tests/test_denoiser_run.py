@@ -171,6 +171,20 @@ def test_a_stopped_and_resumed_run_ends_with_the_weights_of_an_unbroken_one(
         == [{k: v for k, v in r.items() if k not in strip} for r in read_jsonl(tmp_path / "stopped" / "d" / "metrics.jsonl")]
 
 
+def test_ctrl_c_judges_and_saves_says_so_and_exits_130(runner, image_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs"
+    _ctrl_c_after_step(monkeypatch, 2)
+    result = runner.invoke(app, ["train-denoiser", str(image_dir), "--steps", "50", *FAST, "--runs-dir", str(runs), *CPU])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; checkpoint saved: run run, step 2" in result.output
+    assert f"next: animevae train-denoiser {image_dir} --resume --name run" in result.output
+    # The stop is a run's end too: the weights as they are were judged, so an export of them is never worse.
+    assert "kept the " in result.output
+    extra = load_checkpoint(runs / "run" / "last.safetensors").progress.extra
+    assert extra["denoiser_kept"] in (RUN, BUILTIN) and extra["denoiser_judged"]["step"] == 2
+
+
 def test_a_finished_run_goes_on_only_with_a_larger_budget(image_dir: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     assert _run(image_dir, runs, steps=2).step == 2

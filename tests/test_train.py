@@ -799,7 +799,10 @@ def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path
                                  "--precision", "fp32", "--epochs", "50", "--runs-dir", str(tmp_path / "runs"), *CPU])
     assert result.exit_code == 130, result.output
     assert "interrupted; checkpoint saved" in result.output
-    assert load_checkpoint(tmp_path / "runs" / "run" / "last.safetensors").progress.step == 2
+    progress = load_checkpoint(tmp_path / "runs" / "run" / "last.safetensors").progress
+    assert progress.step == 2
+    # Its denoiser (the default's shapes: the built-in one fits) was judged as the stop left it.
+    assert progress.extra["denoiser_judged"]["step"] == 2 and "kept the " in result.output
 
 
 def _train_command(faces: Path, runs: Path, *extra: str) -> list[str]:
