@@ -21,7 +21,7 @@ from animevae.commands.generate import generate
 from animevae.commands.info import info
 from animevae.commands.latent import interpolate, traverse
 from animevae.commands.shared import console, err_console, print_error
-from animevae.commands.training import evaluate, export, prepare, train
+from animevae.commands.training import evaluate, export, prepare, train, train_denoiser
 from animevae.errors import AnimeVAEError
 from animevae.explore.commands import explore, render
 
@@ -30,8 +30,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 F = TypeVar("F", bound=Callable[..., Any])
 # Every command, in the order `animevae --help` lists them. A new command: a function in animevae/commands/,
 # added here.
-COMMANDS: tuple[Callable[..., None], ...] = (prepare, train, export, generate, denoise, evaluate, info, augment,
-                                             interpolate, traverse, explore, render)
+COMMANDS: tuple[Callable[..., None], ...] = (prepare, train, train_denoiser, export, generate, denoise, evaluate, info,
+                                             augment, interpolate, traverse, explore, render)
 
 
 def reports_errors(command: F) -> F:

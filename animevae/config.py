@@ -108,6 +108,11 @@ class TrainConfig:
     # fp32, bf16 (autocast), or auto: measured at the start of the run (see devices.choose_precision).
     precision: str = "auto"
     data_source: str = ""
+    # `animevae train-denoiser`: a limit on optimiser steps (None: none), beside or instead of max_minutes.
+    steps: int | None = None
+    # Where the denoiser's weights started: "builtin" (the built-in denoiser's, when their shapes fit the model
+    # config; training/denoiser_start.py) or "scratch". A fine-tune's denoiser_lr is already scaled down.
+    denoiser_start: str = "scratch"
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class RunConfig:
     created: float = 0.0
     version: str = ""
     format_version: int = 1
+    # "vae": `animevae train` (a VAE and its denoiser); "denoiser": `animevae train-denoiser` (the denoiser alone).
+    kind: str = "vae"
 
     def to_json(self) -> str:
         """Serialise to pretty JSON."""

@@ -50,28 +50,32 @@ def builtin_available() -> bool:
     return (BUILTIN_DIR / "decoder.onnx").is_file()
 
 
-def choose_model(runs_dir: Path, run: str | None = None, model: str | None = None) -> ModelChoice:
-    """Resolve --run / --model to ONNX files; without either, the newest exported run, else the built-in model."""
+def choose_model(runs_dir: Path, run: str | None = None, model: str | None = None,
+                 role: str = "decoder") -> ModelChoice:
+    """Resolve --run / --model to ONNX files; without either, the newest run exported with a `role` file (a run
+    of train-denoiser exports a denoiser alone), else the built-in model."""
     if run is not None and model is not None:
         raise ArgumentError("--run and --model both given", "pass only one of them")
     if model is not None:
         return _explicit_model(model)
     if run is not None:
-        return _run_export(resolve_run(runs_dir, run))
-    exported = [r for r in list_runs(runs_dir) if (r / EXPORT_DIR / "decoder.onnx").is_file()]
+        return _run_export(resolve_run(runs_dir, run), role)
+    exported = [r for r in list_runs(runs_dir) if (r / EXPORT_DIR / f"{role}.onnx").is_file()]
     if exported:
-        return _run_export(exported[-1])
+        return _run_export(exported[-1], role)
     if builtin_available():
         return ModelChoice(BUILTIN_DIR, f"built-in model (no exported run in {runs_dir})")
     if list_runs(runs_dir):
-        newest = list_runs(runs_dir)[-1].name
-        raise ModelError(f"run {newest!r} was never exported", f"run `animevae export --onnx --run {newest}`")
+        _run_export(list_runs(runs_dir)[-1], role)  # raises: it was never exported, or holds another role
     raise ModelError(f"no exported run in {runs_dir}", "train and export one: `animevae train FOLDER`, then `animevae export --onnx`")
 
 
-def _run_export(run_dir: Path) -> ModelChoice:
+def _run_export(run_dir: Path, role: str) -> ModelChoice:
     folder = run_dir / EXPORT_DIR
-    if not (folder / "decoder.onnx").is_file():
+    if not (folder / f"{role}.onnx").is_file():
+        if (folder / "denoiser.onnx").is_file():
+            raise ModelError(f"run {run_dir.name!r} holds only a denoiser (trained by train-denoiser), no {role}",
+                             "pick a run trained by `animevae train`, or --model builtin")
         raise ModelError(f"run {run_dir.name!r} was never exported",
                          f"run `animevae export --onnx --run {run_dir.name}`")
     return ModelChoice(folder, f"run {run_dir.name!r} ({folder})")
@@ -152,7 +156,7 @@ def open_models(runs_dir: Path = DEFAULT_RUNS_DIR, run: str | None = None, model
     must come from the same model. A decoder's metadata is read and checked here (ModelSet.info)."""
     if half and device == "cpu":
         raise DeviceError("--half runs only on CUDA", "drop --half, or use --device cuda on a GPU machine")
-    choice = choose_model(runs_dir, run, model)
+    choice = choose_model(runs_dir, run, model, roles[0])
     prior_file = choice.optional_path("prior")
     opened = {}
     for role in roles:

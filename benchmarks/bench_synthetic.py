@@ -35,7 +35,7 @@ from animevae.fileio import to_uint8, write_bytes_atomic
 from animevae.training.degrade import degrade_pairs, multiscale_crop
 from animevae.training.model import Denoiser
 from animevae.training.synthetic import dead_leaves
-from animevae.training.trainer import DENOISER_CROP
+from animevae.training.denoiser_training import DENOISER_CROP
 
 PREVIEW_SEED = 0
 

@@ -161,6 +161,17 @@ def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 
 
 @pytest.fixture
+def denoiser_run(image_dir: Path, tmp_path: Path) -> Path:
+    """A run of `train-denoiser` (one step of a denoiser the built-in one does not fit: never judged)."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.training.denoiser_run import train_denoiser
+
+    model = ModelConfig(image_size=16, denoiser_width=8, denoiser_blocks=1)
+    return train_denoiser(image_dir, tmp_path / "runs", "den", model, TrainConfig(steps=1, batch_size=8,
+                                                                                  precision="fp32"), "cpu").run_dir
+
+
+@pytest.fixture
 def messy(tmp_path: Path) -> tuple[Path, set[str], set[str]]:
     """tmp_path/messy: 30 good 16x16 faces plus the corpus of bad and odd files."""
     folder = tmp_path / "messy"

@@ -23,7 +23,7 @@ from animevae.progress import SilentReporter
 from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances,
                                         ssim, style_of)
 from animevae.training.export import load_run_models
-from helpers import assert_ok, write_blobs
+from helpers import assert_cli_error, assert_ok, write_blobs
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise() -> None:
@@ -293,3 +293,8 @@ def test_evaluate_on_a_small_set_reports_what_it_can(runner, runs_copy: Path, tm
     assert report["realism_recon_auc"] is None and report["sample_diversity"] is None
     assert {"realism_samples_accuracy", "realism_recon_accuracy", "sample_diversity"} <= set(report["not_measurable"])
     assert report["recon_psnr"] > 0
+
+
+def test_evaluate_refuses_a_run_that_trained_only_a_denoiser(runner, denoiser_run: Path, image_dir: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(image_dir), "--run", "den", "--runs-dir", str(denoiser_run.parent)])
+    assert_cli_error(result, "trains only a denoiser", "metrics.jsonl")

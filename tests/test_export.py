@@ -259,3 +259,23 @@ def test_half_is_refused_without_cuda_and_writes_nothing(runner, runs_copy: Path
     assert_cli_error(runner.invoke(app, [*common, "--device", "auto"]), "--half needs CUDA")
     assert_cli_error(runner.invoke(app, [*common, "--device", "cuda"]), "no CUDA provider")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_denoiser_run_exports_its_denoiser_alone(denoiser_run: Path) -> None:
+    (denoiser_run / "export").mkdir()
+    for stale in ("encoder.onnx", "decoder.onnx", "prior.onnx"):  # of some older export: never left beside it
+        (denoiser_run / "export" / stale).write_bytes(b"old")
+    report = export_run(denoiser_run)
+    assert set(report.max_abs_diff) == {"denoiser"} and report.max_abs_diff["denoiser"] <= MAX_ABS_DIFF
+    assert sorted(p.name for p in report.folder.iterdir()) == ["denoiser.onnx", "model.json"]
+    _, vae, denoiser = load_run_models(denoiser_run)
+    metadata = {p.key: p.value for p in onnx.load(str(report.folder / "denoiser.onnx")).metadata_props}
+    assert vae is None and metadata["animevae.residual_knee"] == str(float(denoiser.knee))
+    assert json.loads(metadata["animevae.config"])["kind"] == "denoiser"
+
+
+def test_a_denoiser_run_has_no_decoder_to_export_in_half(denoiser_run: Path) -> None:
+    with pytest.raises(ModelError, match="trains only a denoiser"):
+        export_run(denoiser_run, half=True)
+    assert not (denoiser_run / "export").exists()

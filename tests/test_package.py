@@ -81,7 +81,7 @@ MAX_MODULE_LINES = 500
 # The only doors from the torch-free side into animevae.training: the commands that need torch, each importing
 # it inside its body, where training/__init__.py turns a missing torch into one error naming the extra.
 TRAINING_ENTRY_POINTS = {("animevae.commands.training", "train"), ("animevae.commands.training", "export"),
-                         ("animevae.commands.training", "evaluate")}
+                         ("animevae.commands.training", "evaluate"), ("animevae.commands.training", "train_denoiser")}
 
 
 def _module_name(path: Path) -> str:

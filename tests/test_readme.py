@@ -30,6 +30,7 @@ COUNT_CAPS = {"--count": 12, "--per-class": 3}
 # Why a command is parsed, not run (a predicate on its arguments, and the reason).
 PARSE_ONLY = {
     "train": "trains for minutes (the tiny trained run stands in for it)",
+    "train-denoiser": "trains for minutes",
     "explore": "serves its page until Ctrl-C (tests/test_explore.py drives it in a browser)",
     "render": "needs a recipe the page saved (tests/test_explore.py renders one and compares the bytes)",
 }

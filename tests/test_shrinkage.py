@@ -168,7 +168,9 @@ def test_a_shut_gate_is_recalibrated_at_every_epoch_end_until_the_denoiser_helps
     monkeypatch.setattr(trainer_module, "CALIBRATION_REFRESH_S", 1e9)  # no refresh by time
     monkeypatch.setattr(trainer_module, "SHUT_GATE_REFRESH_S", 0.0)  # a shut gate: at every report
     knees = iter([32.0, 31.75, 5.0, 4.0, 4.0])  # shut, shut, then open
-    monkeypatch.setattr(trainer_module, "calibrate_knee", lambda denoiser, clean: next(knees))
+    import animevae.training.denoiser_training as denoiser_module
+
+    monkeypatch.setattr(denoiser_module, "calibrate_knee", lambda denoiser, clean: next(knees))
     steps: list[int] = []
     calibrate = train_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",

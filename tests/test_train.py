@@ -760,10 +760,11 @@ def test_a_shut_gate_waits_its_own_interval_between_calibrations(image_dir: Path
                                                                   tiny_model_config: ModelConfig,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A small folder's epochs end every few seconds: a gate that stays shut is not recalibrated at each."""
+    import animevae.training.denoiser_training as denoiser_module
     import animevae.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "SHUT_GATE_REFRESH_S", 1e9)
-    monkeypatch.setattr(trainer_module, "calibrate_knee", lambda denoiser, clean: 32.0)  # it stays shut
+    monkeypatch.setattr(denoiser_module, "calibrate_knee", lambda denoiser, clean: 32.0)  # it stays shut
     steps: list[int] = []
     calibrate = trainer_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(trainer_module.Trainer, "calibrate_denoiser",
@@ -799,7 +800,10 @@ def test_ctrl_c_during_train_saves_says_so_and_exits_130(runner, image_dir: Path
                                  "--precision", "fp32", "--epochs", "50", "--runs-dir", str(tmp_path / "runs"), *CPU])
     assert result.exit_code == 130, result.output
     assert "interrupted; checkpoint saved" in result.output
-    assert load_checkpoint(tmp_path / "runs" / "run" / "last.safetensors").progress.step == 2
+    progress = load_checkpoint(tmp_path / "runs" / "run" / "last.safetensors").progress
+    assert progress.step == 2
+    # Its denoiser (the default's shapes: the built-in one fits) was judged as the stop left it.
+    assert progress.extra["denoiser_judged"]["step"] == 2 and "kept the " in result.output
 
 
 def _train_command(faces: Path, runs: Path, *extra: str) -> list[str]:
@@ -828,6 +832,30 @@ def test_sigterm_to_train_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> No
     # epoch's report.
     progress = load_checkpoint(runs / "t" / "last.safetensors").progress
     assert (progress.epoch, progress.batch) > (1, 0)
+
+
+@pytest.mark.slow
+def test_train_fine_tunes_the_built_in_denoiser_unless_told_not_to(runner, image_dir: Path, tmp_path: Path) -> None:
+    """The default denoiser's shapes fit the built-in one: it starts from it at a tenth of the peak learning rate,
+    or from scratch with --denoiser-from-scratch; either way it is judged against it at the end."""
+    from animevae.training.denoiser_start import builtin_state
+
+    runs = tmp_path / "runs"
+    for flags, start, said in (([], "builtin", "starts from the built-in one"),
+                               (["--denoiser-from-scratch"], "scratch", "starts from scratch, as asked")):
+        result = runner.invoke(app, ["train", str(image_dir), "--image-size", "16", "--latent-dim", "8", "--epochs", "1",
+                                     "--batch-size", "16", "--precision", "fp32", "--runs-dir", str(runs), "--name",
+                                     start, *flags, *CPU])
+        assert_ok(result)
+        assert said in result.output
+        config = json.loads((runs / start / "config.json").read_text())["train"]
+        assert config["denoiser_start"] == start
+        assert config["denoiser_lr"] == pytest.approx(2e-3 * (0.1 if start == "builtin" else 1.0))
+        record = read_jsonl(runs / start / "metrics.jsonl")[-1]
+        assert record["denoiser_kept"] in ("run", "builtin") and "builtin_denoise_psnr_25" in record
+        assert "kept the " in result.output
+        reference = load_checkpoint(runs / start / "last.safetensors").module_state("denoiser_reference")
+        assert torch.equal(reference["conv_in.weight"], builtin_state(ModelConfig())[0]["conv_in.weight"])
 
 
 def test_train_refuses_a_runs_dir_inside_its_data_folder(runner, image_dir: Path) -> None:

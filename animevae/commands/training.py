@@ -1,5 +1,5 @@
-"""The torch side's commands and its data: prepare, train, export, evaluate. train, export and evaluate
-import animevae.training inside the command, so the light install reaches them only to be told what to install."""
+"""The torch side's commands and its data: prepare, train, train-denoiser, export, evaluate. All but prepare import
+animevae.training inside the command, so the light install reaches them only to be told what to install."""
 
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ def train(
     adversarial_weight: Annotated[float, typer.Option(
         "--adversarial-weight", min=0.0, help="Weight of the patch-discriminator loss on the decoder (0: off).")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
+    denoiser_from_scratch: Annotated[bool, typer.Option(
+        "--denoiser-from-scratch", help="Train the denoiser from random weights, not from the built-in one.")] = False,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
 ) -> None:
@@ -74,8 +76,7 @@ def train(
     from animevae.config import ModelConfig, TrainConfig
     from animevae.training.train import train as train_run
 
-    if not data.exists():
-        raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
+    _check_data(data, runs_dir)
     if prior not in ("mixture", "diffusion"):
         raise ArgumentError(f"--prior must be mixture or diffusion (got {prior!r})", "pass --prior mixture")
     channels = ModelConfig().channels
@@ -89,10 +90,8 @@ def train(
         raise ArgumentError(str(error), "use an image size that is a multiple of 16, such as 64") from None
     train_config = TrainConfig(epochs=epochs, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
                                denoiser_lr=lr, seed=seed, precision=precision, adversarial_weight=adversarial_weight)
-    if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
-        raise ArgumentError(f"--runs-dir {runs_dir} is inside the data folder {data}",
-                        "keep runs outside the images: their sample sheets would join the next preparation")
-    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, make_reporter(quiet))
+    result = train_run(data, model_config, train_config, runs_dir, name, device, resume, make_reporter(quiet),
+                       denoiser_from_scratch)
     if not result.is_main:
         if result.interrupted:
             raise typer.Exit(130)
@@ -114,6 +113,77 @@ def train(
         console.print(f"next: animevae export --onnx --run {result.run_dir.name}")
 
 
+def train_denoiser(
+    data: Annotated[Path, typer.Argument(help="Folder of images, or a set written by `animevae prepare`.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Run name (default: run, run-2, ...).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(
+        "--max-minutes", min=0.01, help="Wall-clock budget, the final scoring included (default 10 unless --steps).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimiser steps (with --max-minutes: whichever ends first).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per step (32x32 windows of each).")] = 64,
+    lr: Annotated[float, typer.Option(
+        "--lr", min=0.0, help="Peak learning rate from scratch (cosine decay); a fine-tune peaks at a tenth of it.")] = 2e-3,
+    image_size: Annotated[int, typer.Option("--image-size", min=8, help="Side the images are resized to (multiple of 4).")] = 64,
+    seed: Seed = 0,
+    device: Device = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="Start from random weights, not from the built-in denoiser.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
+    runs_dir: RunsDir = DEFAULT_RUNS_DIR,
+    quiet: Quiet = False,
+) -> None:
+    """Train only the blind denoiser (fine-tuning the built-in one), on its own budget; resumable."""
+    from animevae.config import ModelConfig, TrainConfig
+    from animevae.training.denoiser_run import train_denoiser as train_run
+
+    _check_data(data, runs_dir)
+    model_config = ModelConfig(image_size=image_size)
+    train_config = TrainConfig(max_minutes=max_minutes, steps=steps, batch_size=batch_size, denoiser_lr=lr, seed=seed,
+                               precision=precision)
+    result = train_run(data, runs_dir, name, model_config, train_config, device, resume, from_scratch,
+                       make_reporter(quiet))
+    metrics, run_name = result.metrics, result.run_dir.name
+    state = "interrupted; checkpoint saved" if result.interrupted else \
+        "already finished (give a larger --steps or --max-minutes to go on)" if result.already_finished else "finished"
+    start = "the built-in denoiser" if result.start == "builtin" else "scratch"
+    console.print(f"{state}: run {run_name}, step {result.step}, {result.elapsed_s / 60:.1f} min on {result.device} "
+                  f"({result.precision}), {rate(result.images_per_s)} images/s; started from {start}")
+    if "denoise_psnr_25" in metrics:  # absent when the set is too small to hold images out
+        _denoise_table(metrics)
+    console.print(f"wrote {result.run_dir}/ (config.json, last.safetensors, metrics.jsonl)")
+    if result.interrupted:
+        console.print(f"next: animevae train-denoiser {data} --resume --name {run_name}")
+        raise typer.Exit(130)
+    console.print(f"next: animevae export --onnx --run {run_name}")
+
+
+def _denoise_table(metrics: dict[str, Any]) -> None:
+    """The final report's denoise PSNRs on the held-out faces: input, the run's denoiser and the built-in one, and
+    which the run keeps."""
+    builtin = "builtin_denoise_psnr_25" in metrics
+    table = Table(title=f"denoise PSNR on {metrics['held_out']} held-out faces (gated, 8-bit), dB")
+    for column in ("case", "input", "this run", *(("built-in",) if builtin else ())):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for key, label in (("25", "Gaussian sigma 25"), ("50", "Gaussian sigma 50"), ("jpeg20", "JPEG quality 20"),
+                       ("mean", "mean of the three")):
+        noisy = f"{metrics[f'noisy_psnr_{key}']:.2f}" if key != "mean" else ""
+        cells = [f"{metrics[f'denoise_psnr_{key}']:.2f}", *([f"{metrics[f'builtin_denoise_psnr_{key}']:.2f}"] if builtin else [])]
+        table.add_row(label, noisy, *cells)
+    console.print(table)
+    if builtin:
+        kept = "the built-in denoiser: it scored better" if metrics["denoiser_kept"] == "builtin" else "its own denoiser"
+        console.print(f"the run keeps {kept}")
+
+
+def _check_data(data: Path, runs_dir: Path) -> None:
+    """A training command's DATA exists, and the runs folder is not inside it."""
+    if not data.exists():
+        raise DataError(f"{data} does not exist", "pass a folder of images or a file from `animevae prepare`")
+    if data.is_dir() and (data.resolve() == runs_dir.resolve() or data.resolve() in runs_dir.resolve().parents):
+        raise ArgumentError(f"--runs-dir {runs_dir} is inside the data folder {data}",
+                            "keep runs outside the images: their sample sheets would join the next preparation")
+
+
 def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
     half: Annotated[bool, typer.Option("--half", help="Also an fp16 decoder for CUDA (refused without CUDA).")] = False,
@@ -133,8 +203,14 @@ def export(
             console.print(f"{HALF_DECODER}: max abs difference from the fp32 decoder on CUDA {diff:.2e}")
         else:
             console.print(f"{role}.onnx: max abs difference from PyTorch {diff:.2e} (limit {MAX_ABS_DIFF:.0e})")
+    if report.denoiser_note:
+        console.print(f"denoiser.onnx holds {report.denoiser_note}")
     console.print(f"wrote {report.folder}/ in {time.perf_counter() - started:.1f}s")
-    console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
+    if "decoder" not in report.max_abs_diff:
+        console.print(f"run {run_dir.name} trained only a denoiser: exported denoiser.onnx alone")
+        console.print(f"next: animevae denoise FOLDER --run {run_dir.name}")
+    else:
+        console.print(f"next: animevae generate --count 1000 --out synth --run {run_dir.name}")
 
 
 def evaluate(

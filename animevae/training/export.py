@@ -17,6 +17,7 @@ from torch import nn
 
 from animevae import FORMAT_VERSION, __version__
 from animevae.training.checkpoint import PRIOR_TRAINED, Checkpoint, load_checkpoint
+from animevae.training.denoiser_judge import kept_state
 from animevae.config import RunConfig
 from animevae.errors import ModelError
 from animevae.fileio import atomic_path, write_json_atomic
@@ -46,26 +47,35 @@ class EncoderGraph(nn.Module):
 
 @dataclass
 class ExportReport:
-    """Files written and how far onnxruntime's outputs are from PyTorch's."""
+    """Files written, how far onnxruntime's outputs are from PyTorch's, and which denoiser the run keeps
+    (denoiser_judge.kept_state; empty where it was never judged)."""
 
     folder: Path
     max_abs_diff: dict[str, float]
+    denoiser_note: str = ""
 
 
-def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE, Denoiser]:
-    """Rebuild a run's VAE (its averaged weights where it kept them) and denoiser from last.safetensors,
-    in eval mode on the CPU."""
-    checkpoint: Checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    vae, denoiser = VAE(checkpoint.config.model), Denoiser(checkpoint.config.model)
+def load_run_models(run_dir: Path) -> tuple[RunConfig, VAE | None, Denoiser]:
+    """Rebuild a run's VAE (its averaged weights where it kept them; None for a run of `train-denoiser`) and the
+    denoiser it keeps (its own, or the built-in one where that scored better) from last.safetensors, in eval mode
+    on the CPU."""
+    return _load_run_models(load_checkpoint(run_dir / CHECKPOINT_NAME), run_dir)[:3]
+
+
+def _load_run_models(checkpoint: Checkpoint, run_dir: Path) -> tuple[RunConfig, VAE | None, Denoiser, str]:
+    denoiser = Denoiser(checkpoint.config.model)
+    vae = VAE(checkpoint.config.model) if checkpoint.config.kind == "vae" else None
     vae_name = "vae_ema" if checkpoint.module_state("vae_ema") else "vae"
+    state, note = kept_state(checkpoint)
     try:
-        vae.load_state_dict(checkpoint.module_state(vae_name))
-        denoiser.load_state_dict(checkpoint.module_state("denoiser"))
+        if vae is not None:
+            vae.load_state_dict(checkpoint.module_state(vae_name))
+        denoiser.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip()[:160]
         raise ModelError(f"{run_dir / CHECKPOINT_NAME} does not fit this version's model ({first})",
                          "it was written by another animevae version; train the run again") from None
-    return checkpoint.config, vae.eval(), denoiser.eval()
+    return checkpoint.config, vae.eval() if vae is not None else None, denoiser.eval(), note
 
 
 def load_run_sampler(run_dir: Path) -> DDIMSampler | None:
@@ -84,44 +94,55 @@ def load_run_sampler(run_dir: Path) -> DDIMSampler | None:
 
 
 def export_run(run_dir: Path, device: str = "cpu", half: bool = False) -> ExportReport:
-    """Write run_dir/export/{encoder,decoder,denoiser}.onnx with metadata, checking each against PyTorch.
+    """Write run_dir/export/{encoder,decoder,denoiser}.onnx with metadata, checking each against PyTorch; for a
+    run of `train-denoiser` (no VAE), denoiser.onnx alone. The denoiser is the one the run keeps.
 
     With `half`, also decoder.fp16.onnx, checked on CUDA against the fp32 decoder (refused without CUDA:
     onnxruntime's CPU provider would run it no faster, or not at all)."""
     from animevae.runtime import CUDA, available_providers, nvidia_driver_present
 
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    if half and checkpoint.config.kind != "vae":
+        raise ModelError(f"run {run_dir.name!r} trains only a denoiser: it has no decoder to export in fp16",
+                         "export it without --half")
     if half and not (CUDA in available_providers() and nvidia_driver_present()):
         raise ModelError("--half needs a CUDA GPU that onnxruntime can use; none here",
                          "export without --half on this machine (fp32 is what the CPU runs best)")
-    config, vae, denoiser = load_run_models(run_dir)
+    config, vae, denoiser, note = _load_run_models(checkpoint, run_dir)
     folder = run_dir / EXPORT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / HALF_DECODER).unlink(missing_ok=True)  # never leave an fp16 decoder of older weights behind
-    size, latent = config.model.image_size, config.model.latent_dim
+    # Never leave files of older weights behind: an fp16 decoder, a mixture run's prior, a denoiser run's VAE.
+    for stale in (HALF_DECODER, "prior.onnx", *(("encoder.onnx", "decoder.onnx") if vae is None else ())):
+        (folder / stale).unlink(missing_ok=True)
+    size = config.model.image_size
     generator = torch.Generator().manual_seed(0)
-    image = torch.rand(3, 3, size, size, generator=generator)
     batch = torch.export.Dim("batch", min=1)
     quarter_h, quarter_w = torch.export.Dim("h4", min=1), torch.export.Dim("w4", min=1)
-    graphs = {
-        "encoder": (EncoderGraph(vae).eval(), image, {0: batch}),
-        "decoder": (vae.decoder, torch.randn(3, latent, generator=generator), {0: batch}),
-        # Any H and W that are multiples of 4 (the runtime pads other sizes).
-        "denoiser": (denoiser, torch.rand(2, 3, size, size + 8, generator=generator),
-                     {0: batch, 2: 4 * quarter_h, 3: 4 * quarter_w}),
-    }
+    graphs = {} if vae is None else _vae_graphs(vae, config, generator, batch)
+    # Any H and W that are multiples of 4 (the runtime pads other sizes).
+    graphs["denoiser"] = (denoiser, torch.rand(2, 3, size, size + 8, generator=generator),
+                          {0: batch, 2: 4 * quarter_h, 3: 4 * quarter_w})
     sampler = load_run_sampler(run_dir)
-    (folder / "prior.onnx").unlink(missing_ok=True)  # a mixture run must not pick up an older run's prior
     if sampler is not None:
-        graphs["prior"] = (sampler, torch.randn(3, latent, generator=generator), {0: batch})
+        graphs["prior"] = (sampler, torch.randn(3, config.model.latent_dim, generator=generator), {0: batch})
     diffs = {}
     for role, (module, example, dims) in graphs.items():
         path = folder / f"{role}.onnx"
         _export_one(module, example, dims, role, path, _metadata(config, role, vae, denoiser))
         diffs[role] = _compare(module, example, path, role, device)
     if half:
-        diffs["decoder_fp16"] = _export_half_decoder(vae, config, folder, latent, batch)
-    write_json_atomic(folder / "model.json", {"config": json.loads(config.to_json()), "max_abs_diff": diffs})
-    return ExportReport(folder, diffs)
+        diffs["decoder_fp16"] = _export_half_decoder(vae, config, folder, config.model.latent_dim, batch)
+    write_json_atomic(folder / "model.json", {"config": json.loads(config.to_json()), "max_abs_diff": diffs,
+                                              "denoiser": note})
+    return ExportReport(folder, diffs, note)
+
+
+def _vae_graphs(vae: VAE, config: RunConfig, generator: torch.Generator,
+                batch: object) -> dict[str, tuple[nn.Module, torch.Tensor, dict[int, object]]]:
+    """The encoder and decoder graphs, each with an example input and its dynamic axes."""
+    size, latent = config.model.image_size, config.model.latent_dim
+    return {"encoder": (EncoderGraph(vae).eval(), torch.rand(3, 3, size, size, generator=generator), {0: batch}),
+            "decoder": (vae.decoder, torch.randn(3, latent, generator=generator), {0: batch})}
 
 
 def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int, batch: object) -> float:
@@ -144,7 +165,7 @@ def _export_half_decoder(vae: VAE, config: RunConfig, folder: Path, latent: int,
     return diff
 
 
-def _metadata(config: RunConfig, role: str, vae: VAE, denoiser: Denoiser | None = None) -> dict[str, str]:
+def _metadata(config: RunConfig, role: str, vae: VAE | None, denoiser: Denoiser | None = None) -> dict[str, str]:
     labelled = bool(config.model.classes)
     gate = {RESIDUAL_KNEE_KEY: str(float(denoiser.knee))} if role == "denoiser" and denoiser is not None else {}
     prior = {} if role != "decoder" else LatentPrior(

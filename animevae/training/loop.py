@@ -157,7 +157,7 @@ def run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResult
     finished = budget.finished()
     if not finished:
         budget.finished_under = None  # this session trains: an earlier ending no longer holds
-    with _deferred_interrupt() as stop_requested:
+    with deferred_interrupt() as stop_requested:
         try:
             if not finished:
                 session.train_vae(stop_requested)
@@ -169,6 +169,8 @@ def run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResult
             interrupted = True
             if ctx.is_main:
                 trainer.refresh_fits(final=True)
+                if (judgement := trainer.judge_denoiser()) is not None:
+                    reporter.log(judgement.line())
         finally:
             reporter.stop()
             session.save()
@@ -179,7 +181,7 @@ def run_loop(trainer: Trainer, run_dir: Path, reporter: Reporter) -> TrainResult
 
 
 @contextlib.contextmanager
-def _deferred_interrupt() -> Iterator[Callable[[], bool]]:
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
     """Turn the first Ctrl-C or SIGTERM (what schedulers send) into a flag checked between steps, so the
     checkpoint is taken at a clean point.
 

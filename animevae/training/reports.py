@@ -11,14 +11,11 @@ import numpy as np
 import torch
 
 from animevae.fileio import contact_sheet, save_png_atomic, to_uint8, write_bytes_atomic
-from animevae.training.evaluate import NOISE_SEED, degraded_psnrs, reconstruct, swd_array
+from animevae.training.evaluate import EVAL_FACES, denoiser_scores, reconstruct, swd_array
 from animevae.training.swd import swd
-from animevae.training.model import add_noise, psnr
+from animevae.training.model import psnr
 from animevae.training.trainer import SAMPLE_COUNT, Trainer, sample_rows
 
-EVAL_SIGMAS = (25, 50)
-# Held-out faces each report scores (the first of the held-out split, which train.split_holdout caps anyway).
-EVAL_FACES = 500
 # Images a side for the final report's sliced Wasserstein distance: `animevae evaluate` uses more; this many keep
 # the final report's cost (and so the reserve the budget keeps for it) small.
 SWD_IMAGES = 128
@@ -27,26 +24,17 @@ SWD_IMAGES = 128
 @torch.no_grad()
 def evaluate(trainer: Trainer) -> dict[str, float]:
     """On the held-out split, with `animevae evaluate`'s own functions, 256 images at a time: recon PSNR of
-    decode(mu), and denoise PSNR beside the noisy input's at sigma 25 and 50 (noise from a fixed seed, so
-    reports and runs compare)."""
+    decode(mu), and the denoiser's scores (denoiser_judge.denoiser_scores: sigma 25 and 50 from a fixed seed, so
+    reports and runs compare, and JPEG quality 20)."""
     trainer.ema.eval()
-    trainer.denoiser.eval()
-    sums: dict[str, float] = {}
-    generator = torch.Generator().manual_seed(NOISE_SEED)
+    total = 0.0
     held_out = trainer.val_pixels[:EVAL_FACES]
     for begin in range(0, len(held_out), 256):
         clean = held_out[begin : begin + 256].float().div_(255.0)  # (b, 3, S, S)
-        scores = {"val_psnr": psnr(reconstruct(trainer.ema, clean), clean)}
-        for sigma in EVAL_SIGMAS:
-            noise = lambda batch, sigma=sigma: add_noise(batch, float(sigma), generator)  # noqa: E731
-            scores[f"denoise_psnr_{sigma}"], scores[f"noisy_psnr_{sigma}"] = degraded_psnrs(trainer.denoiser,
-                                                                                            clean, noise)
-        for key, values in scores.items():
-            sums[key] = sums.get(key, 0.0) + values.sum().item()
+        total += psnr(reconstruct(trainer.ema, clean), clean).sum().item()
     trainer.ema.train()
-    trainer.denoiser.train()
-    count = max(1, len(held_out))
-    return {key: round(value / count, 3) for key, value in sums.items()}
+    scores = {"val_psnr": round(total / max(1, len(held_out)), 3)} if len(held_out) else {}
+    return scores | denoiser_scores(trainer.denoiser, held_out)
 
 
 @torch.no_grad()
@@ -102,8 +90,12 @@ def report(trainer: Trainer, run_dir: Path, losses: dict[str, float], partial: b
     progress, budget = trainer.progress, trainer.budget
     epoch = progress.epoch + 1 if epoch is None else epoch
     trainer.refresh_fits(final)
-    metrics = {**{k: round(v, 6) for k, v in losses.items()}, **evaluate(trainer),
-               "denoise_knee": float(trainer.denoiser.knee)}
+    scores = evaluate(trainer)
+    judgement = trainer.judge_denoiser(scores)
+    if judgement is not None and final:
+        trainer.log(judgement.line())
+    metrics = {**{k: round(v, 6) for k, v in losses.items()}, **scores, "denoise_knee": float(trainer.denoiser.knee),
+               **(judgement.metrics if judgement is not None else {})}
     if final and (trainer.prior is None or trainer.prior_trained):  # a prior phase to come reports again
         trainer.log(f"scoring {SWD_IMAGES} samples by sliced Wasserstein distance ...")
         metrics |= swd_metrics(trainer)

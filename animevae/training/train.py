@@ -11,12 +11,13 @@ from pathlib import Path
 from animevae import FORMAT_VERSION, __version__
 from animevae.config import ModelConfig, RunConfig, TrainConfig
 from animevae.training.data import load_training_images
-from animevae.errors import DataError
+from animevae.errors import DataError, ModelError
 from animevae.fileio import write_bytes_atomic
 from animevae.labels import Labels
 from animevae.progress import Reporter, SilentReporter
 from animevae.runs import CHECKPOINT_NAME, CONFIG_NAME, claim_run_dir, resolve_run
 from animevae.training.checkpoint import Checkpoint, load_checkpoint
+from animevae.training.denoiser_start import BUILTIN, FINE_TUNE_LR_SCALE, plan_start
 from animevae.training.devices import choose_precision
 from animevae.training.distributed import DistContext, init_distributed, shutdown_distributed
 from animevae.training.loop import TrainResult, run_loop
@@ -25,7 +26,7 @@ from animevae.training.trainer import Trainer
 __all__ = ["TrainResult", "Trainer", "train"]
 
 
-def _release_run_dir(run_dir: Path) -> None:
+def release_run_dir(run_dir: Path) -> None:
     """Give back a new run's folder when the run fails before writing anything there."""
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only if still empty
@@ -40,8 +41,10 @@ def train(
     device: str = "auto",
     resume: bool = False,
     reporter: Reporter | None = None,
+    denoiser_from_scratch: bool = False,
 ) -> TrainResult:
-    """Train a VAE and a denoiser on `data` (a folder or a prepared set) into runs_dir/<name>.
+    """Train a VAE and a denoiser on `data` (a folder or a prepared set) into runs_dir/<name>. The denoiser starts
+    from the built-in one where its shapes fit, unless `denoiser_from_scratch` (denoiser_start.py).
 
     Under torchrun (WORLD_SIZE > 1) every rank trains its share of each batch with DDP; rank 0 alone
     creates the run, writes files and reports, so the run folder is what a single process writes.
@@ -50,13 +53,14 @@ def train(
     reporter = (reporter or SilentReporter()) if ctx.is_main else SilentReporter()
     try:
         if ctx.is_main:
-            run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume, ctx, reporter)
+            run_dir, config, checkpoint = _open_run(data, model_config, train_config, runs_dir, name, resume,
+                                                    denoiser_from_scratch, ctx, reporter)
             try:
                 data_set = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
                 config = _with_classes(config, data_set.labels, data, resumed=checkpoint is not None)
             except BaseException:
                 if checkpoint is None:
-                    _release_run_dir(run_dir)
+                    release_run_dir(run_dir)
                 raise
             (run_dir / "samples").mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(run_dir / CONFIG_NAME, (config.to_json() + "\n").encode())
@@ -78,12 +82,16 @@ def train(
 
 
 def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, runs_dir: Path, name: str | None,
-              resume: bool, ctx: DistContext, reporter: Reporter) -> tuple[Path, RunConfig, Checkpoint | None]:
+              resume: bool, from_scratch: bool, ctx: DistContext,
+              reporter: Reporter) -> tuple[Path, RunConfig, Checkpoint | None]:
     """The run folder, its config and (when resuming) its checkpoint; a new run gets a fresh folder."""
     if resume:
         run_dir = resolve_run(runs_dir, name)
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
         stored = checkpoint.config
+        if stored.kind != "vae":
+            raise ModelError(f"run {run_dir.name!r} trains only a denoiser",
+                             f"resume it with `animevae train-denoiser {data} --resume --name {run_dir.name}`")
         config = replace(stored, train=replace(stored.train, epochs=train_config.epochs or stored.train.epochs,
                                                max_minutes=train_config.max_minutes or stored.train.max_minutes))
         reporter.log(f"resuming {run_dir.name} at epoch {checkpoint.progress.epoch + 1}, step {checkpoint.progress.step}")
@@ -91,8 +99,12 @@ def _open_run(data: Path, model_config: ModelConfig, train_config: TrainConfig, 
     if train_config.epochs is None and train_config.max_minutes is None:
         train_config = replace(train_config, epochs=10)
     model_config.check()
+    start = plan_start(model_config, from_scratch)
+    reporter.log(start.note)
+    denoiser_lr = train_config.denoiser_lr * (FINE_TUNE_LR_SCALE if start.start == BUILTIN else 1.0)
     train_config = replace(train_config, precision=choose_precision(train_config.precision, ctx.device),
-                           data_source=str(data), world_size=ctx.world_size)
+                           data_source=str(data), world_size=ctx.world_size, denoiser_start=start.start,
+                           denoiser_lr=denoiser_lr)
     run_dir = claim_run_dir(runs_dir, name)  # now, not once the data has loaded: two runs never share a folder
     config = RunConfig(name=run_dir.name, model=model_config, train=train_config,
                        created=time.time(), version=__version__, format_version=FORMAT_VERSION)

@@ -12,20 +12,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from animevae.config import ModelConfig, RunConfig
 from animevae.training.data import TrainingData, TrainingPixels, hash_keys, rank_share, split_holdout
 from animevae.errors import DataError, ModelError
 from animevae.training.budget import Budget
-from animevae.training.calibrate import CALIBRATION_FACES, KNEES, calibrate_knee, calibration_rows
+from animevae.training.calibrate import CALIBRATION_FACES, KNEES, calibration_rows
 from animevae.training.checkpoint import PRIOR_TRAINED, TRAIN_KEYS, Checkpoint, Progress, save_checkpoint
-from animevae.training.degrade import degrade_pairs, multiscale_crop, with_synthetic
+from animevae.training.denoiser_judge import JUDGED, Judgement
+from animevae.training.evaluate import EVAL_FACES
+from animevae.training.denoiser_training import DenoiserTraining
 from animevae.training.distributed import DistContext
-from animevae.training.model import VAE, DIAGONAL_POINTS_PER_COMPONENT, Denoiser, VAELoss
+from animevae.training.model import VAE, DIAGONAL_POINTS_PER_COMPONENT, VAELoss
 
 SAMPLE_COUNT = 16
-DENOISER_CROP = 32
 # Fits follow the weights by the clock, not by epochs: an epoch of a big folder outlasts a whole run, one of a
 # small folder takes seconds. The mixture is fitted at the first report, then at most this often, and at the
 # run's end or interruption; between fits the sample sheets draw from the last one.
@@ -66,15 +66,15 @@ class Trainer:
         device = ctx.device
         torch.manual_seed(config.train.seed)
         self.vae = VAE(config.model).to(device, memory_format=torch.channels_last)
-        self.denoiser = Denoiser(config.model).to(device, memory_format=torch.channels_last)
+        # Under torchrun the steps go through DDP wrappers (gradients averaged across ranks); evaluation,
+        # sampling and checkpoints use the plain modules.
+        self.den = DenoiserTraining(config, device, self._wrapped)
+        self.denoiser, self.opt_den = self.den.denoiser, self.den.optimizer
         # The averaged weights serve evaluation, sampling and export; the raw ones keep training.
         self.ema = copy.deepcopy(self.vae).requires_grad_(False) if config.train.ema_decay > 0 else self.vae
         self.loss_fn = VAELoss()
         self.opt_vae = torch.optim.Adam(self.vae.parameters(), lr=config.train.lr)
-        self.opt_den = torch.optim.Adam(self.denoiser.parameters(), lr=config.train.denoiser_lr)
-        # Under torchrun the steps go through DDP wrappers (gradients averaged across ranks); evaluation,
-        # sampling and checkpoints use the plain modules.
-        self.vae_step, self.den_step = self._wrapped(self.vae), self._wrapped(self.denoiser)
+        self.vae_step = self._wrapped(self.vae)
         self.discriminator = self.disc_step = self.opt_disc = None
         if config.train.adversarial_weight > 0:
             self._build_discriminator()
@@ -144,8 +144,8 @@ class Trainer:
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
         """Every module a checkpoint holds, by name (vae_ema only when it is a separate copy; the discriminator
-        and the prior only when the run uses them)."""
-        modules = {"vae": self.vae, "denoiser": self.denoiser, "discriminator": self.discriminator, "prior": self.prior}
+        and the prior only when the run uses them; the denoiser's reference only where the built-in one fits)."""
+        modules = {"vae": self.vae, **self.den.modules, "discriminator": self.discriminator, "prior": self.prior}
         modules |= {"vae_ema": self.ema} if self.ema is not self.vae else {}
         return {name: module for name, module in modules.items() if module is not None}
 
@@ -160,9 +160,12 @@ class Trainer:
         """Load weights, optimiser state and progress from a checkpoint."""
         try:
             for name, module in self.modules.items():
-                module.load_state_dict(checkpoint.module_state(name))
+                if name not in self.den.modules:
+                    module.load_state_dict(checkpoint.module_state(name))
             for name, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(checkpoint.optimizer_state(name))
+                if optimizer is not self.opt_den:
+                    optimizer.load_state_dict(checkpoint.optimizer_state(name))
+            self.den.restore(checkpoint)
         except (RuntimeError, KeyError, ValueError) as error:
             raise ModelError(f"checkpoint does not fit this model: {error}", "start a new run instead") from None
         self.progress = checkpoint.progress
@@ -221,19 +224,8 @@ class Trainer:
         self.progress.extra.pop(PRIOR_TRAINED, None)
         if adversarial:
             losses["d_loss"] = self._discriminator_step(batch, recon.detach())
-        # (B, 3, c, c) windows of 1-2 c resized to c: 4x cheaper steps than whole images, same conv weights
-        crops = multiscale_crop(batch, DENOISER_CROP, self.generator)
-        crops = with_synthetic(crops, self.config.train.synthetic_share, self.generator)
-        # The target is the crop itself, or its resampled self when the path resizes it (degrade.py).
-        target, noisy = degrade_pairs(crops, self.generator, self.config.train.noise_sigma_max)
-        with self._autocast():
-            den_loss = F.mse_loss(self.den_step(noisy).float(), target)
-        self.opt_den.zero_grad(set_to_none=True)
-        den_loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), 1.0)
-        self.opt_den.step()
+        losses["den_mse"] = self.den.step(batch, self.generator, self._autocast())
         self.progress.step += 1
-        losses["den_mse"] = den_loss
         return ctx.mean({key: float(value.detach()) for key, value in losses.items()})
 
     def _adversarial_losses(self, batch: torch.Tensor, recon: torch.Tensor,
@@ -307,9 +299,19 @@ class Trainer:
     def calibrate_denoiser(self) -> None:
         """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands."""
         rows = calibration_rows(len(self.train_pixels), self.config.train.seed)
-        clean = self.train_pixels.batch(rows)
-        self.denoiser.knee.fill_(calibrate_knee(self.denoiser, clean))
+        self.den.calibrate(self.train_pixels.batch(rows))
         self.calibrated_at, self.calibrated_step = time.monotonic(), self.progress.step
+
+    def judge_denoiser(self, run_scores: dict[str, float] | None = None) -> Judgement | None:
+        """Judge the denoiser against the built-in one on EVAL_FACES held-out faces (`run_scores`: its own scores
+        there, where a report has them) and record which the run keeps (denoiser_judge.py); None where the
+        built-in one does not fit, nothing is held out, or the weights were judged as they are."""
+        if run_scores is None and self.progress.extra.get(JUDGED, {}).get("step") == self.progress.step:
+            return None
+        judgement = self.den.judge(self.val_pixels[:EVAL_FACES], self.progress.step, run_scores)
+        if judgement is not None:
+            judgement.record(self.progress)
+        return judgement
 
     def fit_prior(self, full: bool = True) -> None:
         """Fit the Gaussian mixture to the posteriors of a seeded sample of training faces (MIXTURE_FACES, or
