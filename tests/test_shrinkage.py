@@ -174,7 +174,7 @@ def test_a_shut_gate_is_recalibrated_at_every_epoch_end_until_the_denoiser_helps
     steps: list[int] = []
     calibrate = train_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",
-                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+                        lambda self, full=True: (steps.append(self.progress.step), calibrate(self, full))[1])
     write_blobs(tmp_path / "faces", count=40)
     result = train_module.train(tmp_path / "faces", ModelConfig(**{**TINY_MODEL, "prior": "mixture"}),
                                 TrainConfig(epochs=5, batch_size=16, seed=0, precision="fp32"), tmp_path / "runs",
@@ -195,10 +195,33 @@ def test_training_calibrates_first_and_on_its_final_weights_and_not_twice(tmp_pa
     steps: list[int] = []
     calibrate = train_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(train_module.Trainer, "calibrate_denoiser",
-                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+                        lambda self, full=True: (steps.append(self.progress.step), calibrate(self, full))[1])
     write_blobs(tmp_path / "faces", count=40)
     result = train_module.train(tmp_path / "faces", ModelConfig(**TINY_MODEL),  # a diffusion prior trains last
                                 TrainConfig(epochs=2, batch_size=16, seed=0, precision="fp32"), tmp_path / "runs",
                                 device="cpu")
     per_epoch = result.progress.step // 2
     assert steps == [per_epoch, 2 * per_epoch]  # epoch 1, then the last epoch; the prior's report reuses it
+
+
+def test_mid_run_calibrations_use_fewer_faces_and_the_final_one_the_full_count(tmp_path, monkeypatch) -> None:
+    """Calibrations before the run's end only serve mid-run checkpoints: they use MIDRUN_CALIBRATION_FACES; the
+    final one, which export ships, CALIBRATION_FACES."""
+    import animevae.training.train as train_module
+    import animevae.training.trainer as trainer_module
+    from animevae.config import TrainConfig
+    from helpers import write_blobs
+
+    monkeypatch.setattr(trainer_module, "CALIBRATION_REFRESH_S", 0.0)  # at every report
+    monkeypatch.setattr(trainer_module, "MIDRUN_CALIBRATION_FACES", 5)
+    monkeypatch.setattr(trainer_module, "CALIBRATION_FACES", 20)
+    faces: list[int] = []
+    import animevae.training.denoiser_training as denoiser_module
+
+    knee = denoiser_module.calibrate_knee
+    monkeypatch.setattr(denoiser_module, "calibrate_knee",
+                        lambda denoiser, clean: (faces.append(len(clean)), knee(denoiser, clean))[1])
+    write_blobs(tmp_path / "faces", count=40)
+    train_module.train(tmp_path / "faces", ModelConfig(**{**TINY_MODEL, "prior": "mixture"}),
+                       TrainConfig(epochs=3, batch_size=16, seed=0, precision="fp32"), tmp_path / "runs", device="cpu")
+    assert faces == [5, 5, 20]

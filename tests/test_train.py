@@ -768,7 +768,7 @@ def test_a_shut_gate_waits_its_own_interval_between_calibrations(image_dir: Path
     steps: list[int] = []
     calibrate = trainer_module.Trainer.calibrate_denoiser
     monkeypatch.setattr(trainer_module.Trainer, "calibrate_denoiser",
-                        lambda self: (steps.append(self.progress.step), calibrate(self))[1])
+                        lambda self, full=True: (steps.append(self.progress.step), calibrate(self, full))[1])
     result = train(image_dir, replace(tiny_model_config, prior="mixture"),
                    TrainConfig(epochs=3, batch_size=16, precision="fp32"), tmp_path / "runs", device="cpu")
     per_epoch = result.progress.step // 3

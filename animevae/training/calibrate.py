@@ -28,11 +28,11 @@ NOISE_SEED = 20_251_127
 ROUNDS_AWAY = 0.49
 
 
-def calibration_rows(count: int, seed: int = 0) -> torch.Tensor:
-    """(min(count, CALIBRATION_FACES),) indices of a training split of `count` images, drawn at random (a
-    prepared set keeps its files in name order, and so its styles in blocks)."""
+def calibration_rows(count: int, seed: int = 0, faces: int = CALIBRATION_FACES) -> torch.Tensor:
+    """(min(count, faces),) indices of a training split of `count` images, drawn at random (a prepared set keeps
+    its files in name order, and so its styles in blocks)."""
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return order[:CALIBRATION_FACES].sort().values
+    return order[:faces].sort().values
 
 
 @torch.no_grad()

@@ -34,9 +34,10 @@ MIXTURE_REFIT_S = 300.0
 # mixture's components at DIAGONAL_POINTS_PER_COMPONENT latents each, and a fixed cost whatever the folder's
 # size. A seeded sample of the whole split, so every style is in it.
 MIXTURE_FACES = ModelConfig().prior_components * DIAGONAL_POINTS_PER_COMPONENT // 2
-# The fits before the final one only serve sample sheets and mid-run checkpoints: a smaller sample keeps them
-# cheap.
-SHEET_MIXTURE_FACES = 1_024
+# The fits before the final one only serve sample sheets and mid-run checkpoints: smaller samples keep them
+# cheap (a sheet's 16 draws need no more; the final fits, which export uses, take the full counts).
+SHEET_MIXTURE_FACES = 256
+MIDRUN_CALIBRATION_FACES = 128
 # The gate knee is recalibrated (calibrate.py, on a fixed number of faces) at most this often, and at the run's
 # end: only checkpoints taken between see an older knee.
 CALIBRATION_REFRESH_S = 300.0
@@ -296,9 +297,11 @@ class Trainer:
         self.ema.train()
         return torch.cat([m for m, _ in moments]).float(), torch.cat([v for _, v in moments]).float()
 
-    def calibrate_denoiser(self) -> None:
-        """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands."""
-        rows = calibration_rows(len(self.train_pixels), self.config.train.seed)
+    def calibrate_denoiser(self, full: bool = True) -> None:
+        """Set the denoiser's residual gate knee (calibrate.py) from training faces, as it now stands: on
+        CALIBRATION_FACES of them, or MIDRUN_CALIBRATION_FACES unless `full`."""
+        faces = CALIBRATION_FACES if full else MIDRUN_CALIBRATION_FACES
+        rows = calibration_rows(len(self.train_pixels), self.config.train.seed, faces)
         self.den.calibrate(self.train_pixels.batch(rows))
         self.calibrated_at, self.calibrated_step = time.monotonic(), self.progress.step
 
@@ -346,9 +349,9 @@ class Trainer:
         shut = float(self.denoiser.knee) >= GATE_SHUT_KNEE
         every_s = min(SHUT_GATE_REFRESH_S, CALIBRATION_REFRESH_S) if shut else CALIBRATION_REFRESH_S
         if _due(self.calibrated_at, self.calibrated_step, step, final, every_s):
-            faces = min(len(self.train_pixels), CALIBRATION_FACES)
+            faces = min(len(self.train_pixels), CALIBRATION_FACES if final else MIDRUN_CALIBRATION_FACES)
             self.log(f"calibrating the denoiser's gate on {faces:,} faces ...")
-            self.calibrate_denoiser()
+            self.calibrate_denoiser(final)
 
 def _due(done_at: float | None, done_step: int | None, step: int, final: bool, every_s: float) -> bool:
     """Whether a fit last done at monotonic time `done_at`, at step `done_step`, is due again at `step`: never
