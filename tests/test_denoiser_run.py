@@ -303,3 +303,22 @@ def test_a_run_that_scores_below_the_built_in_keeps_the_built_in(image_dir: Path
     # The run's own weights stay in the checkpoint: a resumed run trains them on.
     own = load_checkpoint(result.run_dir / "last.safetensors").module_state("denoiser")
     assert not torch.equal(own["conv_in.weight"], builtin["conv_in.weight"])
+
+
+def test_synthetic_puts_dead_leaves_images_in_each_batch_and_the_run_records_its_share(
+        runner, image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.training.synthetic as synthetic_module
+
+    drawn: list[tuple[int, int]] = []
+    dead_leaves = synthetic_module.dead_leaves
+    monkeypatch.setattr(synthetic_module, "dead_leaves",
+                        lambda count, size, generator, *a: (drawn.append((count, size)),
+                                                            dead_leaves(count, size, generator, *a))[1])
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["train-denoiser", str(image_dir), "--steps", "2", "--synthetic", "0.5", "--name", "syn",
+                                 "--runs-dir", str(runs), "--device", "cpu", *FAST])
+    assert result.exit_code == 0, result.output
+    assert drawn == [(4, 16), (4, 16)]  # half of each batch of 8, at the crop side (whole 16 px images here)
+    assert RunConfig.from_dict(json.loads((runs / "syn" / "config.json").read_text())).train.synthetic_share == 0.5
+    refused = runner.invoke(app, ["train-denoiser", str(image_dir), "--synthetic", "1.5", "--runs-dir", str(runs)])
+    assert refused.exit_code != 0 and "--synthetic" in refused.output

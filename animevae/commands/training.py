@@ -128,6 +128,9 @@ def train_denoiser(
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where measured faster), fp32 or bf16.")] = "auto",
     from_scratch: Annotated[bool, typer.Option(
         "--from-scratch", help="Start from random weights, not from the built-in denoiser.")] = False,
+    synthetic: Annotated[float, typer.Option(
+        "--synthetic", min=0.0, max=1.0,
+        help="Share of each batch that is procedural dead-leaves images: edges and textures beyond your folder's.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the named (or newest) run from its checkpoint.")] = False,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
     quiet: Quiet = False,
@@ -139,7 +142,7 @@ def train_denoiser(
     _check_data(data, runs_dir)
     model_config = ModelConfig(image_size=image_size)
     train_config = TrainConfig(max_minutes=max_minutes, steps=steps, batch_size=batch_size, denoiser_lr=lr, seed=seed,
-                               precision=precision)
+                               precision=precision, synthetic_share=synthetic)
     result = train_run(data, runs_dir, name, model_config, train_config, device, resume, from_scratch,
                        make_reporter(quiet))
     metrics, run_name = result.metrics, result.run_dir.name
