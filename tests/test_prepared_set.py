@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from animevae.cli import app
 from animevae.errors import DataError, OutputError
 from animevae.images import decode_rgb, pixel_hash
 from animevae.prepared_set import (DATASET_KIND, count_images, folder_fingerprint, load_prepared, manifest_path,
                                    prepare_images, save_prepared)
-from helpers import blob_image, temp_leftovers, write_blobs
+from helpers import MESSY_GOOD, assert_cli_error, assert_ok, blob_image, locked_is_readable, temp_leftovers, write_blobs
 
 
 # --- prepare_images ----------------------------------------------------------------------------
@@ -301,3 +302,121 @@ def test_the_prepare_command_lists_skipped_files_before_refusing_an_empty_folder
     assert "skipped 1 files" in result.output and "bad.png" in result.output
     assert result.output.index("skipped 1 files") < result.output.index("error:")
     assert temp_leftovers(tmp_path) == [] and not (tmp_path / "set.safetensors").exists()
+
+
+# --- the prepare command: refusals, rewrites, a messy folder ---------------------------------------------------
+
+
+def test_prepare_refuses_to_overwrite_a_file_that_is_not_a_data_set(runner, image_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q"]), "--overwrite")
+    assert notes.read_text() == "my notes"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q", "--overwrite"]))
+    from animevae.prepared_set import load_prepared
+
+    assert len(load_prepared(notes)[0]) == 40
+
+
+def test_prepare_refuses_an_out_inside_its_folder(runner, image_dir: Path) -> None:
+    source = image_dir / "face000.png"
+    before = source.read_bytes()
+    for out in (source, image_dir / "sub" / "set.safetensors"):
+        assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q", "--overwrite"]),
+                         "inside")
+    assert source.read_bytes() == before
+    assert not (image_dir / "sub").exists()
+
+
+def test_prepare_rewrites_its_own_data_set_but_not_a_foreign_manifest(runner, image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "faces.safetensors"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))  # its own set: a rerun
+    other = tmp_path / "set.safetensors"
+    (tmp_path / "set.manifest.json").write_text("the user's own file")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(other), "-q"]), "set.manifest.json")
+    assert (tmp_path / "set.manifest.json").read_text() == "the user's own file" and not other.exists()
+
+
+def test_a_data_set_with_a_malformed_version_is_one_clear_error(image_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from animevae.prepared_set import load_prepared
+    from animevae.errors import DataError
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"images": np.zeros((2, 8, 8, 3), np.uint8)}, str(path),
+              metadata={"kind": "animevae-dataset", "format_version": "two"})
+    with pytest.raises(DataError, match="format"):
+        load_prepared(path)
+
+
+def test_prepare_skips_and_reports_every_bad_file(messy, runner, tmp_path) -> None:
+    folder, odd, broken = messy
+    out = tmp_path / "set.safetensors"
+    result = runner.invoke(app, ["prepare", str(folder), "--out", str(out), "--image-size", "16", "-q"])
+    assert_ok(result)
+    assert "Traceback" not in result.output
+    manifest = json.loads(out.with_name("set.manifest.json").read_text())
+    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) >= broken, skipped
+    assert "decompression bomb" in skipped["bomb.png"] or "claims 30000x30000" in skipped["bomb.png"]
+    kept = {entry["path"] for entry in manifest["kept"]}
+    assert {name for name in odd} <= kept, odd - kept
+    expected = MESSY_GOOD + len(odd) + (1 if locked_is_readable(folder) else 0)
+    assert len(kept) == expected
+    if not locked_is_readable(folder):
+        assert skipped["locked.png"] == "no read permission"
+    for name in broken:
+        assert name in result.output  # the summary table names every skipped file
+
+
+# --- the packed set's labels and hashes, read back (issue 32: labels aligned with their images) --------------------
+
+
+def _packed(path: Path, images: np.ndarray, labels: np.ndarray | None, classes: str | None) -> Path:
+    from safetensors.numpy import save_file
+
+    metadata = {"kind": DATASET_KIND, "format_version": "1"} | ({"classes": classes} if classes else {})
+    save_file({"images": images} | ({"labels": labels} if labels is not None else {}), str(path), metadata=metadata)
+    return path
+
+
+TWO_CLASSES = json.dumps([{"name": "a", "count": 2}, {"name": "b", "count": 1}])
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 1, 2]), np.array([0, -1, 1]), np.array([0, 1], np.int64),
+                                    np.array([0, 1, 0, 1]), np.array([0, 1, 0], np.int32), np.array([[0, 1, 0]])],
+                         ids=["past the classes", "negative", "fewer than images", "more than images", "int32", "2-d"])
+def test_a_set_whose_labels_do_not_fit_its_images_and_classes_is_refused(tmp_path: Path, labels: np.ndarray) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), labels, TWO_CLASSES)
+    with pytest.raises(DataError, match="do not match") as error:
+        load_prepared_labels(path)
+    assert error.value.hint
+
+
+def test_a_set_without_labels_or_classes_reads_as_unlabelled(tmp_path: Path) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    assert load_prepared_labels(_packed(tmp_path / "a.safetensors", images, None, TWO_CLASSES)) is None
+    assert load_prepared_labels(_packed(tmp_path / "b.safetensors", images, np.array([0, 1, 0]), None)) is None
+    labels = load_prepared_labels(_packed(tmp_path / "c.safetensors", images, np.array([0, 1, 0]), TWO_CLASSES))
+    assert labels.index.tolist() == [0, 1, 0] and labels.classes.names == ("a", "b")
+    with pytest.raises(DataError, match="cannot read"):
+        load_prepared_labels(tmp_path / "missing.safetensors")
+
+
+def test_hashes_come_from_the_manifest_only_when_it_lists_every_image(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    images, hashes = load_prepared(out)
+    assert len(hashes) == len(images) == 40 and all(len(h) == 64 for h in hashes)
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["kept"] = manifest["kept"][:-1]
+    manifest_path(out).write_text(json.dumps(manifest))
+    assert load_prepared(out)[1] == []
+    manifest_path(out).write_text('{"kept": [{"path": "x"}]}')
+    assert load_prepared(out)[1] == []

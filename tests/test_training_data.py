@@ -136,3 +136,10 @@ def test_gathering_a_whole_mapped_set_keeps_little_of_it_resident(image_dir: Pat
         pixels[begin : begin + 10]
     # Rows are read with pread, not through the map (whose faults map whole page-cache folios around each row).
     assert _mapped_resident_bytes(out) <= images.nbytes // 4
+
+
+def test_hash_keys_are_the_sorted_first_60_bits_of_each_hash() -> None:
+    from animevae.training.data import hash_keys
+
+    keys = hash_keys(["f" * 64, "0" * 14 + "1" + "f" * 49])
+    assert keys.tolist() == [1, 16**15 - 1] and keys.dtype == np.int64
