@@ -120,6 +120,16 @@ def test_decode_rgb_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> No
     assert (decoded[:, :, 0] == decoded[:, :, 1]).all() and (decoded[:, :, 1] == decoded[:, :, 2]).all()
 
 
+def test_a_transparency_key_is_alpha_over_white(tmp_path: Path) -> None:
+    """The one colour (or grey level) a PNG marks transparent becomes white, as any transparent pixel does."""
+    rgb = np.array([[[9, 80, 200], [30, 40, 50], [9, 80, 200]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "key.png", transparency=(9, 80, 200))
+    assert decode_rgb(tmp_path / "key.png").tolist() == [[[255, 255, 255], [30, 40, 50], [255, 255, 255]]]
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey_key.png", transparency=9)
+    assert decode_rgb(tmp_path / "grey_key.png").tolist() == [[[255, 255, 255], [30, 30, 30], [255, 255, 255]]]
+    assert decode_layers(tmp_path / "key.png").alpha.tolist() == [[0, 255, 0]]
+
+
 def test_decode_rgb_takes_first_frame_of_animated_gif(tmp_path: Path) -> None:
     frames = [_solid((255, 0, 0)), _solid((0, 0, 255))]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
