@@ -26,13 +26,14 @@ def _solid(color: tuple[int, ...], size: tuple[int, int] = (6, 4), mode: str = "
     return Image.new(mode, size, color)
 
 
-def _png_with_header_size(width: int, height: int) -> bytes:
-    """A syntactically valid PNG header claiming width x height (the pixel data is a stub)."""
+def _png_with_header_size(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A syntactically valid PNG header claiming width x height (the pixel data is a stub); colour type 2 is RGB,
+    0 grey."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
 
 
@@ -52,13 +53,33 @@ def test_find_images_walks_recursively_sorted_and_filters_by_suffix(tmp_path: Pa
 
 
 def test_find_images_refuses_missing_and_file_roots(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as caught:
         find_images(tmp_path / "nope")
+    assert caught.value.hint
     afile = tmp_path / "file.png"
     afile.write_bytes(b"")
     with pytest.raises(DataError, match="is not a folder") as caught:
         find_images(afile)
     assert caught.value.hint
+
+
+def test_a_folder_that_cannot_be_listed_is_skipped_and_named(tmp_path: Path, monkeypatch) -> None:
+    """The rest of the tree is still listed. (Root lists anything, so the refusal is simulated.)"""
+    root = tmp_path / "root"
+    for folder in ("a", "locked", "z"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "x.png").write_bytes(b"")
+    real_scandir = os.scandir
+
+    def scandir(path):  # what os.walk lists each folder with
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = find_images(root)
+    assert [str(p.relative_to(root)) for p in listing.files] == ["a/x.png", "z/x.png"]
+    assert [(Path(s.path).name, s.reason) for s in listing.skipped] == [("locked", "cannot list: Permission denied")]
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -120,6 +141,46 @@ def test_decode_rgb_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> No
     assert (decoded[:, :, 0] == decoded[:, :, 1]).all() and (decoded[:, :, 1] == decoded[:, :, 2]).all()
 
 
+def _deep_grey(path: Path, mode: str, values: list[float]) -> Path:
+    """A 1 x N image of `mode` holding `values`, saved in a format that opens in that mode again."""
+    if mode in ("I;16", "I;16B", "I;16L"):
+        dtype = {"I;16": "<u2", "I;16B": ">u2", "I;16L": "<u2"}[mode]
+        image = Image.frombytes(mode, (len(values), 1), np.array(values, dtype).tobytes())
+    else:
+        image = Image.fromarray(np.array([values], {"I": np.int32, "F": np.float32, "1": bool}[mode]))
+    # PNG holds 1-bit and 16-bit grey; TIFF big-endian 16-bit, 32-bit and float; only IM opens as I;16L.
+    file_format = {"1": "PNG", "I;16": "PNG", "I;16L": "IM"}.get(mode, "TIFF")
+    Image.init()
+    if file_format not in Image.SAVE:
+        pytest.skip(f"this Pillow cannot write {file_format} (IM is deprecated)")
+    image.save(path, file_format)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    return path
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I;16", [0, 128, 129, 51529, 65535], [0, 0, 1, 201, 255]),  # v * 255 / 65535, rounded half up
+    ("I;16", [0, 200], [0, 1]),  # a 16-bit file stays on the 16-bit scale, however dark
+    ("I;16B", [0, 129, 51529, 65535], [0, 1, 201, 255]),
+    pytest.param("I;16L", [0, 129, 51529, 65535], [0, 1, 201, 255],
+                 marks=pytest.mark.filterwarnings("ignore:IM image format:DeprecationWarning")),
+    ("I", [0, 1, 128, 255], [0, 1, 128, 255]),  # 32-bit values up to 255 are 8-bit levels
+    ("I", [0, 256, 65535, 70000, -5], [0, 1, 255, 255, 0]),  # above: the 16-bit scale, clipped
+    ("F", [-1.5, 0.0, 100.4, 255.0], [0, 0, 100, 255]),
+    ("F", [0.0, 1000.0], [0, 4]),
+    ("1", [0, 1], [0, 255]),
+], ids=["16-bit", "dark 16-bit", "16-bit big-endian", "16-bit IM", "32-bit 8-bit range", "32-bit wider",
+        "float 8-bit range", "float wider", "1-bit"])
+def test_every_grey_mode_decodes_by_its_range_and_stays_grey(tmp_path: Path, mode: str, values: list[float],
+                                                            expected: list[int]) -> None:
+    path = _deep_grey(tmp_path / "grey.img", mode, values)
+    decoded = decode_rgb(path)
+    assert decoded.tolist() == [[[level] * 3 for level in expected]]
+    layers = decode_layers(path)
+    assert layers.grey and layers.alpha is None and np.array_equal(layers.rgb, decoded)
+
+
 def test_a_transparency_key_is_alpha_over_white(tmp_path: Path) -> None:
     """The one colour (or grey level) a PNG marks transparent becomes white, as any transparent pixel does."""
     rgb = np.array([[[9, 80, 200], [30, 40, 50], [9, 80, 200]]], np.uint8)
@@ -128,6 +189,41 @@ def test_a_transparency_key_is_alpha_over_white(tmp_path: Path) -> None:
     Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey_key.png", transparency=9)
     assert decode_rgb(tmp_path / "grey_key.png").tolist() == [[[255, 255, 255], [30, 30, 30], [255, 255, 255]]]
     assert decode_layers(tmp_path / "key.png").alpha.tolist() == [[0, 255, 0]]
+
+
+def test_a_palette_with_an_alpha_channel_keeps_it(tmp_path: Path) -> None:
+    """PA (a TIFF can hold one): alpha kept for denoise, composited over white for training."""
+    image = Image.new("PA", (2, 1))
+    image.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    image.putpixel((0, 0), (1, 0))
+    image.putpixel((1, 0), (1, 255))
+    image.save(tmp_path / "pa.tif")
+    assert decode_rgb(tmp_path / "pa.tif").tolist() == [[[255, 255, 255], [200, 10, 10]]]
+    layers = decode_layers(tmp_path / "pa.tif")
+    assert layers.alpha.tolist() == [[0, 255]] and not layers.grey
+
+
+def test_an_image_whose_exif_block_is_damaged_still_decodes(tmp_path: Path) -> None:
+    """Pillow only warns about a cut-short EXIF block; the picture itself is fine."""
+    pixels = np.full((4, 6, 3), 90, np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "exif.png", exif=b"II*\x00\x08\x00\x00\x00\xff\xff" + b"\x00" * 6)
+    with pytest.warns(UserWarning, match="EXIF"):
+        assert np.array_equal(decode_rgb(tmp_path / "exif.png"), pixels)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (PermissionError(13, "Permission denied"), "no read permission"),
+    (OSError("bad CRC in IDAT"), "broken image: bad CRC in IDAT"),
+    (EOFError(), "broken image: EOFError"),  # no message of its own: its kind says what went wrong
+])
+def test_each_read_error_becomes_one_short_reason(tmp_path: Path, monkeypatch, error: Exception, reason: str) -> None:
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(DataError) as caught:
+        decode_rgb(tmp_path / "any.png")
+    assert caught.value.message == reason
 
 
 def test_decode_rgb_takes_first_frame_of_animated_gif(tmp_path: Path) -> None:
@@ -166,6 +262,22 @@ def test_decode_rgb_refuses_huge_header_before_decoding(tmp_path: Path) -> None:
         decode_rgb(path)
 
 
+def test_the_pixel_limit_is_the_area_and_an_image_at_it_is_decoded(tmp_path: Path) -> None:
+    """MAX_PIXELS (40 Mpx) is refused from the header alone just past it; exactly at it, decoding goes on (and
+    finds these stub pixels broken)."""
+    from animevae.images import MAX_PIXELS
+
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_with_header_size(8000, 5001, colour_type=0))
+    with pytest.raises(DataError) as caught:
+        decode_rgb(path)
+    assert caught.value.message == f"image claims 8000x5001 pixels (over {MAX_PIXELS:,}); not decoded"
+    assert 8000 * 5000 == MAX_PIXELS
+    path.write_bytes(_png_with_header_size(8000, 5000, colour_type=0))
+    with pytest.raises(DataError, match="broken image"):
+        decode_rgb(path)
+
+
 # --- squaring ----------------------------------------------------------------------------------
 
 
@@ -188,6 +300,14 @@ def test_square_resize_resizes_to_the_requested_side() -> None:
     assert out.shape == (8, 8, 3) and out.dtype == np.uint8
     flat = np.full((30, 40, 3), 77, np.uint8)
     assert (square_resize(flat, 8) == 77).all()
+
+
+def test_square_resize_resamples_with_lanczos() -> None:
+    pixels = np.asarray(blob_image(np.random.default_rng(3), 24, 24))
+    image = Image.fromarray(pixels)
+    out = square_resize(pixels, 10)
+    assert np.array_equal(out, np.asarray(image.resize((10, 10), Image.Resampling.LANCZOS)))
+    assert not np.array_equal(out, np.asarray(image.resize((10, 10))))  # Pillow's default filter differs
 
 
 def test_pixel_hash_depends_on_shape_as_well_as_bytes() -> None:
