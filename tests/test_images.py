@@ -167,10 +167,11 @@ def _deep_grey(path: Path, mode: str, values: list[float]) -> Path:
                  marks=pytest.mark.filterwarnings("ignore:IM image format:DeprecationWarning")),
     ("I", [0, 1, 128, 255], [0, 1, 128, 255]),  # 32-bit values up to 255 are 8-bit levels
     ("I", [0, 256, 65535, 70000, -5], [0, 1, 255, 255, 0]),  # above: the 16-bit scale, clipped
+    ("I", [0, 256], [0, 1]),  # the 16-bit scale from 256 on
     ("F", [-1.5, 0.0, 100.4, 255.0], [0, 0, 100, 255]),
     ("F", [0.0, 1000.0], [0, 4]),
     ("1", [0, 1], [0, 255]),
-], ids=["16-bit", "dark 16-bit", "16-bit big-endian", "16-bit IM", "32-bit 8-bit range", "32-bit wider",
+], ids=["16-bit", "dark 16-bit", "16-bit big-endian", "16-bit IM", "32-bit 8-bit range", "32-bit wider", "32-bit 256",
         "float 8-bit range", "float wider", "1-bit"])
 def test_every_grey_mode_decodes_by_its_range_and_stays_grey(tmp_path: Path, mode: str, values: list[float],
                                                             expected: list[int]) -> None:
