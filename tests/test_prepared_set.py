@@ -535,6 +535,13 @@ def _versioned(path: Path, version: str) -> Path:
     return path
 
 
+def _foreign(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"images": np.zeros((1, 4, 4, 3), np.uint8)}, str(path), metadata={"kind": "something-else"})
+    return path
+
+
 def _no_images(path: Path) -> Path:
     from safetensors.numpy import save_file
 
@@ -553,12 +560,13 @@ def _of_dtype(dtype: type) -> Callable[[Path], Path]:
 
 @pytest.mark.parametrize("make, fragment", [
     (lambda path: (path.write_bytes(b"\x00" * 3), path)[1], "cannot read data set"),
+    (_foreign, "is not a data set written by `animevae prepare`"),
     (lambda path: _versioned(path, "9" * 9), "newer animevae"),
     (lambda path: _versioned(path, "v" * 30), f"malformed format version {'v' * 20!r}"),
     (_no_images, "it holds no images"),
     (_of_dtype(np.float32), "holds float32 images of shape (1, 2, 2, 3)"),
     (_of_dtype(np.uint64), "holds U64 images"),  # a type without a numpy name of ours: its safetensors name
-], ids=["garbage", "newer", "malformed version", "no images", "float32", "U64"])
+], ids=["garbage", "another kind", "newer", "malformed version", "no images", "float32", "U64"])
 def test_every_set_load_refuses_with_the_file_and_a_hint(tmp_path: Path, make, fragment: str) -> None:
     path = make(tmp_path / "set.safetensors")
     with pytest.raises(DataError) as caught:
