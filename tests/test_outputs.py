@@ -359,7 +359,8 @@ GENERATED = {"model_sha256": "a" * 64, "seed": 0}
     ({"task": "denoise", "input": "x"}, ["sub/deeper/face.png", "000000_0.png"], {"task": "augment", "input": "y"}, []),
     ({"task": "denoise", "input": "x"}, ["sub/face.png", "000000.png"], GENERATED, []),
     # A manifest of a job this version does not know leaves everything but the new job's own names.
-    ({"task": "later"}, ["sub/face.png", "000000.png", "face_0.png"], GENERATED, ["face_0.png", "sub/", "sub/face.png"]),
+    ({**GENERATED, "task": "later"}, ["sub/deeper/face_1.png", "000000.png", "face_0.png"],
+     {"task": "augment", "input": "y"}, ["000000.png"]),
 ])
 def test_overwrite_removes_what_the_old_job_wrote_whatever_job_comes_next(
         tmp_path: Path, old_job: dict, old_files: list[str], new_job: dict, kept: list[str]) -> None:
