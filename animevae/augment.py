@@ -9,7 +9,6 @@ the input (class folders, and so labels, are kept). numpy and onnxruntime only: 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from animevae.images import decode_rgb, square_resize
 from animevae.errors import ArgumentError, DataError, ModelError, OutputError
 from animevae.latent import decode_latents, encode_images
 from animevae.model_files import ModelSet
-from animevae.outputs import JobResult, file_digest
+from animevae.outputs import JobResult, augmented_outputs, file_digest
 from animevae.progress import Reporter
 from animevae.sampling import check_seed
 from animevae.shard import Shard, path_hash
@@ -106,7 +105,7 @@ def augment_folder(
                 "decoder_sha256": file_digest(models.decoder.path), "seed": seed, "strength": float(strength)}
     job = BulkJob("augmenting", out, identity, mirror.inputs,
                   lambda source: [source.output(f"_{k}") for k in range(per_image)],
-                  old_outputs=lambda folder: (p for p in folder.rglob("*.png") if re.search(r"_[0-9]+\.png$", p.name)),
+                  old_outputs=augmented_outputs,
                   skipped=mirror.skipped, shard=shard, writer_threshold=4 * batch_size)
 
     def compute(chunk: list[Pending[MirroredInput]], sink: JobSink) -> None:

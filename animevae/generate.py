@@ -17,7 +17,7 @@ from animevae.errors import ArgumentError, OutputError
 from animevae.fileio import contact_sheet, encode_png, to_uint8
 from animevae.model_files import ModelSet
 from animevae.model_info import CLASS_MIXTURE, ModelInfo
-from animevae.outputs import MANIFEST_NAME, JobResult, is_numbered_png, numbered_png, write_output_file
+from animevae.outputs import MANIFEST_NAME, JobResult, generated_outputs, numbered_png, write_output_file
 from animevae.per_class import METADATA_NAME, ClassRequest, class_counts, class_image_path, write_metadata
 from animevae.progress import Reporter
 from animevae.runtime import CPU, OnnxModel, open_model
@@ -45,12 +45,6 @@ def image_name(index: int, count: int) -> str:
     return numbered_png(index)
 
 
-def generated_images(out_dir: Path) -> list[Path]:
-    """The images a generate run wrote into `out_dir` (by their names): OUT/<i>.png, and OUT/<class>/<i>.png of a
-    run by class (of any model), so that --overwrite into the other layout leaves none of them behind."""
-    return [path for path in [*out_dir.glob("*.png"), *out_dir.glob("*/*.png")] if is_numbered_png(path.name)]
-
-
 def generate(
     models: ModelSet,
     count: int,
@@ -74,7 +68,7 @@ def generate(
     identity = _identity(models.info, seed, temperature)
     mine = [i for i in range(count) if shard.owns_index(i)]
     job = BulkJob("generating", out_dir, identity, mine, lambda i: [out_dir / image_name(i, count)],
-                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
+                  old_outputs=generated_outputs, shard=shard, stop_on_failure=True)
     result = _run(models, job, seed, temperature, batch_size, overwrite, workers, reporter)
     shown = [out_dir / image_name(i, count) for i in mine[:GRID_LIMIT]]
     grid_path = _write_grid(shown, grid, overwrite) if grid and shown else None
@@ -112,7 +106,7 @@ def generate_by_class(
     mine = [task for position, task in enumerate(tasks) if shard.owns_index(position)]
     job = BulkJob("generating", out_dir, identity, mine,
                   lambda task: [class_image_path(out_dir, classes.names[task[0]], task[1])],
-                  old_outputs=generated_images, shard=shard, stop_on_failure=True)
+                  old_outputs=generated_outputs, shard=shard, stop_on_failure=True)
     result = _run(models, job, seed, temperature, batch_size, overwrite, workers, reporter)
     labelled = write_metadata(out_dir, classes, seed, models.info.digest)
     shown = [class_image_path(out_dir, classes.names[c], i) for c, i in _round_robin(mine)[:GRID_LIMIT]]

@@ -136,7 +136,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         peak = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
         gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    # A transparency key (a palette entry, or one grey level or colour of an L or RGB file) is alpha too.
+    if "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))

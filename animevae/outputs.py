@@ -17,6 +17,7 @@ from animevae.fileio import write_bytes_atomic, write_json_atomic
 # Records which model and settings wrote a folder, so a rerun resumes and another job is refused.
 MANIFEST_NAME = ".animevae.json"
 SKIPPED_NAME = "skipped.json"
+METADATA_NAME = "metadata.jsonl"  # the labels of a class tree that generate wrote (per_class.write_metadata)
 
 
 @dataclass
@@ -48,6 +49,31 @@ def is_numbered_png(name: str) -> bool:
     return re.fullmatch(r"[0-9]{6,}\.png", name) is not None
 
 
+def generated_outputs(folder: Path) -> list[Path]:
+    """The images a generate run wrote into `folder` (by their names): OUT/<i>.png, and OUT/<class>/<i>.png of a
+    run by class (of any model), so that --overwrite into the other layout leaves none of them behind."""
+    return [path for path in [*folder.glob("*.png"), *folder.glob("*/*.png")] if is_numbered_png(path.name)]
+
+
+def augmented_outputs(folder: Path) -> list[Path]:
+    """The images an augment run wrote anywhere below `folder` (by their names): <relative stem>_<k>.png."""
+    return [path for path in folder.rglob("*.png") if re.search(r"_[0-9]+\.png$", path.name)]
+
+
+def _outputs_of(folder: Path, stored: dict[str, object]) -> list[Path]:
+    """The files that the job a folder's manifest records wrote into it, found by their names: what --overwrite
+    for a job of another command or layout removes, which that job's own naming would not find."""
+    task = stored.get("task")
+    if task == "denoise":
+        return list(folder.rglob("*.png"))
+    if task == "augment":
+        return augmented_outputs(folder)
+    if task is None and "model_sha256" in stored:  # generate, whose manifest names no task
+        # A class tree's metadata.jsonl would go on labelling images that are gone.
+        return [*generated_outputs(folder), *([folder / METADATA_NAME] if stored.get("layout") == "classes" else [])]
+    return []
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file, to tell one model from another."""
     digest = hashlib.sha256()
@@ -61,8 +87,9 @@ def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool,
                    old_outputs: Callable[[Path], Iterable[Path]] = lambda folder: (), report: str = SKIPPED_NAME) -> None:
     """Create `out_dir`, refusing one that holds images of another model, seed or input unless `overwrite`.
 
-    With `overwrite`, a folder that animevae wrote for another job loses every output of that job (listed by
-    `old_outputs(out_dir)`) before it is claimed for this one, so no old image is ever taken for a new one.
+    With `overwrite`, a folder that animevae wrote for another job loses every output of that job (those its
+    manifest's command writes, and those `old_outputs(out_dir)` lists, which a damaged manifest leaves to find) and
+    its failure lists before it is claimed for this one, so no old image or list is ever taken for the new job's.
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"--out {out_dir} is a file, not a folder", "pass a folder path (it is created if missing)")
@@ -93,10 +120,26 @@ def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool,
     if stored is not None:
         # The manifest goes first: a cleanup cut short leaves a folder a plain rerun refuses, never a mix.
         manifest.unlink(missing_ok=True)
-        for path in [*old_outputs(out_dir), *out_dir.glob("skipped*.json")]:
-            if path.suffix == ".png" or _is_skipped_list(path):
+        emptied: set[Path] = set()
+        for path in [*old_outputs(out_dir), *_outputs_of(out_dir, stored), *out_dir.glob("skipped*.json")]:
+            if path.suffix == ".png" or path.name == METADATA_NAME or _is_skipped_list(path):
                 path.unlink(missing_ok=True)
+                emptied.add(path.parent)
+        _remove_empty_folders(out_dir, emptied)
     write_json_atomic(manifest, identity)
+
+
+def _remove_empty_folders(out_dir: Path, folders: Iterable[Path]) -> None:
+    """Remove each of `folders` below `out_dir` that the cleanup left empty, and its parents as they empty (in any
+    order: a parent tried before its last child is removed again on the way up from that child): to
+    torchvision's ImageFolder, an empty folder of an old class tree is a class with no image (an error)."""
+    for folder in folders:
+        while out_dir in folder.parents:
+            try:
+                folder.rmdir()  # only an empty folder: a user's file keeps its folder
+            except OSError:
+                break
+            folder = folder.parent
 
 
 def _describe(stored: dict[str, object], identity: dict[str, object]) -> str:

@@ -14,9 +14,7 @@ from pathlib import Path
 from animevae.errors import ArgumentError
 from animevae.fileio import is_complete_png, write_bytes_atomic
 from animevae.labels import ClassInfo
-from animevae.outputs import is_numbered_png, numbered_png
-
-METADATA_NAME = "metadata.jsonl"
+from animevae.outputs import METADATA_NAME, is_numbered_png, numbered_png
 
 
 @dataclass(frozen=True)

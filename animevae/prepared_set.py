@@ -323,7 +323,8 @@ def _map_images(path: Path) -> np.ndarray:
     shape, (begin, _) = tuple(entry["shape"]), entry["data_offsets"]
     if entry["dtype"] != "U8" or len(shape) != 4 or shape[3] != 3:
         dtype = SAFETENSORS_DTYPES.get(entry["dtype"], entry["dtype"])
-        raise DataError(f"{path} holds {dtype} images of shape {shape}, not (N, H, W, 3) uint8")
+        raise DataError(f"{path} holds {dtype} images of shape {shape}, not (N, H, W, 3) uint8",
+                        "prepare the folder again with `animevae prepare`")
     if 0 in shape:  # an empty map is an error to mmap
         return np.zeros(shape, np.uint8)
     return np.memmap(path, dtype=np.uint8, mode="c", offset=8 + length + begin, shape=shape)

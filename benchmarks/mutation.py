@@ -6,6 +6,7 @@ do not fail on "survived". The score is killed / all mutants (a mutant no test r
 
     nice -n 19 python benchmarks/mutation.py fileio checkpoint   # or no names: all of MODULE_TESTS
     nice -n 19 python benchmarks/mutation.py shard --show        # also print each survivor's diff
+    nice -n 19 python benchmarks/mutation.py training/data       # animevae/training/data.py (not a top-level data.py)
 
 Each module runs in its own copy of the project (a temp folder), limited to the test files listed for it
 below, with --max-children processes (default 1: the machine is shared). The working tree is not touched.
@@ -40,8 +41,11 @@ MODULE_TESTS = {
     "sampling": ["tests/test_sampling.py", "tests/test_generate.py", "tests/test_per_class.py"],
     # The labelled-data modules: labels read from folders and tables, kept aligned with the images through
     # prepare's filters, and the by-class generate tree.
-    "labels": ["tests/test_labels.py", "tests/test_per_class.py", "tests/test_data.py"],
-    "data": ["tests/test_data.py", "tests/test_labels.py", "tests/test_denoise.py"],
+    "labels": ["tests/test_labels.py", "tests/test_per_class.py", "tests/test_prepared_set.py"],
+    # What was data.py: decoding (torch-free), the prepared-set format, and the training side's loading and splits.
+    "images": ["tests/test_images.py", "tests/test_denoise.py"],
+    "prepared_set": ["tests/test_prepared_set.py", "tests/test_labels.py"],
+    "training/data": ["tests/test_training_data.py"],
     "per_class": ["tests/test_per_class.py", "tests/test_generate.py"],
     # Not test_evaluate_run_writes_a_complete_report (17 s) nor the CLI table (4 s): per mutant, they would make
     # this run take an hour on 2 cores. evaluate_run is still scored, by its held-out/copy-rate test and the
@@ -55,20 +59,23 @@ MODULE_TESTS = {
 }
 # Tests whose child process imports the mutated package as another user: mutmut's trampoline cannot load its
 # configuration there, so the test fails on the unmutated code and mutmut would test nothing.
-DESELECTED = ["tests/test_data.py::test_an_unreadable_file_is_skipped_as_no_read_permission_even_for_root_ci"]
+DESELECTED = ["tests/test_images.py::test_an_unreadable_file_is_skipped_as_no_read_permission_even_for_root_ci"]
 KILLED = {"killed", "timeout", "segfault"}
 
 
 def run_module(module: str, max_children: int, show: bool, tests_dir: Path) -> Counter[str]:
-    """Run mutmut on animevae/[training/]MODULE.py in a private copy of the project; return the count of each status."""
-    with tempfile.TemporaryDirectory(prefix=f"mutation-{module}-") as tmp:
+    """Run mutmut on animevae/MODULE.py (else animevae/training/MODULE.py) in a private copy of the project; return
+    the count of each status."""
+    with tempfile.TemporaryDirectory(prefix=f"mutation-{module.replace('/', '-')}-") as tmp:
         work = Path(tmp)
         shutil.copytree(REPO / "animevae", work / "animevae", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(tests_dir, work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        # An older tests folder (--tests) may lack some files: say so, since the score then rests on fewer tests.
         tests = [t for t in MODULE_TESTS[module] if (work / t.partition("::")[0]).is_file()]
-        # The torch side's modules live in animevae/training/.
-        source = next(f"{folder}/{module}.py" for folder in ("animevae", "animevae/training")
-                      if (work / folder / f"{module}.py").is_file())
+        missing = sorted({t.partition("::")[0] for t in MODULE_TESTS[module]} - {t.partition("::")[0] for t in tests})
+        if missing:
+            print(f"{module}: not in {tests_dir}, so not run: {', '.join(missing)}", flush=True)
+        source = module_source(work, module)
         (work / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text() + f"""
 [tool.mutmut]
 source_paths = ["animevae"]
@@ -109,10 +116,19 @@ timeout_constant = 20.0
             if status not in KILLED or status == "timeout":
                 print(f"  {status}: {name}")
                 if show:
-                    diff = _mutant_diff(work / "mutants" / "animevae" / f"{module}.py", name) or subprocess.run(
+                    diff = _mutant_diff(work / "mutants" / source, name) or subprocess.run(
                         [*mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
                     print("    " + "\n    ".join(diff.strip().splitlines()))
         return counts
+
+
+def module_source(root: Path, module: str) -> str:
+    """The file of `module` under `root`, relative to it: animevae/MODULE.py, else the torch side's
+    animevae/training/MODULE.py ("training/data" names the latter's data.py outright)."""
+    for folder in ("animevae", "animevae/training"):
+        if (root / folder / f"{module}.py").is_file():
+            return f"{folder}/{module}.py"
+    raise SystemExit(f"{module}: no animevae/{module}.py or animevae/training/{module}.py under {root}")
 
 
 def _mutant_diff(mutated_file: Path, name: str) -> str:

@@ -17,29 +17,23 @@ import pytest
 from PIL import Image
 
 from animevae.errors import DataError
-from animevae.images import decode_rgb, find_images, pixel_hash, square_resize
-from animevae.prepared_set import count_images, prepare_images
-from helpers import blob_image
-from animevae.cli import app
-from animevae.prepared_set import DATASET_KIND, count_images, folder_fingerprint, load_prepared, manifest_path, prepare_images, save_prepared
 from animevae.images import decode_layers, decode_rgb, find_images, pixel_hash, square_resize
-from animevae.training.data import split_holdout
-from animevae.errors import DataError, OutputError
-from helpers import (MESSY_GOOD, assert_cli_error, assert_ok, blob_image, encoded, environ_without_debug,
-                     locked_is_readable, temp_leftovers, write_blobs)
+from animevae.prepared_set import count_images, prepare_images
+from helpers import blob_image, encoded, environ_without_debug, write_blobs
 
 
 def _solid(color: tuple[int, ...], size: tuple[int, int] = (6, 4), mode: str = "RGB") -> Image.Image:
     return Image.new(mode, size, color)
 
 
-def _png_with_header_size(width: int, height: int) -> bytes:
-    """A syntactically valid PNG header claiming width x height (the pixel data is a stub)."""
+def _png_with_header_size(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A syntactically valid PNG header claiming width x height (the pixel data is a stub); colour type 2 is RGB,
+    0 grey."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
 
 
@@ -59,13 +53,33 @@ def test_find_images_walks_recursively_sorted_and_filters_by_suffix(tmp_path: Pa
 
 
 def test_find_images_refuses_missing_and_file_roots(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as caught:
         find_images(tmp_path / "nope")
+    assert caught.value.hint
     afile = tmp_path / "file.png"
     afile.write_bytes(b"")
     with pytest.raises(DataError, match="is not a folder") as caught:
         find_images(afile)
     assert caught.value.hint
+
+
+def test_a_folder_that_cannot_be_listed_is_skipped_and_named(tmp_path: Path, monkeypatch) -> None:
+    """The rest of the tree is still listed. (Root lists anything, so the refusal is simulated.)"""
+    root = tmp_path / "root"
+    for folder in ("a", "locked", "z"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "x.png").write_bytes(b"")
+    real_scandir = os.scandir
+
+    def scandir(path):  # what os.walk lists each folder with
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    listing = find_images(root)
+    assert [str(p.relative_to(root)) for p in listing.files] == ["a/x.png", "z/x.png"]
+    assert [(Path(s.path).name, s.reason) for s in listing.skipped] == [("locked", "cannot list: Permission denied")]
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -127,6 +141,92 @@ def test_decode_rgb_scales_16_bit_grey_instead_of_clipping(tmp_path: Path) -> No
     assert (decoded[:, :, 0] == decoded[:, :, 1]).all() and (decoded[:, :, 1] == decoded[:, :, 2]).all()
 
 
+def _deep_grey(path: Path, mode: str, values: list[float]) -> Path:
+    """A 1 x N image of `mode` holding `values`, saved in a format that opens in that mode again."""
+    if mode in ("I;16", "I;16B", "I;16L"):
+        dtype = {"I;16": "<u2", "I;16B": ">u2", "I;16L": "<u2"}[mode]
+        image = Image.frombytes(mode, (len(values), 1), np.array(values, dtype).tobytes())
+    else:
+        image = Image.fromarray(np.array([values], {"I": np.int32, "F": np.float32, "1": bool}[mode]))
+    # PNG holds 1-bit and 16-bit grey; TIFF big-endian 16-bit, 32-bit and float; only IM opens as I;16L.
+    file_format = {"1": "PNG", "I;16": "PNG", "I;16L": "IM"}.get(mode, "TIFF")
+    Image.init()
+    if file_format not in Image.SAVE:
+        pytest.skip(f"this Pillow cannot write {file_format} (IM is deprecated)")
+    image.save(path, file_format)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    return path
+
+
+@pytest.mark.parametrize("mode, values, expected", [
+    ("I;16", [0, 128, 129, 51529, 65535], [0, 0, 1, 201, 255]),  # v * 255 / 65535, rounded half up
+    ("I;16", [0, 200], [0, 1]),  # a 16-bit file stays on the 16-bit scale, however dark
+    ("I;16B", [0, 129, 51529, 65535], [0, 1, 201, 255]),
+    pytest.param("I;16L", [0, 129, 51529, 65535], [0, 1, 201, 255],
+                 marks=pytest.mark.filterwarnings("ignore:IM image format:DeprecationWarning")),
+    ("I", [0, 1, 128, 255], [0, 1, 128, 255]),  # 32-bit values up to 255 are 8-bit levels
+    ("I", [0, 256, 65535, 70000, -5], [0, 1, 255, 255, 0]),  # above: the 16-bit scale, clipped
+    ("I", [0, 256], [0, 1]),  # the 16-bit scale from 256 on
+    ("F", [-1.5, 0.0, 100.4, 255.0], [0, 0, 100, 255]),
+    ("F", [0.0, 1000.0], [0, 4]),
+    ("1", [0, 1], [0, 255]),
+], ids=["16-bit", "dark 16-bit", "16-bit big-endian", "16-bit IM", "32-bit 8-bit range", "32-bit wider", "32-bit 256",
+        "float 8-bit range", "float wider", "1-bit"])
+def test_every_grey_mode_decodes_by_its_range_and_stays_grey(tmp_path: Path, mode: str, values: list[float],
+                                                            expected: list[int]) -> None:
+    path = _deep_grey(tmp_path / "grey.img", mode, values)
+    decoded = decode_rgb(path)
+    assert decoded.tolist() == [[[level] * 3 for level in expected]]
+    layers = decode_layers(path)
+    assert layers.grey and layers.alpha is None and np.array_equal(layers.rgb, decoded)
+
+
+def test_a_transparency_key_is_alpha_over_white(tmp_path: Path) -> None:
+    """The one colour (or grey level) a PNG marks transparent becomes white, as any transparent pixel does."""
+    rgb = np.array([[[9, 80, 200], [30, 40, 50], [9, 80, 200]]], np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "key.png", transparency=(9, 80, 200))
+    assert decode_rgb(tmp_path / "key.png").tolist() == [[[255, 255, 255], [30, 40, 50], [255, 255, 255]]]
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "grey_key.png", transparency=9)
+    assert decode_rgb(tmp_path / "grey_key.png").tolist() == [[[255, 255, 255], [30, 30, 30], [255, 255, 255]]]
+    assert decode_layers(tmp_path / "key.png").alpha.tolist() == [[0, 255, 0]]
+
+
+def test_a_palette_with_an_alpha_channel_keeps_it(tmp_path: Path) -> None:
+    """PA (a TIFF can hold one): alpha kept for denoise, composited over white for training."""
+    image = Image.new("PA", (2, 1))
+    image.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    image.putpixel((0, 0), (1, 0))
+    image.putpixel((1, 0), (1, 255))
+    image.save(tmp_path / "pa.tif")
+    assert decode_rgb(tmp_path / "pa.tif").tolist() == [[[255, 255, 255], [200, 10, 10]]]
+    layers = decode_layers(tmp_path / "pa.tif")
+    assert layers.alpha.tolist() == [[0, 255]] and not layers.grey
+
+
+def test_an_image_whose_exif_block_is_damaged_still_decodes(tmp_path: Path) -> None:
+    """Pillow only warns about a cut-short EXIF block; the picture itself is fine."""
+    pixels = np.full((4, 6, 3), 90, np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "exif.png", exif=b"II*\x00\x08\x00\x00\x00\xff\xff" + b"\x00" * 6)
+    with pytest.warns(UserWarning, match="EXIF"):
+        assert np.array_equal(decode_rgb(tmp_path / "exif.png"), pixels)
+
+
+@pytest.mark.parametrize("error, reason", [
+    (PermissionError(13, "Permission denied"), "no read permission"),
+    (OSError("bad CRC in IDAT"), "broken image: bad CRC in IDAT"),
+    (EOFError(), "broken image: EOFError"),  # no message of its own: its kind says what went wrong
+])
+def test_each_read_error_becomes_one_short_reason(tmp_path: Path, monkeypatch, error: Exception, reason: str) -> None:
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(DataError) as caught:
+        decode_rgb(tmp_path / "any.png")
+    assert caught.value.message == reason
+
+
 def test_decode_rgb_takes_first_frame_of_animated_gif(tmp_path: Path) -> None:
     frames = [_solid((255, 0, 0)), _solid((0, 0, 255))]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
@@ -163,6 +263,22 @@ def test_decode_rgb_refuses_huge_header_before_decoding(tmp_path: Path) -> None:
         decode_rgb(path)
 
 
+def test_the_pixel_limit_is_the_area_and_an_image_at_it_is_decoded(tmp_path: Path) -> None:
+    """MAX_PIXELS (40 Mpx) is refused from the header alone just past it; exactly at it, decoding goes on (and
+    finds these stub pixels broken)."""
+    from animevae.images import MAX_PIXELS
+
+    path = tmp_path / "big.png"
+    path.write_bytes(_png_with_header_size(8000, 5001, colour_type=0))
+    with pytest.raises(DataError) as caught:
+        decode_rgb(path)
+    assert caught.value.message == f"image claims 8000x5001 pixels (over {MAX_PIXELS:,}); not decoded"
+    assert 8000 * 5000 == MAX_PIXELS
+    path.write_bytes(_png_with_header_size(8000, 5000, colour_type=0))
+    with pytest.raises(DataError, match="broken image"):
+        decode_rgb(path)
+
+
 # --- squaring ----------------------------------------------------------------------------------
 
 
@@ -187,6 +303,14 @@ def test_square_resize_resizes_to_the_requested_side() -> None:
     assert (square_resize(flat, 8) == 77).all()
 
 
+def test_square_resize_resamples_with_lanczos() -> None:
+    pixels = np.asarray(blob_image(np.random.default_rng(3), 24, 24))
+    image = Image.fromarray(pixels)
+    out = square_resize(pixels, 10)
+    assert np.array_equal(out, np.asarray(image.resize((10, 10), Image.Resampling.LANCZOS)))
+    assert not np.array_equal(out, np.asarray(image.resize((10, 10))))  # Pillow's default filter differs
+
+
 def test_pixel_hash_depends_on_shape_as_well_as_bytes() -> None:
     a = np.zeros((2, 6, 3), np.uint8)
     assert pixel_hash(a) != pixel_hash(a.reshape(6, 2, 3))
@@ -205,37 +329,6 @@ def test_tiff_files_are_found_and_decoded(tmp_path: Path) -> None:
     assert prepared.sources == ["a.tif", "b.tiff", "c.TIF"] and prepared.skipped == []
     for index, pixels in enumerate(pictures.values()):
         assert np.array_equal(prepared.images[index], pixels)  # lossless, and no resize at the same size
-
-
-def test_prepare_refuses_to_overwrite_a_file_that_is_not_a_data_set(runner, image_dir: Path, tmp_path: Path) -> None:
-    notes = tmp_path / "notes.txt"
-    notes.write_text("my notes")
-    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q"]), "--overwrite")
-    assert notes.read_text() == "my notes"
-    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q", "--overwrite"]))
-    from animevae.prepared_set import load_prepared
-
-    assert len(load_prepared(notes)[0]) == 40
-
-
-def test_prepare_refuses_an_out_inside_its_folder(runner, image_dir: Path) -> None:
-    source = image_dir / "face000.png"
-    before = source.read_bytes()
-    for out in (source, image_dir / "sub" / "set.safetensors"):
-        assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q", "--overwrite"]),
-                         "inside")
-    assert source.read_bytes() == before
-    assert not (image_dir / "sub").exists()
-
-
-def test_prepare_rewrites_its_own_data_set_but_not_a_foreign_manifest(runner, image_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "faces.safetensors"
-    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))
-    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))  # its own set: a rerun
-    other = tmp_path / "set.safetensors"
-    (tmp_path / "set.manifest.json").write_text("the user's own file")
-    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(other), "-q"]), "set.manifest.json")
-    assert (tmp_path / "set.manifest.json").read_text() == "the user's own file" and not other.exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
@@ -264,39 +357,6 @@ def test_a_fifo_is_not_an_input(onnx_models, tmp_path: Path) -> None:
         with open(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK), "rb"):  # release a still-waiting feeder
             pass
         feeder.join(timeout=5)
-
-
-def test_a_data_set_with_a_malformed_version_is_one_clear_error(image_dir: Path, tmp_path: Path) -> None:
-    from safetensors.numpy import save_file
-
-    from animevae.prepared_set import load_prepared
-    from animevae.errors import DataError
-
-    path = tmp_path / "odd.safetensors"
-    save_file({"images": np.zeros((2, 8, 8, 3), np.uint8)}, str(path),
-              metadata={"kind": "animevae-dataset", "format_version": "two"})
-    with pytest.raises(DataError, match="format"):
-        load_prepared(path)
-
-
-def test_prepare_skips_and_reports_every_bad_file(messy, runner, tmp_path) -> None:
-    folder, odd, broken = messy
-    out = tmp_path / "set.safetensors"
-    result = runner.invoke(app, ["prepare", str(folder), "--out", str(out), "--image-size", "16", "-q"])
-    assert_ok(result)
-    assert "Traceback" not in result.output
-    manifest = json.loads(out.with_name("set.manifest.json").read_text())
-    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
-    assert set(skipped) >= broken, skipped
-    assert "decompression bomb" in skipped["bomb.png"] or "claims 30000x30000" in skipped["bomb.png"]
-    kept = {entry["path"] for entry in manifest["kept"]}
-    assert {name for name in odd} <= kept, odd - kept
-    expected = MESSY_GOOD + len(odd) + (1 if locked_is_readable(folder) else 0)
-    assert len(kept) == expected
-    if not locked_is_readable(folder):
-        assert skipped["locked.png"] == "no read permission"
-    for name in broken:
-        assert name in result.output  # the summary table names every skipped file
 
 
 _PREPARE_AS_NOBODY = """
@@ -358,61 +418,3 @@ def test_palette_cmyk_and_transparency_keys(tmp_path: Path) -> None:
     cmyk.save(tmp_path / "print.tif")
     layers = decode_layers(tmp_path / "print.tif")
     assert layers.alpha is None and np.array_equal(layers.rgb, np.asarray(cmyk.convert("RGB")))
-
-
-# --- the packed set's labels and hashes, read back (issue 32: labels aligned with their images) --------------------
-
-
-def _packed(path: Path, images: np.ndarray, labels: np.ndarray | None, classes: str | None) -> Path:
-    from safetensors.numpy import save_file
-
-    metadata = {"kind": DATASET_KIND, "format_version": "1"} | ({"classes": classes} if classes else {})
-    save_file({"images": images} | ({"labels": labels} if labels is not None else {}), str(path), metadata=metadata)
-    return path
-
-
-TWO_CLASSES = json.dumps([{"name": "a", "count": 2}, {"name": "b", "count": 1}])
-
-
-@pytest.mark.parametrize("labels", [np.array([0, 1, 2]), np.array([0, -1, 1]), np.array([0, 1], np.int64),
-                                    np.array([0, 1, 0, 1]), np.array([0, 1, 0], np.int32), np.array([[0, 1, 0]])],
-                         ids=["past the classes", "negative", "fewer than images", "more than images", "int32", "2-d"])
-def test_a_set_whose_labels_do_not_fit_its_images_and_classes_is_refused(tmp_path: Path, labels: np.ndarray) -> None:
-    from animevae.prepared_set import load_prepared_labels
-
-    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), labels, TWO_CLASSES)
-    with pytest.raises(DataError, match="do not match") as error:
-        load_prepared_labels(path)
-    assert error.value.hint
-
-
-def test_a_set_without_labels_or_classes_reads_as_unlabelled(tmp_path: Path) -> None:
-    from animevae.prepared_set import load_prepared_labels
-
-    images = np.zeros((3, 4, 4, 3), np.uint8)
-    assert load_prepared_labels(_packed(tmp_path / "a.safetensors", images, None, TWO_CLASSES)) is None
-    assert load_prepared_labels(_packed(tmp_path / "b.safetensors", images, np.array([0, 1, 0]), None)) is None
-    labels = load_prepared_labels(_packed(tmp_path / "c.safetensors", images, np.array([0, 1, 0]), TWO_CLASSES))
-    assert labels.index.tolist() == [0, 1, 0] and labels.classes.names == ("a", "b")
-    with pytest.raises(DataError, match="cannot read"):
-        load_prepared_labels(tmp_path / "missing.safetensors")
-
-
-def test_hashes_come_from_the_manifest_only_when_it_lists_every_image(image_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "set.safetensors"
-    save_prepared(prepare_images(image_dir, 16), out, image_dir)
-    images, hashes = load_prepared(out)
-    assert len(hashes) == len(images) == 40 and all(len(h) == 64 for h in hashes)
-    manifest = json.loads(manifest_path(out).read_text())
-    manifest["kept"] = manifest["kept"][:-1]
-    manifest_path(out).write_text(json.dumps(manifest))
-    assert load_prepared(out)[1] == []
-    manifest_path(out).write_text('{"kept": [{"path": "x"}]}')
-    assert load_prepared(out)[1] == []
-
-
-def test_hash_keys_are_the_sorted_first_60_bits_of_each_hash() -> None:
-    from animevae.training.data import hash_keys
-
-    keys = hash_keys(["f" * 64, "0" * 14 + "1" + "f" * 49])
-    assert keys.tolist() == [1, 16**15 - 1] and keys.dtype == np.int64

@@ -203,6 +203,11 @@ def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def _entries(folder: Path) -> list[str]:
+    """Every file and folder below `folder`, folders with a trailing /."""
+    return sorted(f"{p.relative_to(folder)}{'/' if p.is_dir() else ''}" for p in folder.rglob("*"))
+
+
 def _users_png(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_blobs(path.parent, count=1, seed=99, prefix="tmp-users")
@@ -265,6 +270,8 @@ def test_overwrite_into_the_other_layout_leaves_no_image_of_the_old_job(runner, 
     assert_ok(_generate_by_class(runner, labelled_run, out, *then, "--seed", "1", "--overwrite"))
     assert_ok(_generate_by_class(runner, labelled_run, reference, *then, "--seed", "1"))
     assert _pngs(out) == _pngs(reference)
+    # Nor a class tree's metadata.jsonl or emptied class folders, which would label images that are gone.
+    assert _entries(out) == _entries(reference)
 
 
 @pytest.mark.parametrize("command", ["denoise", "augment"])
@@ -335,3 +342,38 @@ def test_a_refusal_names_only_the_settings_that_changed_with_digests_cut_to_12_c
         prepare_output(out, {"model_sha256": "a" * 64, "seed": 2, "task": "generate"}, overwrite=False)
     assert f"(model_sha256 {'b' * 12}, now {'a' * 12}, seed 1, now 2)" in error.value.message
     assert "b" * 13 not in error.value.message and "task" not in error.value.message
+
+
+GENERATED = {"model_sha256": "a" * 64, "seed": 0}
+
+
+@pytest.mark.parametrize("old_job, old_files, new_job, kept", [
+    # A class tree's labels and its folders go with its images, whichever job claims the folder.
+    ({**GENERATED, "layout": "classes"}, ["metadata.jsonl", "cats/000000.png", "dogs/000000.png", "cats/mine.png"],
+     {**GENERATED, "seed": 1}, ["cats/", "cats/mine.png"]),
+    ({**GENERATED, "layout": "classes"}, ["metadata.jsonl", "cats/000000.png"], {"task": "denoise", "input": "x"}, []),
+    # A flat folder's metadata.jsonl is not generate's: the user's.
+    (GENERATED, ["metadata.jsonl", "000000.png"], {**GENERATED, "layout": "classes"}, ["metadata.jsonl"]),
+    # Another command's outputs, which the new job's own names would not find.
+    ({"task": "augment", "input": "x"}, ["sub/face_0.png", "face_1.png", "face.png"], GENERATED, ["face.png"]),
+    ({"task": "denoise", "input": "x"}, ["sub/deeper/face.png", "000000_0.png"], {"task": "augment", "input": "y"}, []),
+    ({"task": "denoise", "input": "x"}, ["sub/face.png", "000000.png"], GENERATED, []),
+    # A manifest of a job this version does not know leaves everything but the new job's own names.
+    ({**GENERATED, "task": "later"}, ["sub/deeper/face_1.png", "000000.png", "face_0.png"],
+     {"task": "augment", "input": "y"}, ["000000.png"]),
+])
+def test_overwrite_removes_what_the_old_job_wrote_whatever_job_comes_next(
+        tmp_path: Path, old_job: dict, old_files: list[str], new_job: dict, kept: list[str]) -> None:
+    """--overwrite for a job of another command or layout removes the old job's files as that job names them (its
+    images, a class tree's metadata.jsonl) and the folders that leaves empty, and nothing else."""
+    from animevae.outputs import MANIFEST_NAME, augmented_outputs, generated_outputs, prepare_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text(json.dumps(old_job))
+    for name in old_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"old")
+    own_names = {"augment": augmented_outputs, "denoise": lambda folder: folder.rglob("*.png")}
+    prepare_output(out, new_job, overwrite=True, old_outputs=own_names.get(new_job.get("task"), generated_outputs))
+    assert _entries(out) == sorted([MANIFEST_NAME, *kept])

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from animevae.cli import app
 from animevae.errors import DataError, OutputError
 from animevae.images import decode_rgb, pixel_hash
 from animevae.prepared_set import (DATASET_KIND, count_images, folder_fingerprint, load_prepared, manifest_path,
                                    prepare_images, save_prepared)
-from helpers import blob_image, temp_leftovers, write_blobs
+from helpers import MESSY_GOOD, assert_cli_error, assert_ok, blob_image, locked_is_readable, temp_leftovers, write_blobs
 
 
 # --- prepare_images ----------------------------------------------------------------------------
@@ -103,10 +106,10 @@ def test_save_prepared_refuses_an_empty_set(tmp_path: Path) -> None:
     empty.mkdir()
     (empty / "bad.png").write_bytes(b"nope")
     prepared = prepare_images(empty, 8)
-    assert prepared.images.shape == (0, 8, 8, 3)
+    assert prepared.images.shape == (0, 8, 8, 3) and prepared.images.dtype == np.uint8
     with pytest.raises(DataError, match="no usable images") as caught:
         save_prepared(prepared, tmp_path / "x.safetensors", empty)
-    assert caught.value.hint
+    assert caught.value.hint and str(empty) in caught.value.message
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -262,8 +265,9 @@ def test_prepare_set_refuses_an_empty_folder_and_writes_nothing(tmp_path: Path) 
     empty.mkdir()
     (empty / "bad.png").write_bytes(b"nope")
     out = tmp_path / "out" / "x.safetensors"
-    with pytest.raises(DataError, match="no usable images"):
+    with pytest.raises(DataError, match="no usable images") as caught:
         prepare_set(empty, 8, out)
+    assert str(empty) in caught.value.message
     assert list(out.parent.iterdir()) == []
 
 
@@ -286,6 +290,9 @@ def test_write_safetensors_writes_what_safetensors_writes(tmp_path: Path) -> Non
         assert ours[start:] == reference[start:]
     with pytest.raises(OSError, match="header promises"):
         write_safetensors(tmp_path / "short", metadata, images.shape, [images.reshape(-1)[:-1]])
+    # Labels of another integer type are written as the int64 the header names.
+    write_safetensors(tmp_path / "int32", metadata, images.shape, [images.tobytes()], labels.astype(np.int32))
+    assert (tmp_path / "int32").read_bytes() == (tmp_path / "ours").read_bytes()
 
 
 def test_the_prepare_command_lists_skipped_files_before_refusing_an_empty_folder(runner, tmp_path: Path) -> None:
@@ -301,3 +308,300 @@ def test_the_prepare_command_lists_skipped_files_before_refusing_an_empty_folder
     assert "skipped 1 files" in result.output and "bad.png" in result.output
     assert result.output.index("skipped 1 files") < result.output.index("error:")
     assert temp_leftovers(tmp_path) == [] and not (tmp_path / "set.safetensors").exists()
+
+
+# --- the prepare command: refusals, rewrites, a messy folder ---------------------------------------------------
+
+
+def test_prepare_refuses_to_overwrite_a_file_that_is_not_a_data_set(runner, image_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q"]), "--overwrite")
+    assert notes.read_text() == "my notes"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(notes), "-q", "--overwrite"]))
+    from animevae.prepared_set import load_prepared
+
+    assert len(load_prepared(notes)[0]) == 40
+
+
+def test_prepare_refuses_an_out_inside_its_folder(runner, image_dir: Path) -> None:
+    source = image_dir / "face000.png"
+    before = source.read_bytes()
+    for out in (source, image_dir / "sub" / "set.safetensors"):
+        assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q", "--overwrite"]),
+                         "inside")
+    assert source.read_bytes() == before
+    assert not (image_dir / "sub").exists()
+
+
+def test_prepare_rewrites_its_own_data_set_but_not_a_foreign_manifest(runner, image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "faces.safetensors"
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))
+    assert_ok(runner.invoke(app, ["prepare", str(image_dir), "--out", str(out), "-q"]))  # its own set: a rerun
+    other = tmp_path / "set.safetensors"
+    (tmp_path / "set.manifest.json").write_text("the user's own file")
+    assert_cli_error(runner.invoke(app, ["prepare", str(image_dir), "--out", str(other), "-q"]), "set.manifest.json")
+    assert (tmp_path / "set.manifest.json").read_text() == "the user's own file" and not other.exists()
+
+
+def test_a_data_set_with_a_malformed_version_is_one_clear_error(image_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    from animevae.prepared_set import load_prepared
+    from animevae.errors import DataError
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"images": np.zeros((2, 8, 8, 3), np.uint8)}, str(path),
+              metadata={"kind": "animevae-dataset", "format_version": "two"})
+    with pytest.raises(DataError, match="format"):
+        load_prepared(path)
+
+
+def test_prepare_skips_and_reports_every_bad_file(messy, runner, tmp_path) -> None:
+    folder, odd, broken = messy
+    out = tmp_path / "set.safetensors"
+    result = runner.invoke(app, ["prepare", str(folder), "--out", str(out), "--image-size", "16", "-q"])
+    assert_ok(result)
+    assert "Traceback" not in result.output
+    manifest = json.loads(out.with_name("set.manifest.json").read_text())
+    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) >= broken, skipped
+    assert "decompression bomb" in skipped["bomb.png"] or "claims 30000x30000" in skipped["bomb.png"]
+    kept = {entry["path"] for entry in manifest["kept"]}
+    assert {name for name in odd} <= kept, odd - kept
+    expected = MESSY_GOOD + len(odd) + (1 if locked_is_readable(folder) else 0)
+    assert len(kept) == expected
+    if not locked_is_readable(folder):
+        assert skipped["locked.png"] == "no read permission"
+    for name in broken:
+        assert name in result.output  # the summary table names every skipped file
+
+
+# --- the packed set's labels and hashes, read back (issue 32: labels aligned with their images) --------------------
+
+
+def _packed(path: Path, images: np.ndarray, labels: np.ndarray | None, classes: str | None) -> Path:
+    from safetensors.numpy import save_file
+
+    metadata = {"kind": DATASET_KIND, "format_version": "1"} | ({"classes": classes} if classes else {})
+    save_file({"images": images} | ({"labels": labels} if labels is not None else {}), str(path), metadata=metadata)
+    return path
+
+
+TWO_CLASSES = json.dumps([{"name": "a", "count": 2}, {"name": "b", "count": 1}])
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 1, 2]), np.array([0, -1, 1]), np.array([0, 1], np.int64),
+                                    np.array([0, 1, 0, 1]), np.array([0, 1, 0], np.int32), np.array([[0, 1, 0]])],
+                         ids=["past the classes", "negative", "fewer than images", "more than images", "int32", "2-d"])
+def test_a_set_whose_labels_do_not_fit_its_images_and_classes_is_refused(tmp_path: Path, labels: np.ndarray) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), labels, TWO_CLASSES)
+    with pytest.raises(DataError, match="do not match") as error:
+        load_prepared_labels(path)
+    assert error.value.hint
+
+
+def test_a_set_without_labels_or_classes_reads_as_unlabelled(tmp_path: Path) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    assert load_prepared_labels(_packed(tmp_path / "a.safetensors", images, None, TWO_CLASSES)) is None
+    assert load_prepared_labels(_packed(tmp_path / "b.safetensors", images, np.array([0, 1, 0]), None)) is None
+    labels = load_prepared_labels(_packed(tmp_path / "c.safetensors", images, np.array([0, 1, 0]), TWO_CLASSES))
+    assert labels.index.tolist() == [0, 1, 0] and labels.classes.names == ("a", "b")
+    with pytest.raises(DataError, match="cannot read"):
+        load_prepared_labels(tmp_path / "missing.safetensors")
+
+
+def test_hashes_come_from_the_manifest_only_when_it_lists_every_image(image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "set.safetensors"
+    save_prepared(prepare_images(image_dir, 16), out, image_dir)
+    images, hashes = load_prepared(out)
+    assert len(hashes) == len(images) == 40 and all(len(h) == 64 for h in hashes)
+    manifest = json.loads(manifest_path(out).read_text())
+    manifest["kept"] = manifest["kept"][:-1]
+    manifest_path(out).write_text(json.dumps(manifest))
+    assert load_prepared(out)[1] == []
+    manifest_path(out).write_text('{"kept": [{"path": "x"}]}')
+    assert load_prepared(out)[1] == []
+
+
+# --- what a set records, its edges, and every refusal (issue 32: prepared_set's mutation run) --------------------
+
+
+def test_a_saved_set_records_its_settings_and_fsyncs_into_a_new_nested_folder(
+        image_dir: Path, tmp_path: Path, fsynced_paths: list[str]) -> None:
+    import time
+
+    from safetensors import safe_open
+
+    from animevae import FORMAT_VERSION
+
+    prepared = prepare_images(image_dir, 8)
+    out = tmp_path / "new" / "deeper" / "set.safetensors"
+    save_prepared(prepared, out, image_dir)
+    with safe_open(str(out), framework="numpy") as handle:
+        metadata = handle.metadata()
+    assert {k: v for k, v in metadata.items() if k != "created"} == {
+        "kind": DATASET_KIND, "format_version": str(FORMAT_VERSION), "image_size": "8", "source": str(image_dir)}
+    assert 0 <= time.time() - float(metadata["created"]) < 600
+    assert json.loads(manifest_path(out).read_text())["layout"] == prepared.layout == "flat folder: one unlabelled class"
+    assert any(Path(p).name.startswith(".set.safetensors") for p in fsynced_paths)  # the set, before its rename
+    from animevae.prepared_set import prepare_set
+
+    prepare_set(image_dir, 8, tmp_path / "other" / "deeper" / "set.safetensors")
+
+
+def test_prepare_set_ticks_per_file_and_copies_the_pixels_a_chunk_at_a_time(
+        image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+    from animevae.prepared_set import prepare_set, write_safetensors
+
+    chunks: list[int] = []
+
+    def recording_write(path, metadata, shape, image_chunks, labels=None):
+        write_safetensors(path, metadata, shape, (chunks.append(len(c)) or c for c in image_chunks), labels)
+
+    monkeypatch.setattr(animevae.prepared_set, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(animevae.prepared_set, "write_safetensors", recording_write)
+    ticks = []
+    prepare_set(image_dir, 8, tmp_path / "set.safetensors", on_file=lambda: ticks.append(1))
+    assert len(ticks) == 40
+    assert sum(chunks) == 40 * 8 * 8 * 3 and max(chunks) == 1000
+
+
+def test_a_spool_that_cannot_be_made_is_one_output_error(image_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+    from animevae.prepared_set import prepare_set
+
+    monkeypatch.setattr(animevae.prepared_set, "temp_name", lambda path: tmp_path / "gone" / "spool")
+    with pytest.raises(OutputError, match="cannot write") as caught:
+        prepare_set(image_dir, 8, tmp_path / "set.safetensors")
+    assert caught.value.hint
+
+
+def test_a_loaded_set_of_one_image_or_none_is_uint8_and_writes_to_it_stay_in_memory(tmp_path: Path) -> None:
+    one = _packed(tmp_path / "one.safetensors", np.full((1, 4, 4, 3), 7, np.uint8), None, None)
+    images, _ = load_prepared(one)
+    assert images.tolist() == np.full((1, 4, 4, 3), 7).tolist()
+    images[0, 0, 0, 0] = 99  # a private copy-on-write map: the file keeps its bytes
+    assert load_prepared(one)[0][0, 0, 0, 0] == 7
+    empty = _packed(tmp_path / "empty.safetensors", np.zeros((0, 4, 4, 3), np.uint8), None, None)
+    images, _ = load_prepared(empty)
+    assert images.shape == (0, 4, 4, 3) and images.dtype == np.uint8
+
+
+def test_labels_all_of_one_class_are_read(tmp_path: Path) -> None:
+    from animevae.prepared_set import load_prepared_labels
+
+    path = _packed(tmp_path / "set.safetensors", np.zeros((3, 4, 4, 3), np.uint8), np.array([1, 1, 1]), TWO_CLASSES)
+    assert load_prepared_labels(path).index.tolist() == [1, 1, 1]
+
+
+def test_a_file_that_vanishes_leaves_the_fingerprint_of_the_others(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    paths = write_blobs(folder, count=2)
+    (folder / "a-gone.png").symlink_to(folder / "nowhere.png")  # listed first, but cannot be stat'ed
+    first = folder_fingerprint(folder, 16)
+    paths[1].write_bytes(paths[1].read_bytes() + b"\x00")
+    assert folder_fingerprint(folder, 16) != first
+
+
+def test_a_class_folder_of_a_refused_name_is_named(tmp_path: Path) -> None:
+    write_blobs(tmp_path / "faces" / "ok", count=1)
+    write_blobs(tmp_path / "faces" / "-bad", count=1)
+    with pytest.raises(DataError, match="in folder -bad"):
+        prepare_images(tmp_path / "faces", 8)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_an_out_that_is_a_fifo_is_not_taken_for_a_data_set(image_dir: Path, tmp_path: Path) -> None:
+    from animevae.prepared_set import check_prepare_target
+
+    fifo = tmp_path / "set.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="not a data set"):
+        check_prepare_target(fifo, image_dir, overwrite=False)
+
+
+def _versioned(path: Path, version: str) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"images": np.zeros((1, 4, 4, 3), np.uint8)}, str(path),
+              metadata={"kind": DATASET_KIND, "format_version": version})
+    return path
+
+
+def _foreign(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"images": np.zeros((1, 4, 4, 3), np.uint8)}, str(path), metadata={"kind": "something-else"})
+    return path
+
+
+def _no_images(path: Path) -> Path:
+    from safetensors.numpy import save_file
+
+    save_file({"labels": np.zeros(1, np.int64)}, str(path), metadata={"kind": DATASET_KIND})
+    return path
+
+
+def _of_dtype(dtype: type) -> Callable[[Path], Path]:
+    def write(path: Path) -> Path:
+        from safetensors.numpy import save_file
+
+        save_file({"images": np.zeros((1, 2, 2, 3), dtype)}, str(path), metadata={"kind": DATASET_KIND})
+        return path
+    return write
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda path: (path.write_bytes(b"\x00" * 3), path)[1], "cannot read data set"),
+    (_foreign, "is not a data set written by `animevae prepare`"),
+    (lambda path: _versioned(path, "9" * 9), "newer animevae"),
+    (lambda path: _versioned(path, "v" * 30), f"malformed format version {'v' * 20!r}"),
+    (_no_images, "it holds no images"),
+    (_of_dtype(np.float32), "holds float32 images of shape (1, 2, 2, 3)"),
+    (_of_dtype(np.uint64), "holds U64 images"),  # a type without a numpy name of ours: its safetensors name
+], ids=["garbage", "another kind", "newer", "malformed version", "no images", "float32", "U64"])
+def test_every_set_load_refuses_with_the_file_and_a_hint(tmp_path: Path, make, fragment: str) -> None:
+    path = make(tmp_path / "set.safetensors")
+    with pytest.raises(DataError) as caught:
+        load_prepared(path)
+    assert fragment in caught.value.message and str(path) in caught.value.message and caught.value.hint
+    assert "v" * 21 not in caught.value.message
+
+
+def test_every_refusal_to_write_a_set_names_the_path_and_has_a_hint(image_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import animevae.prepared_set
+    from animevae.prepared_set import check_prepare_target, load_prepared_labels, prepare_set
+
+    errors = []
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("mine")
+    for call, path in [(lambda: check_prepare_target(folder, image_dir, overwrite=True), folder),
+                       (lambda: check_prepare_target(foreign, image_dir, overwrite=False), foreign),
+                       (lambda: save_prepared(prepare_images(image_dir, 8), foreign / "set.safetensors", image_dir),
+                        foreign),
+                       (lambda: load_prepared_labels(foreign), foreign)]:
+        with pytest.raises((DataError, OutputError)) as caught:
+            call()
+        errors.append((caught.value, path))
+
+    def failing_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(animevae.prepared_set, "write_safetensors", failing_write)
+    for call in (lambda out: save_prepared(prepare_images(image_dir, 8), out, image_dir),
+                 lambda out: prepare_set(image_dir, 8, out)):
+        with pytest.raises(OutputError) as caught:
+            call(tmp_path / "set.safetensors")
+        errors.append((caught.value, tmp_path / "set.safetensors"))
+    for error, path in errors:
+        assert str(path) in error.message and error.hint, error

@@ -21,8 +21,6 @@ from animevae.prepared_set import (folder_fingerprint, load_prepared, load_prepa
 from animevae.progress import Reporter
 
 SKIPPED_SHOWN = 20  # skipped files listed one per line when a folder is prepared for training
-# Bytes gathered from a memory-mapped set between hand-backs of its pages: the resident share of the map stays
-# below this, whatever the set's size.
 
 
 def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
