@@ -148,12 +148,14 @@ def evaluate(
     few_real: Annotated[int, typer.Option(
         "--few-real", min=1, help="Labelled runs: real images per class that the augmentation gain starts from.")] = 20,
     runs_dir: RunsDir = DEFAULT_RUNS_DIR,
+    quiet: Quiet = False,
 ) -> None:
     """Score a run on held-out images: reconstruction, denoising, sample diversity, copying, realism."""
     from animevae.training.evaluate import REPORT_NAME, evaluate_run
 
     run_dir = resolve_run(runs_dir, run)
-    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images, class_samples, few_real)
+    report = evaluate_run(run_dir, data, runs_dir, samples, classifier_images, class_samples, few_real,
+                          make_reporter(quiet))
     table = Table(title=f"run {report.run}: {report.held_out} held-out images, {report.samples} samples")
     table.add_column("metric")
     table.add_column("value", justify="right")

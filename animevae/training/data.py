@@ -21,8 +21,6 @@ from animevae.prepared_set import (folder_fingerprint, load_prepared, load_prepa
 from animevae.progress import Reporter
 
 SKIPPED_SHOWN = 20  # skipped files listed one per line when a folder is prepared for training
-# Bytes gathered from a memory-mapped set between hand-backs of its pages: the resident share of the map stays
-# below this, whatever the set's size.
 
 
 def split_holdout(hashes: Iterable[str], count: int, val_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +110,11 @@ class TrainingPixels:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1] on the device."""
         return self[indices].float().div_(255.0)
+
+
+def float_rows(images: TrainingPixels | torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(len(rows), 3, S, S) float in [0, 1]: `rows` of a split (only those are read) or of images in memory."""
+    return images.batch(rows) if isinstance(images, TrainingPixels) else images[rows]
 
 
 def read_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
