@@ -83,13 +83,19 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
 
 
 def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:
+    # One step at most: each classifier stops at the cap after its first epoch, not converged.
     result = runner.invoke(app, ["evaluate", str(trained_run.data_dir), "--runs-dir", str(trained_run.runs_dir),
-                                 "--samples", "20", "--classifier-images", "10"])
+                                 "--samples", "20", "--classifier-images", "10", "--classifier-steps", "1"])
+    saved = json.loads((trained_run.run_dir / REPORT_NAME).read_text())
     (trained_run.run_dir / REPORT_NAME).unlink(missing_ok=True)
     assert_ok(result)
     assert "reconstruction PSNR" in result.output and "denoise PSNR, sigma 25" in result.output
     assert "denoise PSNR, JPEG quality 20" in result.output
     assert "searching all 36 training faces" in result.output  # a line before each long part
+    assert result.output.count("(not converged)") == 2
+    assert "not converged:" in result.output and "--classifier-steps" in result.output
+    assert saved["realism_samples_converged"] is saved["realism_recon_converged"] is False
+    assert saved["realism_samples_steps"] == saved["realism_recon_steps"] == 1
     assert "wrote" in result.output
 
 

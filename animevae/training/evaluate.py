@@ -27,7 +27,7 @@ from animevae.training.data import TrainingPixels, float_rows, hash_keys, load_t
 from animevae.training.degrade import jpeg_batch
 from animevae.training.model import VAE, Denoiser, add_noise, psnr
 from animevae.training.nearest import nearest_training_faces
-from animevae.training.realism import classifier_rows, realism_score
+from animevae.training.realism import MAX_STEPS, classifier_rows, realism_score
 from animevae.training.swd import swd
 
 if TYPE_CHECKING:  # the training loop imports this module: it must not pull in the diffusion prior
@@ -98,6 +98,12 @@ class QualityReport:
     realism_recon_accuracy: float | None
     realism_recon_auc: float | None
     classifier_train_per_class: int
+    # Each realism classifier's optimiser steps, and whether its patience ended the fit (True) or the step cap
+    # did (False: still improving, so its accuracy is a lower bound). None where not measured.
+    realism_samples_steps: int | None = None
+    realism_recon_steps: int | None = None
+    realism_samples_converged: bool | None = None
+    realism_recon_converged: bool | None = None
     latents: str = ""
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
@@ -292,11 +298,13 @@ def swd_array(images: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000, classifier_images: int = 1000,
-                 class_samples: int = 300, few_real: int = 20, reporter: Reporter | None = None) -> QualityReport:
+                 class_samples: int = 300, few_real: int = 20, reporter: Reporter | None = None,
+                 classifier_steps: int = MAX_STEPS) -> QualityReport:
     """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
 
-    The realism classifier learns from `classifier_images` training images per class and is scored on the
-    held-out images against as many unseen samples (or reconstructions). A labelled run is also scored on `class_samples` samples per class: class fidelity, CAS,
+    The realism classifier learns from `classifier_images` training images per class (for `classifier_steps`
+    optimiser steps at most) and is scored on the held-out images against as many unseen samples (or
+    reconstructions). A labelled run is also scored on `class_samples` samples per class: class fidelity, CAS,
     and the gain over `few_real` real images per class.
     The set stays memory-mapped: the held-out split (at most the run's val_size faces) is read whole, training
     faces only as each measure draws them, and the copy search reads every one a chunk at a time (nearest.py).
@@ -345,14 +353,14 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     if enough:
         scored_styles = [train_styles[i] for i in drawn_where[len(real_train) :].tolist()] if held_styles else None
         reporter.log(f"training the real-vs-generated classifier on {len(real_train):,} training faces against as "
-                     f"many samples ...")
+                     f"many samples (at most {classifier_steps:,} steps) ...")
         realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :],
-                                real_groups=held_styles, fake_groups=scored_styles)
+                                real_groups=held_styles, fake_groups=scored_styles, max_steps=classifier_steps)
         reporter.log(f"training the real-vs-generated classifier on {len(real_train):,} training faces against "
-                     f"their reconstructions ...")
+                     f"their reconstructions (at most {classifier_steps:,} steps) ...")
         recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
                                       as_saved(reconstruct(vae, held_out)), real_groups=held_styles,
-                                      fake_groups=held_styles)
+                                      fake_groups=held_styles, max_steps=classifier_steps)
     generated = drawn[:samples]
     sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
@@ -372,6 +380,10 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         realism_recon_accuracy=recon_realism.accuracy if recon_realism else None,
         realism_recon_auc=recon_realism.auc if recon_realism else None,
         classifier_train_per_class=len(real_train),
+        realism_samples_steps=realism.steps if realism else None,
+        realism_recon_steps=recon_realism.steps if recon_realism else None,
+        realism_samples_converged=realism.converged if realism else None,
+        realism_recon_converged=recon_realism.converged if recon_realism else None,
         latents="diffusion prior" if sampler is not None else "Gaussian mixture",
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
