@@ -51,11 +51,12 @@ MODULE_TESTS = {
     # this run take an hour on 2 cores. evaluate_run is still scored, by its held-out/copy-rate test and the
     # small-set tests.
     "evaluate": [f"tests/test_evaluate.py::{name}" for name in (
-        "test_ssim_is_one_for_identical_images_and_drops_with_noise", "test_nearest_distances_find_the_closest_reference",
-        "test_mean_pairwise_distance_of_copies_is_zero", "test_as_saved_rounds_to_the_8_bit_levels_a_png_holds",
+        "test_ssim_is_one_for_identical_images_and_drops_with_noise", "test_mean_pairwise_distance_of_copies_is_zero",
+        "test_as_saved_rounds_to_the_8_bit_levels_a_png_holds",
         "test_style_of_reads_folders_then_name_prefixes", "test_ssim_matches_the_definition",
         "test_evaluate_scores_the_held_out_images_and_counts_copies_below_the_1st_percentile")]
     + ["tests/test_evaluate.py::test_evaluate_on_a_small_set_reports_what_it_can"],
+    "nearest": ["tests/test_nearest.py"],
 }
 # Tests whose child process imports the mutated package as another user: mutmut's trampoline cannot load its
 # configuration there, so the test fails on the unmutated code and mutmut would test nothing.

@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from animevae.cli import app
-from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances, ssim,
-                               style_of)
-from animevae.training.data import split_holdout
-from animevae.training.export import load_run_models
 from animevae.progress import SilentReporter
-from animevae.training.data import load_training_images
-from helpers import assert_ok
 from animevae.training.data import load_training_images, split_holdout
-from animevae.progress import SilentReporter
-from animevae.training.evaluate import (REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, nearest_distances,
-                                        ssim, style_of)
+from animevae.training.evaluate import REPORT_NAME, as_saved, evaluate_run, mean_pairwise_distance, ssim, style_of
 from animevae.training.export import load_run_models
 from helpers import assert_cli_error, assert_ok, write_blobs
 
@@ -31,27 +23,6 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise() -> None:
     assert torch.allclose(ssim(images, images), torch.ones(3), atol=1e-5)
     noisy = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     assert (ssim(noisy, images) < 0.9).all()
-
-
-def test_nearest_distances_find_the_closest_reference() -> None:
-    references = torch.stack([torch.full((3, 2, 2), v) for v in (0.0, 0.5, 1.0)])
-    queries = torch.stack([torch.full((3, 2, 2), 0.45), torch.full((3, 2, 2), 0.9)])
-    distance, index = nearest_distances(queries, references)
-    assert index.tolist() == [1, 2]
-    assert torch.allclose(distance, torch.tensor([0.05, 0.1]), atol=1e-6)
-
-
-def test_a_mirrored_training_face_is_as_near_as_the_face_itself() -> None:
-    """Training flips faces and the prior is fitted on both orientations: a sample that is a training face
-    mirrored is a copy, and copying must see it (against the unmirrored faces alone it looks novel)."""
-    from animevae.training.evaluate import nearest_training_faces
-
-    generator = torch.Generator().manual_seed(0)
-    train_images = torch.rand(6, 3, 8, 8, generator=generator)
-    mirrored_copy = train_images[4:5].flip(3)
-    assert nearest_distances(mirrored_copy, train_images)[0].item() > 0.2
-    distance, index = nearest_training_faces(mirrored_copy, train_images)
-    assert distance.item() < 1e-6 and index.tolist() == [4]
 
 
 def test_mean_pairwise_distance_of_copies_is_zero() -> None:
@@ -112,12 +83,19 @@ def test_evaluate_run_writes_a_complete_report(trained_run) -> None:
 
 
 def test_evaluate_cli_prints_the_table(trained_run, runner) -> None:
+    # One step at most: each classifier stops at the cap after its first epoch, not converged.
     result = runner.invoke(app, ["evaluate", str(trained_run.data_dir), "--runs-dir", str(trained_run.runs_dir),
-                                 "--samples", "20", "--classifier-images", "10"])
+                                 "--samples", "20", "--classifier-images", "10", "--classifier-steps", "1"])
+    saved = json.loads((trained_run.run_dir / REPORT_NAME).read_text())
     (trained_run.run_dir / REPORT_NAME).unlink(missing_ok=True)
     assert_ok(result)
     assert "reconstruction PSNR" in result.output and "denoise PSNR, sigma 25" in result.output
     assert "denoise PSNR, JPEG quality 20" in result.output
+    assert "searching all 36 training faces" in result.output  # a line before each long part
+    assert result.output.count("(not converged)") == 2
+    assert "not converged:" in result.output and "--classifier-steps" in result.output
+    assert saved["realism_samples_converged"] is saved["realism_recon_converged"] is False
+    assert saved["realism_samples_steps"] == saved["realism_recon_steps"] == 1
     assert "wrote" in result.output
 
 
@@ -298,3 +276,49 @@ def test_evaluate_on_a_small_set_reports_what_it_can(runner, runs_copy: Path, tm
 def test_evaluate_refuses_a_run_that_trained_only_a_denoiser(runner, denoiser_run: Path, image_dir: Path) -> None:
     result = runner.invoke(app, ["evaluate", str(image_dir), "--run", "den", "--runs-dir", str(denoiser_run.parent)])
     assert_cli_error(result, "trains only a denoiser", "metrics.jsonl")
+
+
+class GuardedImages:
+    """A set's (N, S, S, 3) uint8 images that refuse to be copied whole: only gathers of at most `budget` rows."""
+
+    def __init__(self, images: np.ndarray, budget: int) -> None:
+        self.images, self.budget, self.reads = np.asarray(images), budget, []
+        self.shape, self.dtype = self.images.shape, self.images.dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows)
+        assert rows.ndim == 1 and len(rows) <= self.budget, f"a gather of {rows.shape} rows"
+        self.reads.append(rows.tolist())
+        return self.images[rows]
+
+    def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+        raise AssertionError("the whole set was copied")
+
+
+def test_evaluate_reads_the_set_in_bounded_gathers_and_searches_all_of_it(
+        trained_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No whole copy of the set, float or not: every read is a gather of at most one chunk of the copy search
+    (8 rows here), the classifier's faces, or the held-out split; and the copy search still reads every
+    training face."""
+    from dataclasses import replace
+
+    import animevae.training.evaluate as evaluate
+    import animevae.training.nearest as nearest
+    from animevae.training.realism import RealismScore
+
+    loaded = load_training_images(trained_run.data_dir, 16, trained_run.runs_dir / ".cache", SilentReporter())
+    guarded = GuardedImages(loaded.images, budget=8)
+    monkeypatch.setattr(evaluate, "load_training_images", lambda *args: replace(loaded, images=guarded))
+    monkeypatch.setattr(nearest, "CHUNK_FACES", 8)
+    # What the classifier makes of its inputs is tested elsewhere; here, which rows were read for it.
+    monkeypatch.setattr(evaluate, "realism_score", lambda *args, **kwargs: RealismScore(0.5, 0.5, 1, 8, 4))
+    report = evaluate_run(trained_run.run_dir, trained_run.data_dir, trained_run.runs_dir, samples=10,
+                          classifier_images=8)
+    (trained_run.run_dir / REPORT_NAME).unlink()
+    train_idx, val_idx = split_holdout(loaded.hashes, len(loaded.images), 500)
+    assert (report.train_images, report.held_out) == (36, 4)
+    assert set(sum(guarded.reads, [])) == set(range(40))  # every training face searched, every held-out one scored
+    assert max(map(len, guarded.reads)) == 8 and val_idx.tolist() in guarded.reads

@@ -80,3 +80,31 @@ def test_accuracy_per_group_tells_where_the_generator_gives_itself_away() -> Non
     assert set(score.by_group) == {"flat", "same"}
     assert score.by_group["flat"] >= 0.8 and score.by_group["same"] <= 0.75, score.by_group
     assert realism_score(real[train], fake[train], real[test], fake[test], max_epochs=1).by_group == {}
+
+
+def _separable(count: int, size: int, seed: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat images and speckled copies of them: told apart at once."""
+    generator = torch.Generator().manual_seed(seed)
+    smooth = torch.rand(count, 3, 1, 1, generator=generator).expand(count, 3, size, size).contiguous()
+    return smooth, (smooth + noise * torch.randn(smooth.shape, generator=generator)).clamp(0, 1)
+
+
+def test_a_fit_that_only_sharpens_a_perfect_separation_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told apart at once, the validation loss still falls every epoch by a sliver: that is not progress
+    (realism.MIN_GAIN), and the fit ends by its patience instead of running every epoch."""
+    import animevae.training.realism as realism
+
+    smooth, speckled = _separable(200, 8, 4, noise=0.5)
+    args = (smooth[:160], speckled[:160], smooth[160:], speckled[160:])
+    score = realism_score(*args, max_epochs=30, patience=2, min_steps=1)
+    assert score.accuracy == 1.0 and score.converged and score.epochs < 10
+    monkeypatch.setattr(realism, "MIN_GAIN", 0.0)  # every sliver counts: it runs out of epochs instead
+    sharpened = realism_score(*args, max_epochs=30, patience=2, min_steps=1)
+    assert (sharpened.epochs, sharpened.converged, sharpened.accuracy) == (30, False, 1.0)
+
+
+def test_a_fit_stopped_by_the_step_cap_says_it_did_not_converge() -> None:
+    smooth, speckled = _separable(120, 8, 5, noise=0.3)
+    # 100 per class, 180 fitting images: 3 steps an epoch; a cap of 7 steps ends the third epoch.
+    score = realism_score(smooth[:100], speckled[:100], smooth[100:], speckled[100:], min_steps=1, max_steps=7)
+    assert (score.epochs, score.steps, score.converged) == (3, 9, False)

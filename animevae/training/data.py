@@ -112,6 +112,11 @@ class TrainingPixels:
         return self[indices].float().div_(255.0)
 
 
+def float_rows(images: TrainingPixels | torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(len(rows), 3, S, S) float in [0, 1]: `rows` of a split (only those are read) or of images in memory."""
+    return images.batch(rows) if isinstance(images, TrainingPixels) else images[rows]
+
+
 def read_rows(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(len(rows), S, S, 3) uint8: a copy of `rows` of `images`.
 

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from animevae.training.data import hash_keys, split_holdout
-from animevae.training.degrade import jpeg_batch
 from animevae.config import RunConfig
-from animevae.training.checkpoint import read_train_keys
 from animevae.errors import DataError, ModelError
 from animevae.fileio import write_json_atomic
-from animevae.training.model import VAE, Denoiser, add_noise, psnr
-from animevae.progress import SilentReporter
+from animevae.progress import Reporter, SilentReporter
 from animevae.runs import CHECKPOINT_NAME
 from animevae.training import usefulness
-from animevae.training.realism import classifier_rows, realism_score
-from animevae.training.data import load_training_images
+from animevae.training.checkpoint import read_train_keys
+from animevae.training.data import TrainingPixels, float_rows, hash_keys, load_training_images, split_holdout
+from animevae.training.degrade import jpeg_batch
+from animevae.training.model import VAE, Denoiser, add_noise, psnr
+from animevae.training.nearest import nearest_training_faces
+from animevae.training.realism import MAX_STEPS, classifier_rows, realism_score
 from animevae.training.swd import swd
 
 if TYPE_CHECKING:  # the training loop imports this module: it must not pull in the diffusion prior
@@ -104,6 +104,12 @@ class QualityReport:
     realism_recon_accuracy: float | None
     realism_recon_auc: float | None
     classifier_train_per_class: int
+    # Each realism classifier's optimiser steps, and whether its patience ended the fit (True) or the step cap
+    # did (False: still improving, so its accuracy is a lower bound). None where not measured.
+    realism_samples_steps: int | None = None
+    realism_recon_steps: int | None = None
+    realism_samples_converged: bool | None = None
+    realism_recon_converged: bool | None = None
     latents: str = ""
     style_share_train: dict[str, float] = field(default_factory=dict)
     style_share_samples: dict[str, float] = field(default_factory=dict)
@@ -235,25 +241,6 @@ def draw_samples(vae: VAE, count: int, seed: int = 0, sampler: DDIMSampler | Non
     return torch.cat([vae.decoder(z) for z in _batches(latents)])
 
 
-def nearest_training_faces(queries: torch.Tensor, train_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `nearest_distances`, against the training faces and their mirror images (training flips faces and
-    the prior is fitted on both, so a mirrored training face is a copy too); indices are into `train_images`."""
-    distance, index = nearest_distances(queries, torch.cat([train_images, train_images.flip(3)]))
-    return distance, index % len(train_images)
-
-
-def nearest_distances(queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMS pixel distance from each query to its nearest reference, and that reference's index, (Q,) each."""
-    q, r = queries.flatten(1).double(), references.flatten(1).double()
-    best, where = [], []
-    for chunk in _batches(q, 512):
-        squared = (chunk**2).sum(1, keepdim=True) - 2 * chunk @ r.T + (r**2).sum(1)[None, :]
-        value, index = squared.clamp(min=0).min(dim=1)
-        best.append((value / q.shape[1]).sqrt())
-        where.append(index)
-    return torch.cat(best).float(), torch.cat(where)
-
-
 def mean_pairwise_distance(images: torch.Tensor, limit: int = 500) -> float:
     """Mean RMS pixel distance between distinct pairs of the first `limit` images."""
     flat = images[:limit].flatten(1).double()
@@ -290,15 +277,16 @@ def _sources(data: Path, count: int, cache: Path) -> list[str]:
     return []
 
 
-def class_report(vae: VAE, names: tuple[str, ...], train_images: torch.Tensor, train_labels: torch.Tensor,
-                 held_out: torch.Tensor, held_labels: torch.Tensor, per_class: int = 300, few_real: int = 20,
-                 classifier_images: int = 1000, seed: int = 0) -> ClassReport:
-    """Class fidelity, CAS and augmentation gain of `per_class` samples per class (see usefulness.py)."""
+def class_report(vae: VAE, names: tuple[str, ...], train_images: TrainingPixels | torch.Tensor,
+                 train_labels: torch.Tensor, held_out: torch.Tensor, held_labels: torch.Tensor, per_class: int = 300,
+                 few_real: int = 20, classifier_images: int = 1000, seed: int = 0) -> ClassReport:
+    """Class fidelity, CAS and augmentation gain of `per_class` samples per class (see usefulness.py); of the
+    training images, only the `classifier_images` and `few_real` per class drawn are read."""
     sample_labels = torch.arange(len(names)).repeat_interleave(per_class)
     generated = as_saved(draw_samples(vae, len(sample_labels), seed=seed + 1, labels=sample_labels))
     rows = usefulness.few_real(train_labels, classifier_images, len(names), seed)
-    fidelity, trust = usefulness.class_fidelity(train_images[rows], train_labels[rows], generated, sample_labels,
-                                                held_out, held_labels, names, seed)
+    fidelity, trust = usefulness.class_fidelity(float_rows(train_images, rows), train_labels[rows], generated,
+                                                sample_labels, held_out, held_labels, names, seed)
     cas = usefulness.classification_accuracy_score(generated, sample_labels, held_out, held_labels, names, seed)
     without, with_samples = usefulness.augmentation_gain(train_images, train_labels, generated, sample_labels,
                                                          held_out, held_labels, names, few_real, seed)
@@ -323,14 +311,14 @@ def refuse_trained_on(run_dir: Path, data: Path, config: RunConfig, hashes: list
                         "or on images it never saw")
 
 
-def swd_report(samples: torch.Tensor, held_out: torch.Tensor, train_images: torch.Tensor,
+def swd_report(samples: torch.Tensor, held_out: torch.Tensor, train_images: TrainingPixels | torch.Tensor,
                limit: int = SWD_IMAGES) -> tuple[dict[str, float], dict[str, float], int]:
-    """SWD per level of (N, 3, S, S) samples against a seeded draw of training faces, and the floor: held-out
-    faces against the same draw, at one size a side (at most `limit`). Returns both, keyed by level side, and the
-    size."""
+    """SWD per level of (N, 3, S, S) samples against a seeded draw of training faces (only those are read), and
+    the floor: held-out faces against the same draw, at one size a side (at most `limit`). Returns both, keyed by
+    level side, and the size."""
     count = min(limit, len(samples), len(held_out), len(train_images))
     rows = torch.from_numpy(np.random.default_rng(0).permutation(len(train_images))[:count])
-    reference = swd_array(train_images[rows])
+    reference = swd_array(float_rows(train_images, rows))
     by_side = lambda scores: {str(side): value for side, value in scores.items()}  # noqa: E731
     return (by_side(swd(swd_array(samples[:count]), reference)), by_side(swd(swd_array(held_out[:count]), reference)),
             count)
@@ -341,58 +329,77 @@ def swd_array(images: torch.Tensor) -> np.ndarray:
     return (as_saved(images.float()) * 255.0).cpu().numpy().astype(np.float32)
 
 
-def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
-                 classifier_images: int = 1000, class_samples: int = 300, few_real: int = 20) -> QualityReport:
+def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000, classifier_images: int = 1000,
+                 class_samples: int = 300, few_real: int = 20, reporter: Reporter | None = None,
+                 classifier_steps: int = MAX_STEPS) -> QualityReport:
     """Measure a run on DATA's held-out split (the same split rule as training), write evaluation.json.
 
-    The realism classifier learns from `classifier_images` training images per class and is scored on the
-    held-out images against as many unseen samples (or reconstructions). A labelled run is also scored on
-    `class_samples` samples per class: class fidelity, CAS, and the gain over `few_real` real images per class."""
+    The realism classifier learns from `classifier_images` training images per class (for `classifier_steps`
+    optimiser steps at most) and is scored on the held-out images against as many unseen samples (or
+    reconstructions). A labelled run is also scored on `class_samples` samples per class: class fidelity, CAS,
+    and the gain over `few_real` real images per class.
+    The set stays memory-mapped: the held-out split (at most the run's val_size faces) is read whole, training
+    faces only as each measure draws them, and the copy search reads every one a chunk at a time (nearest.py).
+    `reporter` gets a line before each long part."""
     from animevae.training.export import load_run_models, load_run_sampler
 
     started = time.monotonic()
+    reporter = reporter or SilentReporter()
     config, vae, denoiser = load_run_models(run_dir)
     if vae is None:
         raise ModelError(f"run {run_dir.name!r} trains only a denoiser: evaluate scores a VAE and its samples",
                          f"its denoiser's scores on held-out faces are in {run_dir / 'metrics.jsonl'}")
     sampler = load_run_sampler(run_dir)
-    loaded = load_training_images(data, config.model.image_size, runs_dir / ".cache", SilentReporter())
-    images, hashes = loaded.images, loaded.hashes
+    loaded = load_training_images(data, config.model.image_size, runs_dir / ".cache", reporter)
+    hashes, count = loaded.hashes, len(loaded.images)
     names = loaded.labels.classes.names if loaded.labels is not None else ()
     if config.model.classes and names != config.model.classes:  # (an unlabelled run ignores the data's labels)
         raise DataError(f"{data} has classes {list(names) or 'none'}; run {run_dir.name} was trained on "
                         f"{list(config.model.classes) or 'none'}", "evaluate the run on the data it was trained on")
-    train_idx, val_idx = split_holdout(hashes, len(images), config.train.val_size)
+    train_idx, val_idx = split_holdout(hashes, count, config.train.val_size)
     if len(val_idx) == 0 or len(train_idx) == 0:
-        raise DataError(f"{data} has {len(images)} image(s): too few to hold any out for scoring",
+        raise DataError(f"{data} has {count} image(s): too few to hold any out for scoring",
                         "evaluate on a set of at least 2 images (500 or more for stable numbers)")
     refuse_trained_on(run_dir, data, config, hashes, val_idx)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, S, S)
-    held_out, train_images = pixels[torch.from_numpy(val_idx)], pixels[torch.from_numpy(train_idx)]
+    train_images = TrainingPixels(loaded.images, train_idx, torch.device("cpu"))
+    held_out = TrainingPixels(loaded.images, val_idx, torch.device("cpu"))[:].float().div_(255.0)  # (H, 3, S, S)
+    reporter.log(f"reconstructing and denoising {len(held_out):,} held-out faces ...")
     recon_psnr, recon_ssim = reconstruction_scores(vae, held_out)
     denoised, noisy, made_worse = denoise_scores(denoiser, held_out)
     enough = len(held_out) >= MIN_HELD_OUT  # sets of 2-19 images hold out one
-    real_train = train_images[classifier_rows(len(train_images), classifier_images)]
+    real_train = float_rows(train_images, classifier_rows(len(train_images), classifier_images))
     drawn = as_saved(draw_samples(vae, max(samples, len(real_train) + len(held_out)), sampler=sampler))
-    sources = _sources(data, len(images), runs_dir / ".cache")
+    sources = _sources(data, count, runs_dir / ".cache")
     train_styles = [style_of(sources[i]) for i in train_idx] if sources else []
     held_styles = [style_of(sources[i]) for i in val_idx] if sources else None
     # Every drawn sample's and held-out face's nearest training face, in one pass over the faces and their
     # mirror images: the first `samples` drawn are scored for copying and style shares, those after the
     # classifier's training rows are its test samples.
-    nearest, where = nearest_training_faces(torch.cat([drawn, held_out]), train_images)
+    queries = torch.cat([drawn, held_out])
+    reporter.log(f"searching all {len(train_images):,} training faces (and their mirror images) for the nearest to "
+                 f"{len(queries):,} samples and held-out faces ...")
+    reporter.start("nearest training faces", len(train_images))
+    try:
+        nearest, where = nearest_training_faces(queries, train_images, reporter.advance)
+    finally:
+        reporter.stop()
     (drawn_nn, held_nn), drawn_where = nearest.split([len(drawn), len(held_out)]), where[: len(drawn)]
     realism = recon_realism = None
     if enough:
         scored_styles = [train_styles[i] for i in drawn_where[len(real_train) :].tolist()] if held_styles else None
+        reporter.log(f"training the real-vs-generated classifier on {len(real_train):,} training faces against as "
+                     f"many samples (at most {classifier_steps:,} steps) ...")
         realism = realism_score(real_train, drawn[: len(real_train)], held_out, drawn[len(real_train) :],
-                                real_groups=held_styles, fake_groups=scored_styles)
+                                real_groups=held_styles, fake_groups=scored_styles, max_steps=classifier_steps)
+        reporter.log(f"training the real-vs-generated classifier on {len(real_train):,} training faces against "
+                     f"their reconstructions (at most {classifier_steps:,} steps) ...")
         recon_realism = realism_score(real_train, as_saved(reconstruct(vae, real_train)), held_out,
                                       as_saved(reconstruct(vae, held_out)), real_groups=held_styles,
-                                      fake_groups=held_styles)
+                                      fake_groups=held_styles, max_steps=classifier_steps)
     generated = drawn[:samples]
     sample_nn, sample_where = drawn_nn[:samples], drawn_where[:samples]
     threshold = torch.quantile(held_nn, 0.01).item() if len(held_nn) else 0.0
+    reporter.log("scoring samples by sliced Wasserstein distance ...")
     swd_samples, swd_floor, swd_images = swd_report(generated, held_out, train_images)
     report = QualityReport(
         run=run_dir.name, held_out=len(held_out), train_images=len(train_images),
@@ -408,6 +415,10 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
         realism_recon_accuracy=recon_realism.accuracy if recon_realism else None,
         realism_recon_auc=recon_realism.auc if recon_realism else None,
         classifier_train_per_class=len(real_train),
+        realism_samples_steps=realism.steps if realism else None,
+        realism_recon_steps=recon_realism.steps if recon_realism else None,
+        realism_samples_converged=realism.converged if realism else None,
+        realism_recon_converged=recon_realism.converged if recon_realism else None,
         latents="diffusion prior" if sampler is not None else "Gaussian mixture",
         style_share_train=_shares(train_styles),
         style_share_samples=_shares([train_styles[i] for i in sample_where.tolist()]) if train_styles else {},
@@ -418,6 +429,7 @@ def evaluate_run(run_dir: Path, data: Path, runs_dir: Path, samples: int = 1000,
     report.not_measurable = [] if enough else ["sample_diversity", "realism_samples_accuracy", "realism_samples_auc",
                                                "realism_recon_accuracy", "realism_recon_auc"]
     if config.model.classes and enough:
+        reporter.log(f"training class classifiers on real faces and {class_samples:,} samples per class ...")
         report.classes = class_report(vae, names, train_images, torch.from_numpy(loaded.labels.subset(train_idx)),
                                       held_out, torch.from_numpy(loaded.labels.subset(val_idx)), class_samples,
                                       few_real, classifier_images)

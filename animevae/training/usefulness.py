@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from animevae.training.data import TrainingPixels, float_rows
 from animevae.training.realism import classifier_net, fit_converged, logits
 
 # Style is visible at a glance: half the realism classifier's width tells it, at about a quarter of the cost.
@@ -95,13 +96,13 @@ def few_real(labels: torch.Tensor, per_class: int, classes: int, seed: int = 0) 
     return torch.cat(chosen)
 
 
-def augmentation_gain(real_train: torch.Tensor, real_labels: torch.Tensor, samples: torch.Tensor,
+def augmentation_gain(real_train: TrainingPixels | torch.Tensor, real_labels: torch.Tensor, samples: torch.Tensor,
                       sample_labels: torch.Tensor, held_out: torch.Tensor, held_labels: torch.Tensor,
                       names: tuple[str, ...], per_class: int = 20, seed: int = 0) -> tuple[ClassScores, ClassScores]:
-    """Held-out accuracy of a classifier trained on `per_class` real images per class (drawn by `seed`),
-    without and with the generated images added: (without, with)."""
+    """Held-out accuracy of a classifier trained on `per_class` real images per class (drawn by `seed`; of a
+    memory-mapped split, only those are read), without and with the generated images added: (without, with)."""
     rows = few_real(real_labels, per_class, len(names), seed)
-    few, few_labels = real_train[rows], real_labels[rows]
+    few, few_labels = float_rows(real_train, rows), real_labels[rows]
     without = train_classifier(few, few_labels, len(names), seed)
     mixed = train_classifier(torch.cat([few, samples]), torch.cat([few_labels, sample_labels]), len(names), seed)
     return (score(predict(without, held_out), held_labels, names, len(few)),
