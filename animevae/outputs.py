@@ -130,10 +130,10 @@ def prepare_output(out_dir: Path, identity: dict[str, object], overwrite: bool,
 
 
 def _remove_empty_folders(out_dir: Path, folders: Iterable[Path]) -> None:
-    """Remove each of `folders` below `out_dir` that the cleanup left empty, and its parents as they empty (in any
-    order: a parent tried before its last child is removed again on the way up from that child): to
-    torchvision's ImageFolder, an empty folder of an old class tree is a class with no image (an error)."""
-    for folder in folders:
+    """Remove each of `folders` below `out_dir` that the cleanup left empty, and its parents as they empty (a
+    parent tried before its last child is removed on the way up from that child; sorted only so that a run is
+    repeatable): to torchvision's ImageFolder, an empty folder of an old class tree is a class with no image."""
+    for folder in sorted(folders):
         while out_dir in folder.parents:
             try:
                 folder.rmdir()  # only an empty folder: a user's file keeps its folder
