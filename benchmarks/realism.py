@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animevae.training.data import load_training_images, split_holdout
+from animevae.training.data import TrainingPixels, load_training_images, split_holdout
 from animevae.denoise import denoise_array
 from animevae.model_files import choose_model
 from animevae.model_info import read_model_info
@@ -74,9 +74,10 @@ def score(args: argparse.Namespace, **fit: int) -> None:
     loaded = load_training_images(args.data, size, args.runs_dir / ".cache", SilentReporter())
     images, hashes = loaded.images, loaded.hashes
     train_idx, val_idx = split_holdout(hashes, len(images), args.val_size)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    rows = torch.from_numpy(train_idx)[classifier_rows(len(train_idx), args.per_class)]
-    real_train, real_test = pixels[rows], pixels[torch.from_numpy(val_idx)]
+    # Only the rows scored are read from the memory-mapped set, never a float copy of all of it.
+    train = TrainingPixels(images, train_idx, torch.device("cpu"))
+    real_train = train.batch(classifier_rows(len(train_idx), args.per_class))
+    real_test = TrainingPixels(images, val_idx, torch.device("cpu"))[:].float().div_(255.0)
     info = read_model_info(decoder.path, decoder.metadata, choice.optional_path("prior"))
     sampler = open_sampler(info, args.temperature, device="cpu")
     started = time.perf_counter()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from animevae.prepared_set import prepare_images
-from animevae.training.data import load_training_images, split_holdout
+from animevae.training.data import TrainingPixels, float_rows, load_training_images, split_holdout
 from animevae.progress import SilentReporter
 from animevae.training import usefulness
 from _quick import write_classes
@@ -67,15 +67,17 @@ def report(args: argparse.Namespace) -> None:
     real = load_training_images(args.data, args.image_size, args.runs_dir / ".cache", SilentReporter())
     names = real.labels.classes.names
     train_idx, val_idx = split_holdout(real.hashes, len(real.images), args.val_size)
-    pixels, labels = _pixels(real.images), torch.from_numpy(real.labels.index)
-    train, train_labels = pixels[torch.from_numpy(train_idx)], labels[torch.from_numpy(train_idx)]
-    held, held_labels = pixels[torch.from_numpy(val_idx)], labels[torch.from_numpy(val_idx)]
+    # The real set stays memory-mapped: the classifiers read only the rows they draw.
+    labels, cpu = torch.from_numpy(real.labels.index), torch.device("cpu")
+    train, train_labels = TrainingPixels(real.images, train_idx, cpu), labels[torch.from_numpy(train_idx)]
+    held, held_labels = TrainingPixels(real.images, val_idx, cpu)[:].float().div_(255.0), labels[torch.from_numpy(val_idx)]
     generated = prepare_images(args.generated, args.image_size)
     fake = _pixels(generated.images)
     fake_labels = torch.tensor([names.index(name) for name in generated.label_names])
 
     rows = usefulness.few_real(train_labels, args.classifier_images, len(names))
-    fidelity, trust = usefulness.class_fidelity(train[rows], train_labels[rows], fake, fake_labels, held, held_labels, names)
+    fidelity, trust = usefulness.class_fidelity(float_rows(train, rows), train_labels[rows], fake, fake_labels, held,
+                                                held_labels, names)
     cas = usefulness.classification_accuracy_score(fake, fake_labels, held, held_labels, names)
     gains = [usefulness.augmentation_gain(train, train_labels, fake, fake_labels, held, held_labels, names,
                                           args.few_real, seed) for seed in range(args.repeats)]
